@@ -1,0 +1,219 @@
+"""Reading and writing the three checkpoint layouts openrag knows.
+
+* dense: an ordinary Hugging Face folder (``config.json`` + safetensors).
+* merged: the released Open-RAG layout: a dense folder whose ``config.json`` also has
+  ``num_experts, topk, adapter_dim, moe_scaling`` and whose safetensors also hold the
+  ``model.layers.{i}.mlp.moe_adapter.*`` tensors (in any of its files). ``openrag merge`` writes it.
+* adapter: this project's small layout (``openrag_config.json`` + ``adapter.safetensors``
+  + tokenizer, optional ``lora/`` in PEFT format): the weights that training changed, over a named base.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .moe import MoEConfig, decoder_layers, moe_config_of
+
+ADAPTER_CONFIG = "openrag_config.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+MERGED_MOE_WEIGHTS = "moe_adapter.safetensors"
+NEW_EMBED_KEY = "new_token_rows.embed_tokens"  # [n_new, D] rows of the input embedding from num_base_tokens on
+NEW_LM_HEAD_KEY = "new_token_rows.lm_head"  # [n_new, D] rows of an untied output embedding
+MOE_KEYS_FIELDS = ("num_experts", "topk", "adapter_dim", "moe_scaling")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model it is loaded into; the message names the key."""
+
+
+@dataclass
+class AdapterConfig:
+    """Contents of ``openrag_config.json``."""
+
+    base_model: str
+    num_base_tokens: int
+    moe: dict | None = None
+    lora: bool = False
+    format: str = "openrag-adapter"
+    version: int = 1
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: Path) -> "AdapterConfig":
+        path = folder / ADAPTER_CONFIG
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise CheckpointError(f"{path} is not a valid openrag adapter config: {err}") from err
+
+    def write(self, folder: Path) -> None:
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def released_moe_config(config) -> MoEConfig | None:
+    """MoE settings from a released/merged ``config.json``, or None when it has none."""
+    if all(getattr(config, k, None) is not None for k in MOE_KEYS_FIELDS):
+        return MoEConfig(int(config.num_experts), int(config.topk), int(config.adapter_dim), float(config.moe_scaling))
+    return None
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def read_tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape from the safetensors headers, without reading the tensors."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    shapes[key] = tuple(f.get_slice(key).get_shape())
+        except Exception as err:  # safetensors raises its own error types for truncated or corrupt headers
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download or re-save it") from err
+    return shapes
+
+
+def read_tensors(files: list[Path], keep) -> dict[str, torch.Tensor]:
+    """Tensors whose key satisfies ``keep(key)``, from several safetensors files."""
+    out: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    if keep(key):
+                        out[key] = f.get_tensor(key)
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"{path}: cannot read tensors ({err}); the file may be truncated") from err
+    return out
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str, optional=()) -> None:
+    """Raise a :class:`CheckpointError` naming the first missing or mis-shaped key."""
+    for key, shape in expected.items():
+        if key not in found:
+            if key in optional:
+                continue
+            raise CheckpointError(f"{where}: missing tensor {key!r} (expected shape {list(shape)})")
+        if tuple(found[key]) != tuple(shape):
+            raise CheckpointError(f"{where}: tensor {key!r} has shape {list(found[key])}, expected {list(shape)}")
+
+
+# --- the expert tensors -------------------------------------------------------------------------
+
+_LAYER_PREFIX = re.compile(r"^(?:.*\.)?layers\.(\d+)\.mlp\.moe_adapter\.(.+)$")
+
+
+def moe_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Router and expert weights under the released key names (``model.layers.{i}.mlp.moe_adapter.*``)."""
+    out = {}
+    for i, layer in enumerate(decoder_layers(model)):
+        adapter = getattr(layer.mlp, "moe_adapter", None)
+        if adapter is None:
+            continue
+        for name, tensor in adapter.state_dict().items():
+            out[f"model.layers.{i}.mlp.moe_adapter.{name}"] = tensor
+    return out
+
+
+def load_moe_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Load released-layout expert tensors into an injected model, checking every key and shape.
+
+    Keys may carry any prefix before ``layers.{i}`` (``base_model.model.model.layers...`` in the
+    released training checkpoints)."""
+    by_layer: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        m = _LAYER_PREFIX.match(key)
+        if m is None:
+            raise CheckpointError(f"{where}: unexpected tensor {key!r}; expert keys look like model.layers.N.mlp.moe_adapter.*")
+        name = m.group(2).replace(".default.", ".")  # a PEFT-wrapped module name, if any
+        by_layer[f"model.layers.{m.group(1)}.mlp.moe_adapter.{name}"] = tensor
+    expected = {k: tuple(v.shape) for k, v in moe_state_dict(model).items()}
+    check_shapes(expected, {k: tuple(v.shape) for k, v in by_layer.items()}, where)
+    extra = sorted(set(by_layer) - set(expected))
+    if extra:
+        raise CheckpointError(f"{where}: tensor {extra[0]!r} has no place in this model (is num_experts or the layer count different?)")
+    for i, layer in enumerate(decoder_layers(model)):
+        prefix = f"model.layers.{i}.mlp.moe_adapter."
+        own = {k[len(prefix):]: v for k, v in by_layer.items() if k.startswith(prefix)}
+        layer.mlp.moe_adapter.load_state_dict(own, strict=True)
+
+
+# --- the adapter layout ------------------------------------------------------------------------
+
+
+def new_token_rows(model: nn.Module, num_base_tokens: int) -> dict[str, torch.Tensor]:
+    """The embedding rows added for reflection tokens (and the untied lm_head rows)."""
+    embed = model.get_input_embeddings().weight
+    rows = {NEW_EMBED_KEY: embed[num_base_tokens:].detach().clone()}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not embed:
+        rows[NEW_LM_HEAD_KEY] = head.weight[num_base_tokens:].detach().clone()
+    return rows
+
+
+@torch.no_grad()
+def load_new_token_rows(model: nn.Module, rows: dict[str, torch.Tensor], num_base_tokens: int, where: str) -> None:
+    embed = model.get_input_embeddings().weight
+    n_new = embed.shape[0] - num_base_tokens
+    expected = {NEW_EMBED_KEY: (n_new, embed.shape[1])}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not embed:
+        expected[NEW_LM_HEAD_KEY] = (n_new, head.weight.shape[1])
+    check_shapes(expected, {k: tuple(v.shape) for k, v in rows.items()}, where)
+    embed[num_base_tokens:] = rows[NEW_EMBED_KEY].to(embed.dtype)
+    if NEW_LM_HEAD_KEY in expected:
+        head.weight[num_base_tokens:] = rows[NEW_LM_HEAD_KEY].to(head.weight.dtype)
+
+
+def save_adapter(model: nn.Module, tokenizer, folder: str | Path, base_model: str, num_base_tokens: int, lora_model=None) -> Path:
+    """Write the adapter layout: expert + router weights, new token rows, tokenizer, and the PEFT LoRA if any."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {**moe_state_dict(model), **new_token_rows(model, num_base_tokens)}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / ADAPTER_WEIGHTS))
+    moe = moe_config_of(model)
+    AdapterConfig(
+        base_model=base_model,
+        num_base_tokens=num_base_tokens,
+        moe=moe.to_dict() if moe else None,
+        lora=lora_model is not None,
+    ).write(folder)
+    if lora_model is not None:
+        lora_model.save_pretrained(str(folder / "lora"))
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_merged(model: nn.Module, tokenizer, folder: str | Path) -> Path:
+    """Write the released merged layout: dense weights, MoE fields in config.json, expert tensors beside."""
+    from .moe import remove_moe
+
+    folder = Path(folder)
+    moe = moe_config_of(model)
+    experts = moe_state_dict(model)
+    wrappers = [layer.mlp for layer in decoder_layers(model)]
+    remove_moe(model)
+    try:
+        if moe is not None:
+            for key in MOE_KEYS_FIELDS:
+                setattr(model.config, key, getattr(moe, key))
+        model.save_pretrained(folder)
+    finally:
+        for layer, wrapper in zip(decoder_layers(model), wrappers):
+            layer.mlp = wrapper
+    if experts:
+        save_file({k: v.contiguous() for k, v in experts.items()}, str(folder / MERGED_MOE_WEIGHTS))
+    tokenizer.save_pretrained(folder)
+    return folder

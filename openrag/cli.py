@@ -1,0 +1,43 @@
+"""The ``openrag`` command: one table from subcommand to the module that implements it.
+
+Each module has ``add_arguments(parser)`` and ``run(args) -> int``; heavy imports stay inside ``run``
+so that ``openrag --help`` is instant. Errors the user can fix are printed as one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("openrag.commands.info", "print a model's architecture, expert settings and parameter counts"),
+}
+
+# Errors that come from the user's input (a path, a checkpoint, a flag), reported without a traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openrag", description="Open-RAG: train, merge, evaluate, ask, index and serve.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        code = module.run(args)
+    except USER_ERRORS as err:
+        print(f"openrag {args.command}: error: {err}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print(f"openrag {args.command}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code or 0)

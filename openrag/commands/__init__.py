@@ -1,0 +1,1 @@
+"""One module per ``openrag`` subcommand: argument parsing and printing only; the work lives in the library."""

@@ -1,0 +1,148 @@
+"""``load_model``: one entry point for every checkpoint a user brings (see checkpoints.py for layouts)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoints as ckpt
+from .bundled import SMOLLM2_NAME, smollm2_checkpoint
+from .moe import inject_moe
+
+log = logging.getLogger(__name__)
+
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+def resolve_folder(name_or_path: str) -> Path:
+    """A local folder for a path, ``smollm2``, or a Hugging Face hub name (downloaded when online)."""
+    if name_or_path == SMOLLM2_NAME:
+        return smollm2_checkpoint()
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"{name_or_path} is a file; give the checkpoint folder that holds config.json")
+    if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")):
+        raise FileNotFoundError(f"no checkpoint folder at {name_or_path}, and it is not a hub name (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=_HUB_PATTERNS))
+    except Exception as err:  # offline, gated or unknown repository: say which and how to proceed
+        raise FileNotFoundError(
+            f"cannot fetch {name_or_path!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "Offline, pass a local checkpoint folder instead."
+        ) from err
+
+
+def default_dtype(device: torch.device, config_dtype) -> torch.dtype:
+    """float32 on the CPU (the fast path without AVX-512 bf16); the checkpoint's own dtype on GPUs."""
+    if device.type == "cpu":
+        return torch.float32
+    if isinstance(config_dtype, str):
+        config_dtype = getattr(torch, config_dtype, None)
+    return config_dtype if isinstance(config_dtype, torch.dtype) else torch.bfloat16
+
+
+def load_model(name_or_path: str = SMOLLM2_NAME, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
+    """Load ``(model, tokenizer)`` from a dense HF checkpoint, a released/merged Open-RAG checkpoint,
+    an openrag adapter folder, or ``"smollm2"`` (the bundled base). The model is in eval mode."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    folder = resolve_folder(str(name_or_path))
+    if (folder / ckpt.ADAPTER_CONFIG).is_file():
+        model, tokenizer = _load_adapter(folder, dtype, device)
+    else:
+        model, tokenizer = _load_dense_or_merged(folder, dtype, device)
+    model.eval()
+    return model, tokenizer
+
+
+def _read_config(folder: Path):
+    from transformers import AutoConfig, LlamaConfig
+
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; it is not a Hugging Face or openrag checkpoint")
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except ValueError:
+        # A released config whose model_type only its remote code knows: read it as the Llama it is.
+        data = json.loads(config_path.read_text())
+        data.pop("auto_map", None)
+        data["model_type"] = "llama"
+        return LlamaConfig.from_dict(data)
+
+
+def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+
+
+def _load_dense_or_merged(folder: Path, dtype, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = _read_config(folder)
+    moe = ckpt.released_moe_config(config)
+    files = ckpt.safetensors_files(folder)
+    if files:
+        found = ckpt.read_tensor_shapes(files)
+        tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+        expected = _expected_shapes(config)
+        ckpt.check_shapes(expected, found, str(folder), optional=tied)
+    elif moe is not None:
+        raise ckpt.CheckpointError(f"{folder}: the expert weights must be in safetensors files; none found")
+    dtype = dtype or default_dtype(device, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+    quiet = logging.getLogger("transformers.modeling_utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the expert tensors are "unexpected" to the dense class; we load them below
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, trust_remote_code=False)
+    finally:
+        quiet.setLevel(level)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if moe is not None:
+        inject_moe(model, moe.num_experts, moe.topk, moe.adapter_dim, moe.moe_scaling)
+        tensors = ckpt.read_tensors(files, keep=lambda k: ".moe_adapter." in k)
+        ckpt.load_moe_state_dict(model, tensors, str(folder))
+    return model.to(device), tokenizer
+
+
+def _load_adapter(folder: Path, dtype, device):
+    from transformers import AutoTokenizer
+
+    config = ckpt.AdapterConfig.read(folder)
+    model, _ = load_model(config.base_model, dtype=dtype, device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # its tokenizer has the reflection tokens
+    if config.moe:  # the same order as training: experts first, then LoRA over the dense projections
+        m = config.moe
+        inject_moe(model, m["num_experts"], m["topk"], m["adapter_dim"], m["moe_scaling"], m.get("dropout", 0.1))
+    if config.lora:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(folder / "lora")).merge_and_unload()
+    tensors = ckpt.read_tensors([folder / ckpt.ADAPTER_WEIGHTS], keep=lambda k: True)
+    experts = {k: v for k, v in tensors.items() if ".moe_adapter." in k}
+    if config.moe:
+        ckpt.load_moe_state_dict(model, experts, str(folder / ckpt.ADAPTER_WEIGHTS))
+    rows = {k: v for k, v in tensors.items() if k.startswith("new_token_rows.")}
+    ckpt.load_new_token_rows(model, rows, config.num_base_tokens, str(folder / ckpt.ADAPTER_WEIGHTS))
+    return model.to(device=device, dtype=dtype or model.dtype), tokenizer
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Total, expert (routers + experts) and trainable parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".moe_adapter." in n)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "experts": experts, "dense": total - experts, "trainable": trainable}
