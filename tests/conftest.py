@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random Llama (built from a config, no files) and the real bundled SmolLM2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def tiny_llama_config(**overrides):
+    from transformers import LlamaConfig
+
+    fields = dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def make_tiny_llama(seed: int = 0, **overrides):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(**overrides))
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder():
+    """Folder of the converted bundled base (converted once per cache)."""
+    from openrag.bundled import smollm2_checkpoint
+
+    return smollm2_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_folder):
+    """The real bundled base, dense, float32 on the CPU. Session-scoped: do not modify it in a test."""
+    from openrag import load_model
+
+    return load_model(str(smollm2_folder), device="cpu")
