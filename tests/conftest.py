@@ -53,3 +53,23 @@ def smollm2(smollm2_folder):
     from openrag import load_model
 
     return load_model(str(smollm2_folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_folder):
+    """The bundled base's real tokenizer (loads in well under a second). Copy it before adding tokens."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_folder)
+
+
+def make_tiny_llama_for(tokenizer, seed: int = 0, **overrides):
+    """A tiny random Llama whose vocabulary matches a real tokenizer (embeddings [len(tokenizer), 32])."""
+    return make_tiny_llama(
+        seed,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
+    )
