@@ -65,11 +65,10 @@ def smollm2_tokenizer(smollm2_folder):
 
 def make_tiny_llama_for(tokenizer, seed: int = 0, **overrides):
     """A tiny random Llama whose vocabulary matches a real tokenizer (embeddings [len(tokenizer), 32])."""
-    return make_tiny_llama(
-        seed,
+    fields = dict(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **overrides,
     )
+    return make_tiny_llama(seed, **{**fields, **overrides})
