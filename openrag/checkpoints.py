@@ -217,3 +217,16 @@ def save_merged(model: nn.Module, tokenizer, folder: str | Path) -> Path:
         save_file({k: v.contiguous() for k, v in experts.items()}, str(folder / MERGED_MOE_WEIGHTS))
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def read_released_moe_bin(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``moe_model.bin`` of a released training checkpoint (routers and experts), read without
+    unpickling arbitrary objects: ``torch.load(weights_only=True)`` accepts tensors and plain containers only."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a tensors-only torch file ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors (key -> tensor)")
+    return state

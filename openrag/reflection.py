@@ -45,12 +45,11 @@ def add_reflection_tokens(model: nn.Module | None, tokenizer) -> int:
     Tied input/output embeddings stay tied. Returns the number of tokens added (0 if already present).
     """
     missing = [t for t in REFLECTION_TOKENS if t not in tokenizer.get_vocab()]
-    extra: dict = {"additional_special_tokens": missing} if missing else {}
+    added = 0
+    if missing:  # first, so that the reflection tokens get consecutive ids in SPEC order
+        added += tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
-        extra["pad_token"] = PAD_TOKEN
-    if not extra:
-        return 0
-    added = tokenizer.add_special_tokens(extra, replace_extra_special_tokens=False)
+        added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     if model is not None and added:
         _grow_embeddings(model, len(tokenizer))
         if getattr(model.config, "pad_token_id", None) is None:
