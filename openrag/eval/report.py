@@ -1,0 +1,72 @@
+"""``openrag report``: several metrics files side by side, as one markdown table and one bar chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+# Columns in the order a reader looks for them; only those some run reports are shown.
+SCORE_COLUMNS = ("em", "f1", "precision", "recall", "em_any", "f1_any", "match", "match_norm", "accuracy")
+
+
+def load_summaries(paths: Sequence[Path]) -> list[tuple[str, dict]]:
+    """(run name, summary) per metrics file; the name is the file name without ``.metrics.json``."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"no metrics file at {path}; pass the .metrics.json that `openrag eval` wrote")
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not JSON ({err})") from None
+        if not isinstance(summary, dict) or "n" not in summary:
+            raise ValueError(f"{path} is not an `openrag eval` metrics file (no 'n' field)")
+        name = path.name[: -len(".metrics.json")] if path.name.endswith(".metrics.json") else path.stem
+        runs.append((name, summary))
+    return runs
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(runs: Sequence[tuple[str, dict]]) -> str:
+    scores = [c for c in SCORE_COLUMNS if any(c in s for _, s in runs)]
+    header = ["run", "task", "mode", "n", *scores, "retrieval %", "gold recall", "q/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, s in runs:
+        qps = s.get("questions_per_second")
+        row = [name, str(s.get("task", "")), str(s.get("mode", "")), str(s["n"])]
+        row += [_pct(s.get(c)) for c in scores]
+        row += [_pct(s.get("retrieval_frequency")), _pct(s.get("gold_recall")), "" if qps is None else f"{qps:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(runs: Sequence[tuple[str, dict]], path: Path, columns: Sequence[str] | None = None) -> Path:
+    """Grouped bars: per run, each score column (percent)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(columns or [c for c in SCORE_COLUMNS if c not in ("precision", "recall") and any(c in s for _, s in runs)])
+    columns.append("retrieval_frequency")
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(runs) * max(1, len(columns) / 2)), 4.4), dpi=120)
+    for j, column in enumerate(columns):
+        xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(runs))]
+        ys = [100 * (s.get(column) or 0.0) for _, s in runs]
+        bars = ax.bar(xs, ys, width, label=column.replace("_", " "))
+        ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    ax.set_xticks(range(len(runs)), [name for name, _ in runs], rotation=20 if len(runs) > 3 else 0, ha="right" if len(runs) > 3 else "center", fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, ncol=min(len(columns), 4))
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

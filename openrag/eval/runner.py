@@ -1,0 +1,283 @@
+"""The evaluation loop: answer each question once, append its JSON line at once, summarise from the lines.
+
+Files. ``--output_file X.jsonl`` receives one JSON object per answered question, flushed as soon as it is
+written, so a killed run keeps everything it answered; the summary goes to ``X.metrics.json``. The summary
+is a pure function of the lines (plus the run's settings), so a resumed run and an uninterrupted one give
+the same metrics, and shards combine exactly.
+
+Resume. ``--resume`` reads the lines already in the file (dropping a last line cut off by a kill), checks
+that they belong to the same data (index and id of each question), and answers only the rest.
+
+Shards. With ``--world_size N --rank R`` (or torchrun's ``WORLD_SIZE``/``RANK``), rank R answers the
+questions whose dataset index i (after ``--limit``) has ``i % N == R``: interleaved, so long and short
+questions spread evenly over ranks. Each rank writes ``X.rank{R}-of-{N}.jsonl`` and its own metrics file;
+the rank that finishes last finds every shard complete and writes the combined ``X.jsonl`` in dataset order
+and ``X.metrics.json`` (``openrag eval combine`` does the same by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .metrics import HEADLINE, score_answer
+from .passages import select_passages
+from .tasks import Task
+
+
+@dataclass
+class Question:
+    """One dataset row as the loop sees it: its index in the dataset and the passages it is answered with."""
+
+    index: int
+    example: Any  # openrag.data.readers.QAExample
+    passages: list
+    ranked_by: str
+    gold_recall: float | None
+
+
+# Answers a batch of questions; returns per question a dict with at least ``prediction`` and ``retrieved``
+# (anything else, e.g. ``candidates``, is kept in the JSON line as it is).
+Answerer = Callable[[Sequence[Question]], list[dict]]
+
+
+@dataclass
+class RunConfig:
+    output_file: Path
+    task: Task
+    metric: str
+    ndocs: int = 3
+    ranker: str = "bm25"
+    limit: int | None = None
+    resume: bool = False
+    world_size: int = 1
+    rank: int = 0
+    batch_size: int = 1
+    progress: bool = True
+    settings: dict = field(default_factory=dict)  # model, dataset, engine options: copied into the summary
+
+    def __post_init__(self) -> None:
+        self.output_file = Path(self.output_file)
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"--rank {self.rank} is not in 0..{self.world_size - 1} (--world_size {self.world_size})")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
+
+
+def metrics_path(jsonl: Path) -> Path:
+    jsonl = Path(jsonl)
+    stem = jsonl.name[: -len(".jsonl")] if jsonl.name.endswith(".jsonl") else jsonl.name
+    return jsonl.with_name(stem + ".metrics.json")
+
+
+def shard_path(output_file: Path, rank: int, world_size: int) -> Path:
+    output_file = Path(output_file)
+    if world_size == 1:
+        return output_file
+    stem = output_file.name[: -len(".jsonl")] if output_file.name.endswith(".jsonl") else output_file.name
+    return output_file.with_name(f"{stem}.rank{rank}-of-{world_size}.jsonl")
+
+
+def read_records(path: Path, repair: bool = False) -> list[dict]:
+    """The JSON lines of an output file. A last line without its newline (a kill in mid-write) is
+    dropped, and with ``repair`` cut from the file so that appending continues cleanly."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data) and repair:
+        with open(path, "r+b") as f:
+            f.truncate(complete)
+    records = []
+    for number, line in enumerate(data[:complete].decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number} is not a JSON line ({err}); remove it or start without --resume") from None
+    return records
+
+
+def summarize(records: Sequence[dict], metric: str) -> dict:
+    """Means of every per-question metric, retrieval frequency, gold recall, and speed."""
+    n = len(records)
+    summary: dict[str, Any] = {"n": n}
+    keys = list(records[0]["metrics"]) if records else list(score_answer(metric, "", ["x"]))
+    for key in keys:
+        summary[key] = sum(r["metrics"][key] for r in records) / n if n else 0.0
+    summary["retrieval_frequency"] = sum(bool(r["retrieved"]) for r in records) / n if n else 0.0
+    recalls = [r["gold_recall"] for r in records if r.get("gold_recall") is not None]
+    summary["gold_recall"] = sum(recalls) / len(recalls) if recalls else None
+    summary["gold_recall_n"] = len(recalls)
+    seconds = sum(r.get("seconds", 0.0) for r in records)
+    summary["seconds"] = seconds
+    summary["questions_per_second"] = n / seconds if seconds > 0 else None
+    return summary
+
+
+def prepare_questions(examples: Iterable, config: RunConfig) -> list[Question]:
+    """The questions of this shard, with their passages selected (unranked candidates ranked first)."""
+    questions = []
+    for index, example in enumerate(examples):
+        if config.limit is not None and index >= config.limit:
+            break
+        if index % config.world_size != config.rank:
+            continue
+        sel = select_passages(example.question, list(example.passages), example.ranked, config.ndocs, config.ranker)
+        questions.append(Question(index, example, sel.passages, sel.ranked_by, sel.gold_recall))
+    return questions
+
+
+def make_record(question: Question, answer: dict, config: RunConfig, seconds: float) -> dict:
+    ex = question.example
+    prediction = answer["prediction"]
+    choices = list(ex.choices) if getattr(ex, "choices", None) else None
+    labels = [chr(ord("A") + i) for i in range(len(choices))] if choices else None
+    answers = [ex.answer_key] if config.metric == "accuracy" and getattr(ex, "answer_key", None) else list(ex.answers)
+    record = {
+        "index": question.index,
+        "id": ex.id,
+        "question": ex.question,
+        "answers": list(ex.answers),
+        "prediction": prediction,
+        "retrieved": bool(answer["retrieved"]),
+        "metrics": score_answer(config.metric, prediction, answers, labels, choices),
+        "ranked_by": question.ranked_by,
+        "gold_recall": question.gold_recall,
+        "seconds": seconds,
+    }
+    if labels:
+        record["answer_key"] = ex.answer_key
+    alternative = answer.get("no_retrieval")  # the sweep's second answer: scored the same way
+    if alternative is not None:
+        scored = score_answer(config.metric, alternative["prediction"], answers, labels, choices)
+        record["no_retrieval"] = {**alternative, "metrics": scored}
+    record.update({k: v for k, v in answer.items() if k not in record})
+    return record
+
+
+def _check_resumed(records: list[dict], questions: list[Question], path: Path) -> None:
+    expected = {q.index: str(q.example.id) for q in questions}
+    for r in records:
+        if expected.get(r.get("index")) != str(r.get("id")):
+            raise ValueError(
+                f"{path} holds an answer (index {r.get('index')}, id {r.get('id')!r}) that is not a question of this "
+                "run's data and shard; resume with the same --dataset/--task/--limit/--world_size/--rank, or use another --output_file"
+            )
+
+
+def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, load_seconds: float = 0.0, skipped: int = 0) -> dict:
+    """Answer this shard's questions not yet in its file; write its metrics file; return its summary."""
+    path = shard_path(config.output_file, config.rank, config.world_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done: list[dict] = []
+    if config.resume:
+        done = read_records(path, repair=True)
+        _check_resumed(done, questions, path)
+    elif path.exists() and path.stat().st_size:
+        print(f"openrag eval: overwriting {path} (pass --resume to keep its answers)", file=sys.stderr)
+    answered = {r["index"] for r in done}
+    todo = [q for q in questions if q.index not in answered]
+    headline = HEADLINE[config.metric]
+    running = [sum(r["metrics"][headline] for r in done), len(done)]
+    bar = _progress(config, total=len(questions), initial=len(done))
+    with open(path, "a" if config.resume else "w", encoding="utf-8") as out:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            t0 = time.perf_counter()
+            answers = answerer(batch)
+            each = (time.perf_counter() - t0) / len(batch)
+            for question, answer in zip(batch, answers, strict=True):
+                record = make_record(question, answer, config, each)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+                done.append(record)
+                running[0] += record["metrics"][headline]
+                running[1] += 1
+            if bar is not None:
+                bar.update(len(batch))
+                bar.set_postfix({headline: f"{100 * running[0] / running[1]:.1f}"})
+    if bar is not None:
+        bar.close()
+    done.sort(key=lambda r: r["index"])
+    summary = _summary(done, config, load_seconds, skipped, complete=len(done) == len(questions))
+    _write_json(metrics_path(path), summary)
+    return summary
+
+
+def _summary(records: list[dict], config: RunConfig, load_seconds: float, skipped: int, complete: bool) -> dict:
+    summary = {"task": config.task.name, "metric": config.metric, **summarize(records, config.metric)}
+    summary.update(load_seconds=load_seconds, skipped=skipped, ndocs=config.ndocs, ranker=config.ranker)
+    summary.update(limit=config.limit, world_size=config.world_size, complete=complete)
+    summary.update(config.settings)
+    return summary
+
+
+def combine_shards(output_file: Path, world_size: int) -> dict | None:
+    """Merge complete shards into ``output_file`` and its metrics file; None while a shard is unfinished."""
+    summaries, records = [], []
+    for rank in range(world_size):
+        path = shard_path(output_file, rank, world_size)
+        mpath = metrics_path(path)
+        if not mpath.exists():
+            return None
+        summary = json.loads(mpath.read_text())
+        if not summary.get("complete"):
+            return None
+        summaries.append(summary)
+        records.extend(read_records(path))
+    records.sort(key=lambda r: r["index"])
+    indices = [r["index"] for r in records]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"the shards of {output_file} answer some question twice; were they run with different settings?")
+    first = summaries[0]
+    combined = {"task": first["task"], "metric": first["metric"], **summarize(records, first["metric"])}
+    for key, value in first.items():
+        combined.setdefault(key, value)
+    combined["load_seconds"] = max(s["load_seconds"] for s in summaries)
+    combined["wall_seconds"] = max(s["seconds"] for s in summaries)  # the ranks run side by side
+    combined["throughput"] = len(records) / combined["wall_seconds"] if combined["wall_seconds"] > 0 else None
+    combined["complete"] = True
+    tmp = Path(output_file).with_name(Path(output_file).name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for r in records:
+            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, output_file)
+    _write_json(metrics_path(output_file), combined)
+    return combined
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _progress(config: RunConfig, total: int, initial: int):
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    desc = config.task.name if config.world_size == 1 else f"{config.task.name} rank {config.rank}/{config.world_size}"
+    return tqdm(total=total, initial=initial, desc=desc, unit="q", dynamic_ncols=True)
+
+
+def format_summary(summary: dict) -> str:
+    """One readable line: the headline numbers as percentages, then speed."""
+    keys = [k for k in ("em", "f1", "precision", "recall", "em_any", "f1_any", "match", "match_norm", "accuracy") if k in summary]
+    parts = [f"{k} {100 * summary[k]:.1f}" for k in keys]
+    parts.append(f"retrieval {100 * summary['retrieval_frequency']:.1f}%")
+    if summary.get("gold_recall") is not None:
+        parts.append(f"gold recall@{summary.get('ndocs')} {100 * summary['gold_recall']:.1f}")
+    qps = summary.get("questions_per_second")
+    parts.append(f"{summary['n']} questions in {summary['seconds']:.1f}s" + (f" ({qps:.2f} q/s)" if qps else ""))
+    if summary.get("skipped"):
+        parts.append(f"{summary['skipped']} rows skipped")
+    return f"{summary['task']}: " + ", ".join(parts)

@@ -1,0 +1,118 @@
+"""Adaptive-retrieval trade-off from one set of generations (the paper's accuracy vs retrieval frequency).
+
+For each question the sweep run stores two answers: the one generated after a forced ``[No Retrieval]``
+(with ``p_retrieve``, the token rule's P([Retrieval]) / (P([Retrieval]) + P([No Retrieval])) at the first
+position, and ``minp``/``meanp``, the confidence rules' min and mean token probability of that answer) and
+the one with retrieval. Every threshold's decision is then a pure function of those numbers:
+
+    token rule:       retrieve if p_retrieve > threshold
+    confidence rules: retrieve if minp (or meanp) < threshold
+
+so a whole curve costs two generations per question, not one run per threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .metrics import HEADLINE
+
+RULES = ("token", "minp", "meanp")
+DEFAULT_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+_VALUE = {"token": "p_retrieve", "minp": "minp", "meanp": "meanp"}
+
+
+def decide(rule: str, value: float | None, threshold: float) -> bool:
+    """Whether ``rule`` retrieves for a question whose rule value is ``value``. A missing value (an empty
+    no-retrieval answer has no token probabilities) counts as no confidence: the question retrieves."""
+    if rule not in RULES:
+        raise ValueError(f"unknown retrieval rule {rule!r}; choose one of {', '.join(RULES)}")
+    if value is None:
+        return True
+    return value > threshold if rule == "token" else value < threshold
+
+
+@dataclass
+class SweepPoint:
+    rule: str  # token | minp | meanp | no_retrieval | always_retrieve
+    threshold: float | None
+    n: int
+    retrieval_frequency: float
+    metrics: dict[str, float]  # mean of each per-question metric
+
+
+def _point(rule: str, threshold: float | None, records: Sequence[dict], choose) -> SweepPoint:
+    n = len(records)
+    keys = list(records[0]["metrics"]) if records else []
+    sums = dict.fromkeys(keys, 0.0)
+    retrieved = 0
+    for r in records:
+        use_retrieval = choose(r)
+        retrieved += use_retrieval
+        chosen = r["metrics"] if use_retrieval else r["no_retrieval"]["metrics"]
+        for k in keys:
+            sums[k] += chosen[k]
+    return SweepPoint(rule, threshold, n, retrieved / n if n else 0.0, {k: v / n if n else 0.0 for k, v in sums.items()})
+
+
+def sweep(records: Sequence[dict], rules: Sequence[str] = RULES, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[SweepPoint]:
+    """One point per (rule, threshold), plus the two ends: never and always retrieving."""
+    missing = [r.get("id") for r in records if "no_retrieval" not in r]
+    if missing:
+        raise ValueError(f"{len(missing)} answers lack the no-retrieval generation a sweep needs (first id {missing[0]!r}); were they written by `openrag eval sweep`?")
+    points = [_point("no_retrieval", None, records, lambda r: False), _point("always_retrieve", None, records, lambda r: True)]
+    for rule in rules:
+        key = _VALUE[rule] if rule in _VALUE else rule
+        for t in thresholds:
+            points.append(_point(rule, t, records, lambda r, rule=rule, key=key, t=t: decide(rule, r["no_retrieval"].get(key), t)))
+    return points
+
+
+def sweep_table(points: Sequence[SweepPoint], metric: str) -> str:
+    """A markdown table: rule, threshold, retrieval frequency and every metric, as percentages."""
+    keys = list(points[0].metrics) if points else [HEADLINE[metric]]
+    header = "| rule | threshold | retrieval % | " + " | ".join(keys) + " |"
+    lines = [header, "|" + "---|" * (3 + len(keys))]
+    for p in points:
+        threshold = "" if p.threshold is None else f"{p.threshold:g}"
+        values = " | ".join(f"{100 * p.metrics[k]:.1f}" for k in keys)
+        lines.append(f"| {p.rule} | {threshold} | {100 * p.retrieval_frequency:.1f} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_json(points: Sequence[SweepPoint]) -> list[dict]:
+    return [asdict(p) for p in points]
+
+
+def plot_sweep(points: Sequence[SweepPoint], metric: str, path: Path, title: str = "") -> Path:
+    """PNG of the headline metric against retrieval frequency, one line per rule, thresholds labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    headline = HEADLINE[metric]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for rule in [r for r in RULES if any(p.rule == r for p in points)]:
+        pts = sorted((p for p in points if p.rule == rule), key=lambda p: (p.retrieval_frequency, p.threshold))
+        xs = [100 * p.retrieval_frequency for p in pts]
+        ys = [100 * p.metrics[headline] for p in pts]
+        ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.2, label=f"{rule} rule")
+        for p, x, y in zip(pts, xs, ys):
+            ax.annotate(f"{p.threshold:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, alpha=0.7)
+    for p, marker in ((p, "s" if p.rule == "no_retrieval" else "^") for p in points if p.threshold is None):
+        ax.scatter([100 * p.retrieval_frequency], [100 * p.metrics[headline]], marker=marker, color="black", zorder=3, label=p.rule.replace("_", " "))
+    ax.set_xlabel("retrieval frequency (%)")
+    ax.set_ylabel(f"{headline} (%)")
+    ax.set_xlim(-3, 103)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

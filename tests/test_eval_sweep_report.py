@@ -1,0 +1,84 @@
+"""Threshold sweep decisions from stored values, and the report's table and chart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from openrag.eval.report import bar_chart, load_summaries, markdown_table
+from openrag.eval.sweep import decide, plot_sweep, sweep, sweep_table
+
+
+def record(em_retrieval, em_no, p, minp, meanp):
+    return {
+        "id": "x",
+        "metrics": {"em": em_retrieval},
+        "no_retrieval": {"prediction": "y", "p_retrieve": p, "minp": minp, "meanp": meanp, "metrics": {"em": em_no}},
+    }
+
+
+RECORDS = [
+    record(1.0, 0.0, p=0.9, minp=0.1, meanp=0.5),  # needs retrieval; unsure without it
+    record(0.0, 1.0, p=0.2, minp=0.8, meanp=0.9),  # knows the answer; retrieval misleads it
+    record(1.0, 1.0, p=0.6, minp=0.4, meanp=0.7),
+    record(0.0, 0.0, p=0.4, minp=None, meanp=None),  # empty no-retrieval answer: no probabilities
+]
+
+
+def test_decide_rules():
+    assert decide("token", 0.6, 0.5) and not decide("token", 0.5, 0.5)  # strictly above
+    assert decide("minp", 0.3, 0.5) and not decide("minp", 0.5, 0.5)  # strictly below
+    assert decide("meanp", None, 0.0)
+    with pytest.raises(ValueError, match="unknown retrieval rule"):
+        decide("coin", 0.5, 0.5)
+
+
+def test_sweep_points_by_hand():
+    points = {(p.rule, p.threshold): p for p in sweep(RECORDS, thresholds=[0.0, 0.5, 1.0])}
+    assert points[("no_retrieval", None)].metrics["em"] == 0.5
+    assert points[("always_retrieve", None)].metrics["em"] == 0.5
+    # token > 0.5 retrieves rows 0 and 2: em = 1 + 1 (row 1 without) + 1 + 0 = 3/4
+    token = points[("token", 0.5)]
+    assert (token.retrieval_frequency, token.metrics["em"]) == (0.5, 0.75)
+    # minp < 0.5 retrieves rows 0, 2 and the row without probabilities
+    minp = points[("minp", 0.5)]
+    assert (minp.retrieval_frequency, minp.metrics["em"]) == (0.75, 0.75)
+    # meanp < 0.0 retrieves only the row without probabilities
+    assert points[("meanp", 0.0)].retrieval_frequency == 0.25
+    assert points[("token", 1.0)].retrieval_frequency == 0.0
+
+
+def test_sweep_needs_both_answers():
+    with pytest.raises(ValueError, match="no-retrieval generation"):
+        sweep([{"id": "a", "metrics": {"em": 1.0}}])
+
+
+def test_sweep_table_and_plot(tmp_path):
+    points = sweep(RECORDS, thresholds=[0.0, 0.5])
+    table = sweep_table(points, "hotpotem")
+    assert table.splitlines()[0] == "| rule | threshold | retrieval % | em |"
+    assert "| token | 0.5 | 50.0 | 75.0 |" in table
+    png = plot_sweep(points, "hotpotem", tmp_path / "sweep.png", title="test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_table_and_chart(tmp_path):
+    a = {"task": "hotpotqa", "mode": "adaptive_retrieval", "n": 10, "em": 0.5, "f1": 0.625, "retrieval_frequency": 0.3, "gold_recall": 0.8, "questions_per_second": 2.0}
+    b = {"task": "popqa", "mode": "always_retrieve", "n": 5, "match": 0.4, "retrieval_frequency": 1.0, "questions_per_second": None}
+    (tmp_path / "a.metrics.json").write_text(json.dumps(a))
+    (tmp_path / "b.metrics.json").write_text(json.dumps(b))
+    runs = load_summaries([tmp_path / "a.metrics.json", tmp_path / "b.metrics.json"])
+    table = markdown_table(runs).splitlines()
+    assert table[0] == "| run | task | mode | n | em | f1 | match | retrieval % | gold recall | q/s |"
+    assert table[2] == "| a | hotpotqa | adaptive_retrieval | 10 | 50.0 | 62.5 |  | 30.0 | 80.0 | 2.00 |"
+    assert table[3] == "| b | popqa | always_retrieve | 5 |  |  | 40.0 | 100.0 |  |  |"
+    assert bar_chart(runs, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_refuses_other_files(tmp_path):
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not an `openrag eval` metrics file"):
+        load_summaries([tmp_path / "x.json"])
+    with pytest.raises(FileNotFoundError, match="no metrics file"):
+        load_summaries([tmp_path / "missing.metrics.json"])
