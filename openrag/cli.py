@@ -12,6 +12,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("openrag.commands.info", "print a model's architecture, expert settings and parameter counts"),
+    "index": ("openrag.commands.index", "build a BM25, dense or hybrid index over your own documents"),
+    "report": ("openrag.commands.report", "put several eval metrics files into one markdown table and a bar chart"),
 }
 
 # Errors that come from the user's input (a path, a checkpoint, a flag), reported without a traceback.

@@ -1,0 +1,28 @@
+"""``openrag report A.metrics.json B.metrics.json ...``: one markdown table and one bar chart of several runs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("metrics_files", nargs="+", help="the .metrics.json files that `openrag eval` wrote")
+    parser.add_argument("--output", default=None, help="write the markdown table here too (default: print only)")
+    parser.add_argument("--plot", default=None, help="write a PNG bar chart of the scores here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..eval.report import bar_chart, load_summaries, markdown_table
+
+    runs = load_summaries(args.metrics_files)
+    table = markdown_table(runs)
+    print(table, end="")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(table)
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        print(f"chart: {bar_chart(runs, Path(args.plot))}")
+    return 0
