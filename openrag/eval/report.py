@@ -8,6 +8,7 @@ from typing import Sequence
 
 # Columns in the order a reader looks for them; only those some run reports are shown.
 SCORE_COLUMNS = ("em", "f1", "precision", "recall", "em_any", "f1_any", "match", "match_norm", "accuracy")
+CHART_COLUMNS = ("em", "f1", "match", "accuracy")
 
 
 def load_summaries(paths: Sequence[Path]) -> list[tuple[str, dict]]:
@@ -45,25 +46,27 @@ def markdown_table(runs: Sequence[tuple[str, dict]]) -> str:
 
 
 def bar_chart(runs: Sequence[tuple[str, dict]], path: Path, columns: Sequence[str] | None = None) -> Path:
-    """Grouped bars: per run, each score column (percent)."""
+    """Grouped bars, per run: each headline score some run reports, and the retrieval frequency (percent).
+    A score a run does not report gets no bar (not a bar at 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = list(columns or [c for c in SCORE_COLUMNS if c not in ("precision", "recall") and any(c in s for _, s in runs)])
+    columns = list(columns or [c for c in CHART_COLUMNS if any(c in s for _, s in runs)])
     columns.append("retrieval_frequency")
     width = 0.8 / len(columns)
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(runs) * max(1, len(columns) / 2)), 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(runs) * len(columns)), 4.4), dpi=120)
     for j, column in enumerate(columns):
-        xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(runs))]
-        ys = [100 * (s.get(column) or 0.0) for _, s in runs]
-        bars = ax.bar(xs, ys, width, label=column.replace("_", " "))
-        ax.bar_label(bars, fmt="%.1f", fontsize=6)
-    ax.set_xticks(range(len(runs)), [name for name, _ in runs], rotation=20 if len(runs) > 3 else 0, ha="right" if len(runs) > 3 else "center", fontsize=8)
+        pairs = [(i + (j - (len(columns) - 1) / 2) * width, 100 * s[column]) for i, (_, s) in enumerate(runs) if s.get(column) is not None]
+        if pairs:
+            bars = ax.bar([x for x, _ in pairs], [y for _, y in pairs], width, label=column.replace("_", " "))
+            ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    many = len(runs) > 3
+    ax.set_xticks(range(len(runs)), [name for name, _ in runs], rotation=20 if many else 0, ha="right" if many else "center", fontsize=8)
     ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, ncol=min(len(columns), 4))
+    ax.set_ylim(0, 118)
+    ax.legend(fontsize=8, ncol=len(columns), loc="upper center")
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
