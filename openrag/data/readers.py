@@ -1,0 +1,426 @@
+"""Readers for every QA format the project meets, all producing :class:`QAExample`.
+
+``read_examples(path_or_name)`` sniffs the format from the fields of the first row, so a file is read
+as it is, whatever its extension says (``musique_dev200.jsonl`` from MIGRES was a ``.json`` of JSON lines):
+
+======================  ===================================================================  ========
+format                  fields                                                               passages
+======================  ===================================================================  ========
+``original``            HotpotQA / 2Wiki: ``_id, question, answer, context, supporting_facts``  unranked
+``musique``             ``id, question, answer, answer_aliases, paragraphs[is_supporting]``    unranked
+``ircot``               ``question_id, question_text, answers_objects, contexts``              unranked
+``retrieved``           Self-RAG eval / openrag_bench: ``question, answers|answer, ctxs|top_contexts``  ranked
+======================  ===================================================================  ========
+
+A path may carry a row window: ``dev.jsonl:skip=100`` (all but the first 100 rows) or
+``dev.jsonl:limit=100`` (the first 100), counted over raw rows, bad ones included, so that the two
+are exact complements. A name ``owner/dataset`` that is not a local path is loaded with
+``datasets.load_dataset(name, task)``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from .examples import ErrorLog, Passage, QAExample, RowError
+
+_WINDOW = re.compile(r"^(?P<path>.+?)((?::(?:skip|limit)=\d+)+)$")
+_DATASET_HINTS = (
+    ("2wiki", "2wikimultihopqa"),
+    ("hotpot", "hotpotqa"),
+    ("musique", "musique"),
+    ("popqa", "popqa"),
+    ("arc", "arc_c"),
+    ("trivia", "triviaqa"),
+    ("health", "pubhealth"),
+)
+_SPLIT_PREFERENCE = ("dev", "validation", "test", "train")
+
+
+class _Bad(Exception):
+    """A field problem inside a row parser; read_examples adds the file and line."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+# ----------------------------------------------------------------------------------------------- paths
+
+
+def split_window(spec: str | Path) -> tuple[str, int, int | None]:
+    """``"dev.jsonl:skip=100:limit=50"`` -> ``("dev.jsonl", 100, 50)``; a plain path -> ``(path, 0, None)``."""
+    spec = str(spec)
+    match = _WINDOW.match(spec)
+    if match is None or Path(spec).exists():
+        return spec, 0, None
+    skip, limit = 0, None
+    for part in match.group(2).strip(":").split(":"):
+        key, value = part.split("=")
+        if key == "skip":
+            skip = int(value)
+        else:
+            limit = int(value)
+    return match.group("path"), skip, limit
+
+
+def is_hub_name(name: str) -> bool:
+    return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+# ------------------------------------------------------------------------------------------- raw rows
+
+
+def iter_json_rows(path: str | Path) -> Iterator[tuple[int, dict | RowError]]:
+    """``(line, row)`` for a JSON-lines file or a JSON list; a malformed row comes as a RowError.
+
+    A JSON list is decoded element by element so that each row knows the line it starts on; a broken
+    list cannot be resynchronised, so its first error ends the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no data file at {path}")
+    text = path.read_text(encoding="utf-8")
+    start = len(text) - len(text.lstrip())
+    if text[start : start + 1] == "[":
+        yield from _iter_json_list(text, start, str(path))
+        return
+    if text[start : start + 1] == "{" and not _first_line_parses(text):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            rows = whole.get("data")
+            if not isinstance(rows, list):
+                raise ValueError(f"{path} is one JSON object without a 'data' list; expected JSON lines or a JSON list of rows")
+            for i, row in enumerate(rows):
+                yield i + 1, row
+            return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            yield number, RowError(str(path), number, "json", f"malformed JSON line ({err.msg} at column {err.colno})")
+
+
+def _first_line_parses(text: str) -> bool:
+    first = text.lstrip().split("\n", 1)[0]
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _iter_json_list(text: str, start: int, file: str) -> Iterator[tuple[int, dict | RowError]]:
+    decoder = json.JSONDecoder()
+    pos, line, n = start + 1, 1 + text.count("\n", 0, start), len(text)
+    while True:
+        while pos < n and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= n:
+            yield line, RowError(file, line, "json", "the JSON list is not closed (truncated file?)")
+            return
+        if text[pos] == "]":
+            return
+        line = 1 + text.count("\n", 0, pos)
+        try:
+            row, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            yield err.lineno, RowError(file, err.lineno, "json", f"malformed JSON ({err.msg}); the rest of the list is unreadable")
+            return
+        yield line, row
+        pos = end
+
+
+def _hub_rows(name: str, task: str | None) -> tuple[str, Iterator[tuple[int, dict]]]:
+    try:
+        import datasets
+
+        loaded = datasets.load_dataset(name, task)
+    except Exception as err:  # offline or unknown: say which and what to do instead
+        raise FileNotFoundError(
+            f"cannot load {name!r} (config {task!r}) through datasets ({type(err).__name__}: {err}); "
+            "offline, pass a local file of the same schema"
+        ) from err
+    if hasattr(loaded, "keys"):
+        splits = list(loaded.keys())
+        split = next((s for s in _SPLIT_PREFERENCE if s in splits), splits[0])
+        loaded = loaded[split]
+    return f"{name}[{task}]" if task else name, ((i + 1, row) for i, row in enumerate(loaded))
+
+
+def iter_rows(path_or_name: str | Path, task: str | None = None) -> tuple[str, Iterator[tuple[int, dict | RowError]]]:
+    """``(source_name, rows)`` for a local file or a hub dataset, before any format is applied."""
+    name = str(path_or_name)
+    if Path(name).expanduser().exists():
+        return name, iter_json_rows(Path(name).expanduser())
+    if is_hub_name(name):
+        return _hub_rows(name, task)
+    raise FileNotFoundError(f"no data file at {name}, and it is not a hub dataset name (owner/name)")
+
+
+# ------------------------------------------------------------------------------------------- formats
+
+
+def detect_format(row: dict) -> str:
+    """The format of one row, from its fields (see the module docstring)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a data row must be a JSON object, got {type(row).__name__}")
+    if "conversation" in row or ("corpus" in row and "instruction" in row):
+        raise ValueError("this is Open-RAG training data (conversation/corpus/instruction); read it with openrag.data.load_training_instances")
+    if "question_text" in row and "contexts" in row:
+        return "ircot"
+    if "paragraphs" in row:
+        return "musique"
+    if "context" in row and "supporting_facts" in row:
+        return "original"
+    if "question" in row or "instruction" in row:
+        return "retrieved"
+    if "title" in row and "text" in row:
+        raise ValueError("this is a passage corpus (title, text), not questions")
+    raise ValueError(f"unknown QA format with fields {sorted(row)[:12]}; see openrag.data.readers for the formats read")
+
+
+def guess_dataset(source: str, fmt: str, row: dict) -> str:
+    """Dataset name from the file name, else from the format's own fields."""
+    lowered = Path(source.split("[")[0]).name.lower() + " " + source.lower()
+    for hint, name in _DATASET_HINTS:
+        if hint in lowered:
+            return name
+    if fmt == "musique":
+        return "musique"
+    if fmt == "original":
+        return "2wikimultihopqa" if "evidences" in row else "hotpotqa"
+    if fmt == "ircot":
+        qid = str(row.get("question_id", ""))
+        if re.match(r"^\dhop", qid):
+            return "musique"
+        return "2wikimultihopqa" if len(qid) == 32 else "hotpotqa"
+    return "arc_c" if "choices" in row else "qa"
+
+
+def _need(row: dict, *names: str):
+    for name in names:
+        if name in row and row[name] is not None:
+            return row[name]
+    raise _Bad(names[0], "missing" + (f" (also looked for {', '.join(names[1:])})" if len(names) > 1 else ""))
+
+
+def _text(value, field: str) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise _Bad(field, f"expected a string, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise _Bad(field, "empty")
+    return text
+
+
+def _answers(values, field: str) -> list[str]:
+    if isinstance(values, (str, int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, list):
+        raise _Bad(field, f"expected a string or a list of strings, got {type(values).__name__}")
+    out: list[str] = []
+    for v in values:
+        text = str(v).strip() if isinstance(v, (str, int, float)) and not isinstance(v, bool) else ""
+        if text and text not in out:
+            out.append(text)
+    if not out:
+        raise _Bad(field, "empty answer")
+    return out
+
+
+def _sentences(value, field: str) -> str:
+    if isinstance(value, str):
+        return value.strip()
+    if not isinstance(value, list):
+        raise _Bad(field, f"expected a list of sentences, got {type(value).__name__}")
+    # HotpotQA sentences carry their leading space, 2Wiki's do not: strip and join with one space.
+    return " ".join(s.strip() for s in value if isinstance(s, str) and s.strip())
+
+
+def _parse_original(row: dict) -> dict:
+    qid = _text(_need(row, "_id", "id"), "_id")
+    question = _text(_need(row, "question"), "question")
+    answers = _answers(_need(row, "answer"), "answer")
+    facts = _need(row, "supporting_facts")
+    if isinstance(facts, str):  # some 2Wiki copies store it as a Python literal
+        try:
+            facts = ast.literal_eval(facts)
+        except (ValueError, SyntaxError):
+            raise _Bad("supporting_facts", "a string that is not a list of [title, sentence index]") from None
+    if not isinstance(facts, list) or not all(isinstance(f, list) and f and isinstance(f[0], str) for f in facts):
+        raise _Bad("supporting_facts", "expected a list of [title, sentence index]")
+    supporting = list(dict.fromkeys(f[0] for f in facts))
+    context = _need(row, "context")
+    if not isinstance(context, list) or not context:
+        raise _Bad("context", "expected a non-empty list of [title, sentences]")
+    passages = []
+    for item in context:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise _Bad("context", "each entry must be [title, [sentences]]")
+        passages.append(Passage(item[0], _sentences(item[1], "context"), is_gold=item[0] in supporting))
+    if not any(p.is_gold for p in passages):
+        raise _Bad("supporting_facts", "no supporting fact names a paragraph of the context (a paragraph list without gold)")
+    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
+
+
+def _parse_musique(row: dict) -> dict:
+    if row.get("answerable") is False:
+        raise _Bad("answerable", "unanswerable question (MuSiQue-Full): no gold answer to use")
+    qid = _text(_need(row, "id", "_id"), "id")
+    question = _text(_need(row, "question"), "question")
+    answers = _answers([_need(row, "answer")] + list(row.get("answer_aliases") or []), "answer")
+    paragraphs = _need(row, "paragraphs")
+    if not isinstance(paragraphs, list) or not paragraphs:
+        raise _Bad("paragraphs", "expected a non-empty list")
+    passages, titles_by_idx = [], {}
+    for i, p in enumerate(paragraphs):
+        if not isinstance(p, dict):
+            raise _Bad("paragraphs", "each paragraph must be an object")
+        title = str(p.get("title") or "").strip()
+        text = _text(_need(p, "paragraph_text", "text"), "paragraphs.paragraph_text")
+        titles_by_idx[p.get("idx", i)] = title
+        passages.append(Passage(title, text, is_gold=bool(p.get("is_supporting", False))))
+    if not any(p.is_gold for p in passages):
+        raise _Bad("paragraphs.is_supporting", "no paragraph is marked supporting (a paragraph list without gold)")
+    # Reasoning order from the decomposition (hop 1 first); paragraphs not named there keep list order.
+    steps = [s.get("paragraph_support_idx") for s in row.get("question_decomposition") or [] if isinstance(s, dict)]
+    supporting = [titles_by_idx[i] for i in steps if i in titles_by_idx]
+    supporting += [p.title for p in passages if p.is_gold and p.title not in supporting]
+    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
+
+
+def _parse_ircot(row: dict) -> dict:
+    qid = _text(_need(row, "question_id"), "question_id")
+    question = _text(_need(row, "question_text"), "question_text")
+    objects = _need(row, "answers_objects")
+    if not isinstance(objects, list):
+        raise _Bad("answers_objects", "expected a list")
+    spans: list = []
+    for obj in objects:
+        if isinstance(obj, dict):
+            spans += obj.get("spans") or []
+            if obj.get("number"):
+                spans.append(str(obj["number"]))
+    answers = _answers(spans, "answers_objects")
+    contexts = _need(row, "contexts")
+    if not isinstance(contexts, list) or not contexts:
+        raise _Bad("contexts", "expected a non-empty list")
+    passages = []
+    for c in contexts:
+        if not isinstance(c, dict):
+            raise _Bad("contexts", "each context must be an object")
+        text = _text(_need(c, "paragraph_text", "text"), "contexts.paragraph_text")
+        passages.append(Passage(str(c.get("title") or "").strip(), text, is_gold=bool(c.get("is_supporting", False))))
+    if not any(p.is_gold for p in passages):
+        raise _Bad("contexts.is_supporting", "no context is marked supporting (a paragraph list without gold)")
+    supporting = list(dict.fromkeys(p.title for p in passages if p.is_gold))
+    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
+
+
+def _parse_choices(row: dict) -> tuple[list[str], str, str]:
+    choices = row["choices"]
+    if not isinstance(choices, dict) or not isinstance(choices.get("text"), list) or not choices["text"]:
+        raise _Bad("choices", "expected {text: [...], label: [...]}")
+    texts = [str(t).strip() for t in choices["text"]]
+    labels = [str(x).strip() for x in choices.get("label") or []] or [chr(65 + i) for i in range(len(texts))]
+    key = _text(_need(row, "answerKey", "answer_key"), "answerKey")
+    if key not in labels:
+        raise _Bad("answerKey", f"{key!r} is not one of the choice labels {labels}")
+    index = labels.index(key)
+    return texts, chr(65 + index), texts[index]
+
+
+def _parse_retrieved(row: dict, line: int, dataset: str) -> dict:
+    question = _text(_need(row, "question", "instruction"), "question")
+    qid = row.get("id", row.get("_id", row.get("question_id")))
+    qid = str(qid) if qid is not None and str(qid).strip() else f"{dataset}-{line}"
+    choices = answer_key = None
+    if "choices" in row:
+        choices, answer_key, correct = _parse_choices(row)
+        answers = [answer_key, correct]
+    else:
+        answers = _answers(_need(row, "answers", "answer", "golds", "output"), "answers")
+    raw = row.get("ctxs", row.get("top_contexts")) or []
+    if not isinstance(raw, list):
+        raise _Bad("ctxs", "expected a list of passages")
+    passages = []
+    for c in raw:
+        if isinstance(c, str):
+            passages.append(Passage("", c.strip()))
+            continue
+        if not isinstance(c, dict):
+            raise _Bad("ctxs", "each passage must be an object or a string")
+        text = str(_need(c, "text", "paragraph_text", "content")).strip()
+        if not text:  # retrieved lists hold a few empty pages (PopQA's category pages): not evidence
+            continue
+        gold = next((c[k] for k in ("is_gold", "is_supporting", "hasanswer", "has_answer") if k in c), None)
+        score = c.get("score")
+        try:
+            score = float(score) if score is not None else None
+        except (TypeError, ValueError):
+            raise _Bad("ctxs.score", f"not a number: {score!r}") from None
+        passages.append(Passage(str(c.get("title") or "").strip(), text, None if gold is None else bool(gold), score))
+    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=True, choices=choices, answer_key=answer_key)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def read_examples(
+    path_or_name: str | Path,
+    task: str | None = None,
+    limit: int | None = None,
+    strict: bool = False,
+    *,
+    skip: int = 0,
+    errors: ErrorLog | None = None,
+    dataset: str | None = None,
+) -> Iterator[QAExample]:
+    """Every good row of a QA file or hub dataset as a :class:`QAExample`.
+
+    ``task`` is the hub config (``hotpotqa``...) and, for local files, the dataset name when given.
+    ``skip``/``limit`` (or a ``:skip=N:limit=M`` suffix) select a window of raw rows. A bad row is
+    reported to ``errors`` (logged and counted) and skipped; ``strict`` raises it instead.
+    """
+    errors = errors if errors is not None else ErrorLog(strict=strict)
+    errors.strict = errors.strict or strict
+    name, skip_suffix, limit_suffix = split_window(path_or_name)
+    skip += skip_suffix
+    limit = limit if limit is not None else limit_suffix
+    source, rows = iter_rows(name, task)
+    fmt = ds = None
+    for index, (line, row) in enumerate(rows):
+        if index < skip:
+            continue
+        if limit is not None and index >= skip + limit:
+            break
+        if isinstance(row, RowError):
+            errors.report(row)
+            continue
+        if fmt is None:
+            if not isinstance(row, dict):
+                errors.report(RowError(source, line, "row", f"expected a JSON object, got {type(row).__name__}"))
+                continue
+            fmt = detect_format(row)
+            ds = dataset or task or guess_dataset(source, fmt, row)
+        try:
+            if not isinstance(row, dict):
+                raise _Bad("row", f"expected a JSON object, got {type(row).__name__}")
+            if fmt == "retrieved":
+                fields = _parse_retrieved(row, line, ds)
+            else:
+                fields = {"original": _parse_original, "musique": _parse_musique, "ircot": _parse_ircot}[fmt](row)
+        except _Bad as bad:
+            errors.report(RowError(source, line, bad.field, bad.message))
+            continue
+        yield QAExample(dataset=ds, source=f"{source}:{line}", **fields)
