@@ -1,0 +1,166 @@
+"""``openrag eval`` as a library call: read the task's data, load the model, answer, summarise, combine.
+
+The command-line module only parses flags into :class:`EvalRequest` and calls :func:`evaluate` or
+:func:`evaluate_sweep`; tests call them with a fake answerer in place of the model.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .metrics import METRICS
+from .runner import Answerer, Question, RunConfig, combine_shards, metrics_path, prepare_questions, read_records, run_shard, shard_path
+from .sweep import DEFAULT_THRESHOLDS, RULES, plot_sweep, sweep, sweep_json, sweep_table
+from .tasks import get_task
+
+
+@dataclass
+class EvalRequest:
+    """One evaluation run; the fields are the ``openrag eval`` flags of the same names."""
+
+    task: str
+    output_file: Path | None = None  # default: ./eval/{task}.jsonl
+    dataset: str | None = None  # local file (any format of openrag.data.readers) or hub name; default: the task's
+    model_name: str = "default"  # checkpoint folder, hub name, or "default" (the bundled model)
+    metric: str | None = None  # default: the task's metric
+    split: str | None = None
+    limit: int | None = None  # the first N questions of the dataset (before sharding)
+    resume: bool = False
+    strict: bool = False  # stop at the first bad row instead of skipping and counting it
+    world_size: int = 1
+    rank: int = 0
+    batch_size: int = 8  # questions answered together (the engine batches their candidates)
+    ranker: str = "bm25"  # how unranked candidate paragraphs are ordered before the first ndocs are taken
+    ndocs: int = 3
+    progress: bool = True
+    device: str | None = None
+    options: dict = field(default_factory=dict)  # engine options from the flags (mode, threshold, w_use, ...)
+
+    def __post_init__(self) -> None:
+        self.task_info = get_task(self.task)
+        self.metric = self.metric or self.task_info.metric
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown --metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+        self.dataset = self.dataset or self.task_info.default_dataset
+        if self.dataset is None:
+            raise ValueError(f"--task {self.task} has no official dataset on the hub; pass --dataset with a local file (e.g. ../shared/data/...)")
+        self.output_file = Path(self.output_file or Path("eval") / f"{self.task}.jsonl")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"--limit must be a positive number, got {self.limit}")
+
+
+@dataclass
+class Loaded:
+    questions: list[Question]
+    skipped: int
+    skipped_by_field: dict[str, int]
+
+
+def load_questions(req: EvalRequest, config: RunConfig) -> Loaded:
+    """This shard's questions; bad rows are reported (file, line, field) and counted, or raised with strict."""
+    from ..data.examples import ErrorLog
+    from ..data.readers import read_examples
+
+    if req.split not in (None, "dev"):
+        # The readers take a hub dataset's dev split (else validation, test, train); say so rather than
+        # silently reading another split than the one asked for.
+        raise ValueError(f"--split {req.split}: only the dev split is read; pass a local file of that split as --dataset")
+    errors = ErrorLog(strict=req.strict)
+    examples = read_examples(req.dataset, task=req.task_info.hub_config or req.task, strict=req.strict, errors=errors, dataset=req.task)
+    questions = prepare_questions(examples, config)
+    return Loaded(questions, errors.count, errors.by_field())
+
+
+def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
+    settings = {"model": req.model_name, "dataset": req.dataset, **req.options}
+    return RunConfig(
+        output_file=output_file or req.output_file,
+        task=req.task_info,
+        metric=req.metric,
+        ndocs=req.ndocs,
+        ranker=req.ranker,
+        limit=req.limit,
+        resume=req.resume,
+        world_size=req.world_size,
+        rank=req.rank,
+        batch_size=req.batch_size,
+        progress=req.progress,
+        settings=settings,
+    )
+
+
+AnswererFactory = Callable[[EvalRequest, bool], tuple[Answerer, dict]]  # (request, both answers?) -> answerer, settings
+
+
+def _answer_all(req: EvalRequest, config: RunConfig, make_answerer: AnswererFactory | None, both: bool) -> dict:
+    loaded = load_questions(req, config)
+    if loaded.skipped:
+        fields = ", ".join(f"{k}: {v}" for k, v in sorted(loaded.skipped_by_field.items()))
+        print(f"openrag eval: skipped {loaded.skipped} bad rows ({fields}); --strict stops at the first", file=sys.stderr)
+    if make_answerer is None:
+        from .answerer import engine_answerer_factory as make_answerer
+    t0 = time.perf_counter()
+    answerer, settings = make_answerer(req, both)
+    load_seconds = time.perf_counter() - t0
+    config.settings.update(settings)
+    summary = run_shard(config, loaded.questions, answerer, load_seconds=load_seconds, skipped=loaded.skipped)
+    summary["skipped_by_field"] = loaded.skipped_by_field
+    if config.world_size > 1:
+        combined = combine_shards(config.output_file, config.world_size)
+        if combined is None:
+            print(f"openrag eval: rank {config.rank} done; the combined result is written when every rank has finished", file=sys.stderr)
+            return summary
+        return combined
+    return summary
+
+
+def evaluate(req: EvalRequest, make_answerer: AnswererFactory | None = None) -> dict:
+    """Answer every question of the task (this rank's share), write the JSON lines and the summary."""
+    return _answer_all(req, run_config(req), make_answerer, both=False)
+
+
+def sweep_paths(output_file: Path) -> dict[str, Path]:
+    stem = metrics_path(output_file).name[: -len(".metrics.json")]
+    return {ext: Path(output_file).with_name(f"{stem}.sweep.{ext}") for ext in ("md", "json", "png")}
+
+
+def evaluate_sweep(req: EvalRequest, rules: Sequence[str] = RULES, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, make_answerer: AnswererFactory | None = None) -> tuple[dict, dict[str, Path] | None]:
+    """Generate both answers per question once, then score every (rule, threshold); table, JSON and plot."""
+    import json
+
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        raise ValueError(f"unknown retrieval rule(s) {unknown}; choose from {', '.join(RULES)}")
+    summary = _answer_all(req, run_config(req), make_answerer, both=True)
+    if not summary.get("complete") or (req.world_size > 1 and "wall_seconds" not in summary):
+        return summary, None
+    records = read_records(req.output_file)
+    points = sweep(records, rules, thresholds)
+    paths = sweep_paths(req.output_file)
+    table = sweep_table(points, req.metric)
+    paths["md"].write_text(f"# {req.task}: accuracy against retrieval frequency ({len(records)} questions)\n\n{table}")
+    paths["json"].write_text(json.dumps(sweep_json(points), indent=2) + "\n")
+    plot_sweep(points, req.metric, paths["png"], title=f"{req.task}: {req.model_name}, {len(records)} questions")
+    return summary, paths
+
+
+def combine(output_file: Path, world_size: int) -> dict:
+    """``openrag eval combine``: merge finished shards by hand (each rank also tries when it finishes)."""
+    combined = combine_shards(Path(output_file), world_size)
+    if combined is None:
+        missing = [str(shard_path(output_file, r, world_size)) for r in range(world_size) if not _complete(shard_path(output_file, r, world_size))]
+        raise FileNotFoundError(f"shards not finished yet: {', '.join(missing)}")
+    return combined
+
+
+def _complete(path: Path) -> bool:
+    import json
+
+    m = metrics_path(path)
+    return m.exists() and bool(json.loads(m.read_text()).get("complete"))
+
+
