@@ -82,3 +82,40 @@ def test_report_refuses_other_files(tmp_path):
         load_summaries([tmp_path / "x.json"])
     with pytest.raises(FileNotFoundError, match="no metrics file"):
         load_summaries([tmp_path / "missing.metrics.json"])
+
+
+def test_evaluate_sweep_writes_table_json_and_plot(tmp_path):
+    from openrag.eval.evaluate import EvalRequest, evaluate_sweep
+
+    rows = [{"question": f"Q{i}?", "answers": [f"a{i}"], "ctxs": [{"title": "t", "text": f"a{i} is it"}]} for i in range(6)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def both_answers(req, both):
+        assert both
+
+        def answer(batch):
+            # with retrieval right on even questions, without on odd ones; confidence falls with the index
+            return [
+                {
+                    "prediction": f"a{q.index}" if q.index % 2 == 0 else "x",
+                    "retrieved": True,
+                    "no_retrieval": {"prediction": "x" if q.index % 2 == 0 else f"a{q.index}", "p_retrieve": q.index / 5, "minp": 1 - q.index / 5, "meanp": 1.0},
+                }
+                for q in batch
+            ]
+
+        return answer, {}
+
+    req = EvalRequest(task="popqa", dataset=str(data), output_file=tmp_path / "s.jsonl", progress=False)
+    summary, paths = evaluate_sweep(req, ["token", "minp"], [0.5], make_answerer=both_answers)
+    assert summary["n"] == 6
+    points = {(p["rule"], p["threshold"]): p for p in json.loads(paths["json"].read_text())}
+    # token > 0.5 retrieves questions 3, 4, 5 (p = 0.6, 0.8, 1.0): right on 4 (retrieval), 1 (without) -> 2/6
+    assert points[("token", 0.5)]["retrieval_frequency"] == 0.5
+    assert points[("token", 0.5)]["metrics"]["match"] == pytest.approx(2 / 6)
+    # minp < 0.5 retrieves the same three
+    assert points[("minp", 0.5)]["metrics"]["match"] == pytest.approx(2 / 6)
+    assert points[("always_retrieve", None)]["metrics"]["match"] == 0.5
+    assert "| token | 0.5 | 50.0 |" in paths["md"].read_text()
+    assert paths["png"].stat().st_size > 1000
