@@ -107,8 +107,7 @@ def _answer_all(req: EvalRequest, config: RunConfig, make_answerer: AnswererFact
     answerer, settings = make_answerer(req, both)
     load_seconds = time.perf_counter() - t0
     config.settings.update(settings)
-    summary = run_shard(config, loaded.questions, answerer, load_seconds=load_seconds, skipped=loaded.skipped)
-    summary["skipped_by_field"] = loaded.skipped_by_field
+    summary = run_shard(config, loaded.questions, answerer, load_seconds=load_seconds, skipped=loaded.skipped_by_field)
     if config.world_size > 1:
         combined = combine_shards(config.output_file, config.world_size)
         if combined is None:

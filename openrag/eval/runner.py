@@ -173,7 +173,7 @@ def _check_resumed(records: list[dict], questions: list[Question], path: Path) -
             )
 
 
-def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, load_seconds: float = 0.0, skipped: int = 0) -> dict:
+def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, load_seconds: float = 0.0, skipped: dict[str, int] | None = None) -> dict:
     """Answer this shard's questions not yet in its file; write its metrics file; return its summary."""
     path = shard_path(config.output_file, config.rank, config.world_size)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,14 +207,16 @@ def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, 
     if bar is not None:
         bar.close()
     done.sort(key=lambda r: r["index"])
-    summary = _summary(done, config, load_seconds, skipped, complete=len(done) == len(questions))
+    summary = _summary(done, config, load_seconds, skipped or {}, complete=len(done) == len(questions))
     _write_json(metrics_path(path), summary)
     return summary
 
 
-def _summary(records: list[dict], config: RunConfig, load_seconds: float, skipped: int, complete: bool) -> dict:
+def _summary(records: list[dict], config: RunConfig, load_seconds: float, skipped: dict[str, int], complete: bool) -> dict:
+    """``skipped``: bad input rows per field at fault (each rank reads, and counts, the whole dataset)."""
     summary = {"task": config.task.name, "metric": config.metric, **summarize(records, config.metric)}
-    summary.update(load_seconds=load_seconds, skipped=skipped, ndocs=config.ndocs, ranker=config.ranker)
+    summary.update(load_seconds=load_seconds, skipped=sum(skipped.values()), skipped_by_field=dict(skipped))
+    summary.update(ndocs=config.ndocs, ranker=config.ranker)
     summary.update(limit=config.limit, world_size=config.world_size, complete=complete)
     summary.update(config.settings)
     return summary

@@ -1,0 +1,117 @@
+"""``openrag eval``: the paper's evaluation, with the seed's flags (SPEC section 7).
+
+    openrag eval --model_name ./checkpoints/merged/ --task hotpotqa --dataset shayekh/openrag_bench \\
+        --mode adaptive_retrieval --threshold 0.0 --metric hotpotem --ndocs 3 --w_use 0.5 \\
+        --use_groundness --use_utility --use_seqscore --max_new_tokens 100 --output_file ./eval/hotpotqa.jsonl
+    openrag eval sweep --task hotpotqa --dataset dev.jsonl --output_file ./eval/hotpotqa.sweep.jsonl
+    openrag eval combine --output_file ./eval/hotpotqa.jsonl --world_size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+ACTIONS = ("run", "sweep", "combine")
+TASK_NAMES = ("hotpotqa", "2wikimultihopqa", "musique", "popqa", "triviaqa", "pubhealth", "arc_c")  # = eval.tasks.TASKS
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action", nargs="?", default="run", choices=ACTIONS,
+        help="run (default): answer and score; sweep: one generation pass scored at many thresholds; combine: merge finished shards",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--task", help=f"one of {', '.join(TASK_NAMES)}")
+    data.add_argument("--dataset", default=None, help="local file in any supported format, or a hub dataset (default for multi-hop tasks: shayekh/openrag_bench)")
+    data.add_argument("--split", default=None, help="hub split (only dev is read)")
+    data.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    data.add_argument("--strict", action="store_true", help="stop at the first bad row (default: report it, skip it, count it)")
+    data.add_argument("--ranker", default="bm25", choices=("bm25", "given"), help="order of unranked candidate paragraphs before the first --ndocs are taken")
+
+    model = parser.add_argument_group("model and answering")
+    model.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default' (the bundled model)")
+    model.add_argument("--mode", default=None, choices=("no_retrieval", "always_retrieve", "adaptive_retrieval"))
+    model.add_argument("--retrieval_rule", default=None, help="adaptive rule: token (Self-RAG), minp or meanp (Open-RAG's confidence rule)")
+    model.add_argument("--threshold", type=float, default=None, help="token rule: retrieve if p > threshold; confidence rules: if f < threshold")
+    model.add_argument("--ndocs", type=int, default=3, help="passages per question (one candidate answer each)")
+    model.add_argument("--max_new_tokens", type=int, default=None)
+    model.add_argument("--use_seqscore", action="store_true", help="add exp(mean token log-prob) to each candidate's score")
+    model.add_argument("--use_groundness", action="store_true", help="add the support score (spelled as in the seed)")
+    model.add_argument("--use_utility", action="store_true", help="add the utility score")
+    model.add_argument("--w_rel", type=float, default=1.0)
+    model.add_argument("--w_sup", type=float, default=1.0)
+    model.add_argument("--w_use", type=float, default=1.0)
+    model.add_argument("--metric", default=None, choices=("hotpotem", "match", "accuracy"), help="default: the task's")
+    model.add_argument("--batch_size", type=int, default=8, help="questions answered together")
+    model.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+
+    out = parser.add_argument_group("output and processes")
+    out.add_argument("--output_file", default=None, help="JSON lines, one per question (default ./eval/TASK.jsonl); summary in .metrics.json beside it")
+    out.add_argument("--resume", action="store_true", help="keep the answers already in --output_file and answer the rest")
+    out.add_argument("--world_size", type=int, default=_env_int("WORLD_SIZE", 1), help="processes sharing the dataset (default $WORLD_SIZE or 1)")
+    out.add_argument("--rank", type=int, default=_env_int("RANK", 0), help="this process's share, 0..world_size-1 (default $RANK or 0)")
+    out.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--thresholds", default=None, help="comma-separated thresholds (default 0,0.05,0.1,0.2,...,0.9,0.95,1)")
+    sweep.add_argument("--rules", default="token,minp,meanp", help="comma-separated rules to sweep")
+
+
+ENGINE_FLAGS = ("mode", "retrieval_rule", "threshold", "max_new_tokens", "use_seqscore", "use_groundness", "use_utility", "w_rel", "w_sup", "w_use")
+
+
+def _request(args: argparse.Namespace):
+    from ..eval.evaluate import EvalRequest
+
+    if not args.task:
+        raise ValueError("--task is required; choose one of " + ", ".join(TASK_NAMES))
+    options = {k: getattr(args, k) for k in ENGINE_FLAGS if getattr(args, k) is not None}
+    return EvalRequest(
+        task=args.task, output_file=args.output_file, dataset=args.dataset, model_name=args.model_name, metric=args.metric,
+        split=args.split, limit=args.limit, resume=args.resume, strict=args.strict, world_size=args.world_size, rank=args.rank,
+        batch_size=args.batch_size, ranker=args.ranker, ndocs=args.ndocs, progress=not args.no_progress, device=args.device,
+        options=options,
+    )
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--thresholds must be comma-separated numbers, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..eval import evaluate as ev
+    from ..eval.runner import format_summary, metrics_path
+
+    if args.action == "combine":
+        if not args.output_file or args.world_size < 2:
+            raise ValueError("combine needs --output_file and --world_size N (N >= 2) of the sharded run")
+        summary = ev.combine(args.output_file, args.world_size)
+        print(json.dumps(summary, indent=2))
+        print(format_summary(summary))
+        return 0
+    req = _request(args)
+    if args.action == "sweep":
+        from ..eval.sweep import DEFAULT_THRESHOLDS
+
+        thresholds = _floats(args.thresholds) if args.thresholds else list(DEFAULT_THRESHOLDS)
+        summary, paths = ev.evaluate_sweep(req, [r.strip() for r in args.rules.split(",") if r.strip()], thresholds)
+        if paths:
+            print(paths["md"].read_text(), end="")
+            print(f"sweep: {paths['md']}, {paths['json']}, {paths['png']}")
+        return 0
+    summary = ev.evaluate(req)
+    print(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    print(f"answers: {req.output_file}  summary: {metrics_path(req.output_file)}")
+    return 0

@@ -1,0 +1,73 @@
+"""The model side of ``openrag eval``: an :class:`openrag.rag.OpenRAG` wrapped as the loop's answerer.
+
+``both=False`` (``openrag eval``): each question is answered once with the requested options.
+``both=True`` (``openrag eval sweep``): each question gets the answer after a forced ``[No Retrieval]``
+with its rule values (``p_retrieve``, ``minp``, ``meanp``) *and* the answer from its passages, in one
+call: a confidence rule with a threshold above every probability generates the no-retrieval answer
+first and then always retrieves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Sequence
+
+from .runner import Question
+
+
+def answer_options(req, both: bool) -> dict:
+    """Engine options for a request: the flags given, the passage count, and the task's prompt format."""
+    from ..rag import AnswerOptions
+
+    known = {f.name for f in fields(AnswerOptions)}
+    options = {k: v for k, v in req.options.items() if k in known}
+    # The seed's switches are off unless given (store_true), whatever the engine's own defaults are.
+    for switch in ("use_seqscore", "use_groundness", "use_utility"):
+        options.setdefault(switch, False)
+    options.update(ndocs=req.ndocs, task=req.task, closed=req.task_info.closed, batch_size=max(32, req.batch_size * req.ndocs))
+    if both:
+        options.update(mode="adaptive_retrieval", retrieval_rule="minp", threshold=math.inf)
+    return options
+
+
+def to_result(answer, both: bool) -> dict:
+    """The JSON-line fields of one engine answer (see openrag.rag.Answer)."""
+    data = answer.to_dict()
+    data.pop("question", None)
+    result = {"prediction": data.pop("text"), "retrieved": data.pop("retrieved"), **data}
+    if both:
+        signals = getattr(answer, "signals", None) or {}
+        result["no_retrieval"] = {
+            "prediction": answer.no_retrieval_text or "",
+            "p_retrieve": signals.get("p_retrieve"),
+            "minp": signals.get("minp", answer.retrieval_value),
+            "meanp": signals.get("meanp"),
+        }
+        for key in ("retrieval_rule", "retrieval_value", "threshold"):  # the sweep's device, not a decision
+            result.pop(key, None)
+    return result
+
+
+def rag_answerer(rag, both: bool):
+    """The loop's answerer over a loaded OpenRAG (its options already set by :func:`answer_options`)."""
+
+    def answer(batch: Sequence[Question]) -> list[dict]:
+        questions = [q.example.question for q in batch]
+        passages = [q.passages for q in batch]
+        choices = [q.example.choices for q in batch] if any(q.example.choices for q in batch) else None
+        return [to_result(a, both) for a in rag.answer_batch(questions, passages, choices)]
+
+    return answer
+
+
+def engine_answerer_factory(req, both: bool):
+    """Load the model once; return (answerer, settings to record in the summary)."""
+    from ..rag import OpenRAG
+
+    options = answer_options(req, both)
+    rag = OpenRAG.from_pretrained(req.model_name, device=req.device, **options)
+    settings = {k: v for k, v in options.items() if not (isinstance(v, float) and math.isinf(v))}
+    if rag.notes:
+        settings["model_notes"] = list(rag.notes)
+    return rag_answerer(rag, both), settings
