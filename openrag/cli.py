@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("openrag.commands.info", "print a model's architecture, expert settings and parameter counts"),
     "index": ("openrag.commands.index", "build a BM25, dense or hybrid index over your own documents"),
+    "eval": ("openrag.commands.eval", "evaluate on a task (the seed's flags); `eval sweep`: thresholds vs retrieval; `eval combine`: shards"),
     "report": ("openrag.commands.report", "put several eval metrics files into one markdown table and a bar chart"),
 }
 
