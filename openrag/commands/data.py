@@ -1,0 +1,121 @@
+"""``openrag data build|stats``: build Open-RAG training instances from QA data, or describe a training file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    build = sub.add_parser(
+        "build",
+        help="QA files -> training instances (JSON lines, released conversation format) and a stats report",
+        description="Build reflection-token training instances. An input is a file in any format of "
+        "../shared/data (format sniffed from its fields) or a hub name; append :skip=N to leave out its "
+        "first N rows, :limit=M to keep only M rows (e.g. dev.jsonl:skip=100).",
+    )
+    build.add_argument("inputs", nargs="+", help="QA files or hub names, each optionally with :skip=N / :limit=M")
+    build.add_argument("--output", required=True, help="output JSON lines; the stats go to OUTPUT with .stats.json")
+    build.add_argument("--seed", type=int, default=0, help="seed of the shuffle and of --max_per_dataset sampling")
+    build.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
+                       help="evaluation files (windows allowed, e.g. dev.jsonl:limit=100) whose questions must not be trained on")
+    build.add_argument("--strict", action="store_true", help="stop at the first bad row instead of counting and skipping it")
+    build.add_argument("--tokenizer", default="smollm2", help="tokenizer for the length report (checkpoint folder, hub name or 'smollm2'); 'none' to skip")
+    build.add_argument("--max_length", type=int, default=4096, help="training max length; the report counts instances it would shorten")
+    build.add_argument("--max_per_dataset", type=int, default=None, help="keep at most this many questions per dataset (seeded sample)")
+    build.add_argument("--distractors", type=int, default=2, help="hard distractor instances per question")
+    build.add_argument("--no_chain", action="store_true", help="no Knowledge 1 [SEP] Knowledge 2 gold-chain instances")
+    build.add_argument("--no_no_retrieval", action="store_true", help="no [No Retrieval] instances")
+    build.add_argument("--critic", default=None, metavar="MODEL", help="causal LM (any openrag.load_model checkpoint) that re-labels support and utility")
+    build.add_argument("--device", default=None, help="device of the critic (default: cuda if available)")
+
+    stats = sub.add_parser("stats", help="instances per reflection token and token lengths of a training file or hub dataset")
+    stats.add_argument("data", help="JSON lines of openrag data build, or the released shayekh/openrag_train_data (hub name or local file)")
+    stats.add_argument("--subset", default=None, help="hub config of a training dataset (moe or dense)")
+    stats.add_argument("--tokenizer", default="smollm2")
+    stats.add_argument("--max_length", type=int, default=4096)
+    stats.add_argument("--strict", action="store_true")
+
+
+def load_tokenizer(name: str):
+    """A tokenizer with the reflection tokens added (a copy; nothing is saved)."""
+    from transformers import AutoTokenizer
+
+    from ..loading import resolve_folder
+    from ..reflection import add_reflection_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_folder(name))
+    add_reflection_tokens(None, tokenizer)
+    return tokenizer
+
+
+def stats_path(output: str | Path) -> Path:
+    output = Path(output)
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return output.with_name(stem + ".stats.json")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from ..data.build import BuildConfig, Exclusion, build, build_report, write_json_atomic, write_jsonl_atomic
+    from ..data.examples import ErrorLog
+
+    config = BuildConfig(
+        seed=args.seed,
+        distractors=args.distractors,
+        max_per_dataset=args.max_per_dataset,
+        chain=not args.no_chain,
+        no_retrieval=not args.no_no_retrieval,
+    )
+    exclude = Exclusion.from_files(args.exclude)
+    critic = None
+    if args.critic:
+        from ..data.critic import Critic
+
+        critic = Critic.load(args.critic, device=args.device)
+    result = build(args.inputs, config, exclude=exclude, errors=ErrorLog(strict=args.strict), critic=critic)
+    if not result.instances:
+        raise ValueError("no instance was built: every row was excluded or bad (see the messages above)")
+    write_jsonl_atomic(args.output, (inst.to_row() for inst in result.instances))
+    tokenizer = None if args.tokenizer.lower() == "none" else load_tokenizer(args.tokenizer)
+    report = build_report(result, tokenizer, args.tokenizer, args.max_length)
+    report.update(inputs=args.inputs, exclude=args.exclude, seed=args.seed, critic=args.critic, output=str(args.output))
+    write_json_atomic(stats_path(args.output), report)
+    print_report(report)
+    print(f"wrote {report['instances']} instances to {args.output} (report: {stats_path(args.output)})")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from ..data.build import length_stats, token_counts
+    from ..data.tokenize import load_training_instances
+
+    instances = load_training_instances(args.data, args.subset, strict=args.strict)
+    report = {"instances": len(instances), "per_token": token_counts(i["output"] for i in instances)}
+    if args.tokenizer.lower() != "none":
+        tokenizer = load_tokenizer(args.tokenizer)
+        report["tokens"] = {"tokenizer": args.tokenizer, **length_stats(((i["input"], i["output"]) for i in instances), tokenizer, args.max_length)}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def print_report(report: dict) -> None:
+    out = sys.stdout
+    out.write(f"questions {report['questions']}, instances {report['instances']}, "
+              f"excluded {report['excluded']}, bad rows skipped {report['rows_skipped']}\n")
+    for name, entry in sorted(report["per_dataset"].items()):
+        kinds = ", ".join(f"{k} {v}" for k, v in entry["kinds"].items())
+        out.write(f"  {name:<16} questions {entry['questions']:>6}  instances {entry['instances']:>7}  ({kinds})\n")
+    out.write("  per token: " + ", ".join(f"{t} {n}" for t, n in report["per_token"].items()) + "\n")
+    if report["skipped_by_field"]:
+        out.write("  skipped rows by field: " + ", ".join(f"{f} {n}" for f, n in report["skipped_by_field"].items()) + "\n")
+    tokens = report.get("tokens")
+    if tokens and tokens.get("instances"):
+        out.write(f"  tokens ({tokens['tokenizer']}): mean {tokens['mean']}, p50 {tokens['p50']}, p95 {tokens['p95']}, "
+                  f"max {tokens['max']}; {tokens['truncated']} over max_length {tokens['max_length']}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_build(args) if args.data_command == "build" else run_stats(args)

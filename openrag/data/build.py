@@ -1,0 +1,307 @@
+"""``openrag data build``: QA datasets -> Open-RAG training instances (SPEC section 3).
+
+Each question becomes several instances, one per piece of evidence (labels: see labels.py):
+
+=================  ===========================================================================
+kind               output
+=================  ===========================================================================
+``gold_chain``     ``[Retrieval]<paragraph>Knowledge 1: ... [SEP] ... Knowledge 2: ...</paragraph>[Relevant]a[Fully supported][Utility:5]``
+``gold``           ``[Retrieval]<paragraph>title\\ntext</paragraph>[Relevant]a[<support>][Utility:k]``
+``distractor``     ``[Retrieval]<paragraph>title\\ntext</paragraph>[Irrelevant]a[Utility:k]``
+``no_retrieval``   ``[No Retrieval]a[Utility:k]`` (closed-class questions)
+=================  ===========================================================================
+
+The output is JSON lines in the released ``conversation`` schema (``instruction``, ``conversation:
+[{input, output}]``, ``corpus``) plus ``id``, ``dataset`` and ``kind``; it is written to a temporary file
+and renamed at the end, so an interrupted run leaves no file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..reflection import (
+    FULLY_SUPPORTED,
+    IRRELEVANT,
+    NO_RETRIEVAL,
+    PARAGRAPH_END,
+    PARAGRAPH_START,
+    REFLECTION_TOKENS,
+    RELEVANT,
+    RETRIEVAL,
+    UTILITY,
+)
+from . import labels
+from .examples import ErrorLog, QAExample, RowError, normalize_question
+from .readers import iter_rows, read_examples, split_window
+
+
+@dataclass
+class Instance:
+    """One training instance, kept as its labels so that a critic can change them before output."""
+
+    id: str
+    dataset: str
+    kind: str  # gold_chain | gold | distractor | no_retrieval
+    input: str
+    answer: str
+    passage: str | None = None  # None: [No Retrieval]
+    relevant: bool | None = None
+    support: str | None = None  # after [Relevant] only
+    utility: int = 5
+
+    @property
+    def output(self) -> str:
+        tail = f"{self.answer}{UTILITY[self.utility - 1]}"
+        if self.passage is None:
+            return NO_RETRIEVAL + tail
+        evidence = f"{RETRIEVAL}{PARAGRAPH_START}{self.passage}{PARAGRAPH_END}"
+        if not self.relevant:
+            return f"{evidence}{IRRELEVANT}{tail}"
+        return f"{evidence}{RELEVANT}{self.answer}{self.support}{UTILITY[self.utility - 1]}"
+
+    def to_row(self) -> dict:
+        return {
+            "instruction": "",
+            "conversation": [{"input": self.input, "output": self.output}],
+            "corpus": "",
+            "id": self.id,
+            "dataset": self.dataset,
+            "kind": self.kind,
+        }
+
+
+@dataclass
+class BuildConfig:
+    seed: int = 0
+    distractors: int = 2  # hard distractors per question
+    max_per_dataset: int | None = None  # questions kept per dataset (a seeded sample), after exclusion
+    chain: bool = True  # a gold_chain instance for multi-hop questions
+    no_retrieval: bool = True  # [No Retrieval] instances for closed-class questions
+
+
+def instances_for(ex: QAExample, config: BuildConfig = BuildConfig()) -> list[Instance]:
+    """The instances of one question; a RowError when it has no gold passage to learn from."""
+    gold = labels.gold_passages(ex)
+    if not gold:
+        field_name = "ctxs" if ex.ranked else "passages"
+        file, _, line = ex.source.rpartition(":")
+        raise RowError(file, int(line) if line.isdigit() else None, field_name, "no gold passage (none flagged, none contains an answer)")
+    text_in, answer = labels.instance_input(ex), ex.answers[0]
+    base = dict(id=ex.id, dataset=ex.dataset, input=text_in, answer=answer)
+    multi = labels.is_multi_hop(ex, gold)
+    out = []
+    if multi and config.chain:
+        out.append(Instance(kind="gold_chain", passage=labels.render_chain(gold), relevant=True, support=FULLY_SUPPORTED, utility=5, **base))
+    for p in gold:
+        support = labels.single_support(ex, p, multi)
+        out.append(Instance(kind="gold", passage=labels.render_passage(p), relevant=True, support=support, utility=labels.UTILITY_OF_SUPPORT[support], **base))
+    low = labels.utility_without_support(ex)
+    for p in labels.hard_distractors(ex, gold, config.distractors):
+        out.append(Instance(kind="distractor", passage=labels.render_passage(p), relevant=False, utility=low, **base))
+    if config.no_retrieval and labels.is_closed_class(ex):
+        out.append(Instance(kind="no_retrieval", utility=low, **base))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ exclusion
+
+_ID_FIELDS = ("_id", "id", "question_id")
+_QUESTION_FIELDS = ("question", "question_text", "instruction")
+
+
+@dataclass
+class Exclusion:
+    """Questions that must not reach training output: matched by id and by normalised question text."""
+
+    ids: set[str] = field(default_factory=set)
+    questions: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_files(cls, specs: Iterable[str], task: str | None = None) -> Exclusion:
+        """Read every row of each evaluation file (``path[:skip=N][:limit=M]`` or hub name), leniently:
+        a row only needs an id or a question to be excluded, even one a QA reader would reject."""
+        out = cls()
+        for spec in specs:
+            name, skip, limit = split_window(spec)
+            _, rows = iter_rows(name, task)
+            for index, (_, row) in enumerate(rows):
+                if index < skip or not isinstance(row, dict):
+                    continue
+                if limit is not None and index >= skip + limit:
+                    break
+                out.add_row(row)
+        return out
+
+    def add_row(self, row: dict) -> None:
+        for key in _ID_FIELDS:
+            if row.get(key) not in (None, ""):
+                self.ids.add(str(row[key]))
+        for key in _QUESTION_FIELDS:
+            if isinstance(row.get(key), str) and row[key].strip():
+                self.questions.add(normalize_question(row[key]))
+        turns = row.get("conversation")
+        if isinstance(turns, list) and turns and isinstance(turns[0], dict) and isinstance(turns[0].get("input"), str):
+            self.questions.add(normalize_question(turns[0]["input"]))
+
+    def __contains__(self, ex: QAExample) -> bool:
+        return ex.id in self.ids or normalize_question(ex.question) in self.questions
+
+    def __len__(self) -> int:
+        return len(self.questions | self.ids)
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+@dataclass
+class BuildResult:
+    instances: list[Instance]
+    questions: Counter  # per dataset, questions that produced instances
+    excluded: Counter  # per dataset
+    sampled_out: Counter  # per dataset, dropped by max_per_dataset
+    errors: ErrorLog
+
+
+def build(
+    inputs: Iterable[str],
+    config: BuildConfig = BuildConfig(),
+    *,
+    exclude: Exclusion | None = None,
+    errors: ErrorLog | None = None,
+    critic=None,
+) -> BuildResult:
+    """Read every input (a path with an optional ``:skip=N:limit=M`` window, or a hub name), drop
+    excluded questions, build and label instances, and shuffle them with ``config.seed``."""
+    errors = errors if errors is not None else ErrorLog()
+    exclude = exclude or Exclusion()
+    by_dataset: dict[str, list[QAExample]] = defaultdict(list)
+    excluded: Counter = Counter()
+    for spec in inputs:
+        for ex in read_examples(spec, errors=errors):
+            if ex in exclude:
+                excluded[ex.dataset] += 1
+            else:
+                by_dataset[ex.dataset].append(ex)
+    rng = random.Random(config.seed)
+    sampled_out: Counter = Counter()
+    instances: list[Instance] = []
+    questions: Counter = Counter()
+    for dataset in sorted(by_dataset):
+        examples = by_dataset[dataset]
+        if config.max_per_dataset is not None and len(examples) > config.max_per_dataset:
+            keep = sorted(rng.sample(range(len(examples)), config.max_per_dataset))
+            sampled_out[dataset] = len(examples) - len(keep)
+            examples = [examples[i] for i in keep]
+        for ex in examples:
+            try:
+                made = instances_for(ex, config)
+            except RowError as err:
+                errors.report(err)
+                continue
+            questions[dataset] += 1
+            instances.extend(made)
+    if critic is not None:
+        for inst in instances:
+            critic.relabel(inst)
+    rng.shuffle(instances)
+    return BuildResult(instances, questions, excluded, sampled_out, errors)
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
+    """Write JSON lines to a temporary file beside ``path`` and rename it into place when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    n = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ------------------------------------------------------------------------------------------ stats
+
+
+def token_counts(outputs: Iterable[str]) -> dict[str, int]:
+    """Instances whose output contains each reflection token (every token listed, zeros included)."""
+    counts = dict.fromkeys(REFLECTION_TOKENS, 0)
+    for out in outputs:
+        for token in REFLECTION_TOKENS:
+            if token in out:
+                counts[token] += 1
+    return counts
+
+
+def length_stats(pairs: Iterable[tuple[str, str]], tokenizer, max_length: int) -> dict:
+    """Token lengths of ``(input, output)`` instances as tokenised for training, and how many
+    ``max_length`` would shorten."""
+    from .tokenize import tokenize_instance
+
+    lengths = [len(tokenize_instance(tokenizer, i, o, max_length=1 << 30).input_ids) for i, o in pairs]
+    if not lengths:
+        return {"max_length": max_length, "instances": 0, "truncated": 0}
+    ordered = sorted(lengths)
+    return {
+        "max_length": max_length,
+        "instances": len(lengths),
+        "min": ordered[0],
+        "mean": round(statistics.fmean(lengths), 1),
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "max": ordered[-1],
+        "truncated": sum(n > max_length for n in lengths),
+    }
+
+
+def build_report(result: BuildResult, tokenizer=None, tokenizer_name: str | None = None, max_length: int = 4096) -> dict:
+    per_dataset: dict[str, dict] = {}
+    for inst in result.instances:
+        entry = per_dataset.setdefault(inst.dataset, {"questions": result.questions[inst.dataset], "instances": 0, "kinds": Counter()})
+        entry["instances"] += 1
+        entry["kinds"][inst.kind] += 1
+    for name, entry in per_dataset.items():
+        entry["kinds"] = dict(sorted(entry["kinds"].items()))
+        entry["excluded"] = result.excluded[name]
+        entry["sampled_out"] = result.sampled_out[name]
+    report = {
+        "instances": len(result.instances),
+        "questions": sum(result.questions.values()),
+        "per_dataset": per_dataset,
+        "per_kind": dict(sorted(Counter(i.kind for i in result.instances).items())),
+        "per_token": token_counts(i.output for i in result.instances),
+        "excluded": sum(result.excluded.values()),
+        "excluded_by_dataset": dict(result.excluded),
+        "rows_skipped": result.errors.count,
+        "skipped_by_field": result.errors.by_field(),
+        "skipped_by_file": result.errors.by_file(),
+    }
+    if tokenizer is not None:
+        report["tokens"] = {"tokenizer": tokenizer_name, **length_stats(((i.input, i.output) for i in result.instances), tokenizer, max_length)}
+    return report
