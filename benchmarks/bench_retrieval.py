@@ -206,22 +206,30 @@ def read_drafts(path: Path) -> dict[str, str]:
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    import torch
+
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--dense_sample", type=int, default=512, help="passages embedded for real per dense build")
+    parser.add_argument("--dense_sample", type=int, default=256, help="passages embedded for real per dense build")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--single", type=int, default=100, help="one-query searches timed")
     parser.add_argument("--batches", type=int, default=5, help="batches of 100 queries timed")
     parser.add_argument("--recall_k", type=int, nargs="+", default=[2, 5, 10])
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--draft_answers", default=None, help="eval JSON lines with no-retrieval answers to the questions")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report = {"machine": machine(), "args": vars(args)}
