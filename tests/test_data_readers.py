@@ -1,0 +1,140 @@
+"""Readers: every format of ../shared/data read as it is, with bad rows reported by file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openrag.data import ErrorLog, Passage, RowError, load_training_instances, read_examples
+
+FIXTURES = Path(__file__).parent / "data_fixtures"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read(name: str, **kwargs):
+    errors = ErrorLog()
+    return list(read_examples(FIXTURES / name, errors=errors, **kwargs)), errors
+
+
+def test_hotpotqa_original_json_list():
+    (h1, h2), errors = read("hotpotqa_original.json")
+    assert errors.count == 0
+    assert (h1.id, h1.dataset, h1.answers, h1.ranked) == ("h1", "hotpotqa", ["Lyon"], False)
+    assert h1.source == f"{FIXTURES / 'hotpotqa_original.json'}:2"  # the line its object starts on
+    assert h1.passages[0] == Passage("Blue Fox", "Blue Fox is a novel by Anna Marek. It was published in 1990.", is_gold=True)
+    assert [p.title for p in h1.passages if p.is_gold] == ["Blue Fox", "Anna Marek"]
+    # reasoning order from supporting_facts, not list order
+    assert [p.title for p in h2.gold_passages] == ["Blue Fox", "Green Owl"]
+
+
+def test_2wiki_sentences_joined_and_missing_context_reported():
+    (w1,), errors = read("2wiki.jsonl")
+    assert w1.dataset == "2wikimultihopqa"
+    assert w1.passages[0].text == "Tom Kay is a film director. His father is Bo Kay."
+    assert w1.supporting_titles == ["Grey Sky", "Tom Kay"]
+    (err,) = errors.errors
+    assert (err.line, err.field) == (2, "context") and err.file.endswith("2wiki.jsonl")
+
+
+def test_musique_aliases_decomposition_order_and_unanswerable():
+    (m1,), errors = read("musique.jsonl")
+    assert m1.answers == ["Oslo", "Christiania"]
+    assert m1.supporting_titles == ["Zed River", "Norway"]
+    assert [p.title for p in m1.gold_passages] == ["Zed River", "Norway"]
+    assert [(e.line, e.field) for e in errors.errors] == [(2, "answerable")]
+
+
+def test_ircot_malformed_line_empty_answer_and_no_gold():
+    (i1,), errors = read("ircot.jsonl")
+    assert (i1.id, i1.question, i1.answers, i1.dataset) == ("i1", "Who directed Moon Film?", ["Ann Lee"], "hotpotqa")
+    assert [(e.line, e.field) for e in errors.errors] == [(2, "json"), (3, "answers_objects"), (4, "contexts.is_supporting")]
+
+
+def test_selfrag_ctxs_ranked_scores_and_empty_passages_dropped():
+    (p1, p2), errors = read("popqa_ctxs.jsonl")
+    assert (p1.id, p1.dataset, p1.ranked, p1.answers) == ("7", "popqa", True, ["singer", "vocalist"])
+    assert [p.title for p in p1.passages] == ["Bly", "Jo Bly", "Jo", "Ohio"]  # the empty category page is gone
+    assert p1.passages[0].score == 1.5 and p1.passages[0].is_gold is None
+    assert [(e.line, e.field, e.message) for e in errors.errors] == [(3, "answers", "empty answer")]
+
+
+def test_arc_choices_lettered():
+    (a,), _ = read("arc_ctxs.jsonl")
+    assert a.dataset == "arc_c"
+    assert a.choices == ["oxygen", "nitrogen", "carbon dioxide", "helium"]
+    assert (a.answer_key, a.answers) == ("C", ["C", "carbon dioxide"])
+
+
+def test_openrag_bench_answer_and_top_contexts():
+    (b,), _ = read("bench_hotpotqa.jsonl")
+    assert (b.id, b.dataset, b.answers, b.ranked) == ("hotpotqa-1", "hotpotqa", ["Tokyo"], True)
+    assert b.passages == [Passage("", "Kyoto was the old capital."), Passage("Tokyo", "Tokyo is the capital of Japan.")]
+
+
+def test_task_names_the_dataset():
+    (b,), _ = read("bench_hotpotqa.jsonl", task="musique")
+    assert b.dataset == "musique"
+
+
+def test_strict_stops_at_first_bad_row():
+    with pytest.raises(RowError) as info:
+        list(read_examples(FIXTURES / "ircot.jsonl", strict=True))
+    assert (info.value.line, info.value.field) == (2, "json")
+    assert "ircot.jsonl:2" in str(info.value)
+
+
+def test_row_windows_are_complements(tmp_path):
+    path = FIXTURES / "hotpotqa_original.json"
+    assert [e.id for e in read_examples(f"{path}:limit=1")] == ["h1"]
+    assert [e.id for e in read_examples(f"{path}:skip=1")] == ["h2"]
+    assert [e.id for e in read_examples(path, skip=1, limit=5)] == ["h2"]
+
+
+def test_training_data_is_refused_by_the_qa_reader():
+    with pytest.raises(ValueError, match="load_training_instances"):
+        list(read_examples(FIXTURES / "released_train.jsonl"))
+
+
+def test_truncated_json_list_reports_and_stops(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('[\n{"_id": "a", "question": "q?", "answer": "x", "supporting_facts": [["T", 0]], "context": [["T", ["x y"]]]},\n{"_id": "b", "quest')
+    errors = ErrorLog()
+    assert [e.id for e in read_examples(path, errors=errors)] == ["a"]
+    assert errors.errors[0].field == "json" and errors.errors[0].line == 3
+
+
+def test_released_training_schema():
+    errors = ErrorLog()
+    rows = load_training_instances(FIXTURES / "released_train.jsonl", errors=errors)
+    assert rows == [
+        {"input": "Who wrote Hamlet?", "output": "[Retrieval]<paragraph>Hamlet is a play by Shakespeare.</paragraph>[Relevant]Shakespeare[Fully supported][Utility:5]"},
+        {"input": "Name a colour.", "output": "[No Retrieval]Blue[Utility:4]"},
+    ]  # the corpus row and the multi-turn row are left out, as the released loader does
+    assert [(e.line, e.field) for e in errors.errors] == [(4, "conversation[0].input/output")]
+
+
+def test_missing_file_says_so():
+    with pytest.raises(FileNotFoundError, match="no data file"):
+        list(read_examples("no/such/dir/file.jsonl"))
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not here")
+@pytest.mark.parametrize(
+    "name, n, dataset",
+    [
+        ("hotpotqa/hotpotqa_dev_ircot500.jsonl", 500, "hotpotqa"),
+        ("hotpotqa/hotpotqa_train100.json", 100, "hotpotqa"),
+        ("musique/musique_dev200.jsonl", 200, "musique"),
+        ("musique/musique_train100.json", 100, "musique"),
+        ("2wikimultihopqa/2wiki_dev200.jsonl", 164, "2wikimultihopqa"),  # 36 rows there have no context
+        ("popqa/popqa_longtail100_ctxs.jsonl", 100, "popqa"),
+        ("arc_challenge/arc_challenge100_ctxs.jsonl", 100, "arc_c"),
+    ],
+)
+def test_shared_data(name, n, dataset):
+    errors = ErrorLog()
+    examples = list(read_examples(SHARED / name, errors=errors))
+    assert len(examples) == n and {e.dataset for e in examples} == {dataset}
+    assert all(e.question and e.answers and e.answers[0] for e in examples)
+    assert errors.count == {"2wikimultihopqa": 36}.get(dataset, 0)
