@@ -36,7 +36,7 @@ Distractor hardness (the passages closest to the question or to the gold titles)
 
 from __future__ import annotations
 
-from ..reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED
+from ..reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED, REFLECTION_TOKENS
 from .examples import Passage, QAExample, normalize_text
 
 YES_NO = frozenset({"yes", "no"})
@@ -128,8 +128,15 @@ def hard_distractors(ex: QAExample, gold: list[Passage], n: int) -> list[Passage
     return [p for _, p in ranked[:n]]
 
 
+def _clean(text: str) -> str:
+    """Passage text with any reflection-token string removed: a stray ``</paragraph>`` would end the span."""
+    for token in REFLECTION_TOKENS:
+        text = text.replace(token, " ")
+    return text
+
+
 def render_passage(p: Passage) -> str:
-    return f"{p.title}\n{p.text}" if p.title else p.text
+    return f"{_clean(p.title)}\n{_clean(p.text)}" if p.title else _clean(p.text)
 
 
 def render_chain(passages: list[Passage]) -> str:
