@@ -1,0 +1,92 @@
+"""``openrag serve``: the HTTP API and the page, on uvicorn.
+
+    openrag serve                                    # the bundled model on http://127.0.0.1:8000
+    openrag serve --model_name ./merged --index docs.index --mode adaptive_retrieval --threshold 0.5
+    OPENRAG_API_KEY=secret openrag serve --host 0.0.0.0 --port 8080
+
+The answering flags (``--mode``, ``--ndocs``, ``--max_new_tokens``, ...) set the defaults a request may override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from openrag.rag import AnswerOptions
+    from openrag.serve.app import API_KEY_ENV, ServeSettings
+
+    defaults = ServeSettings()
+    server = parser.add_argument_group("server")
+    server.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default' (the bundled model)")
+    server.add_argument("--index", default=None, metavar="DIR",
+                        help="an index folder from `openrag index`, searched for questions that come without passages")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--api_key", default=None,
+                        help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}; prefer the variable, "
+                             "a flag shows in the process list)")
+    server.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    server.add_argument("--max_batch", type=int, default=defaults.max_batch, help="questions answered by one engine call")
+    server.add_argument("--queue_size", type=int, default=defaults.queue_size,
+                        help="requests that may wait; beyond it the server answers 503 with Retry-After")
+    server.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms,
+                        help="how long the first request of a batch waits for others to join it")
+    server.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes, help="larger bodies get 413")
+    server.add_argument("--log_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    AnswerOptions.add_arguments(parser)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_key(flag: str | None) -> str | None:
+    """The key from ``--api_key``, else from the environment variable, else None (no key required)."""
+    from openrag.serve.app import API_KEY_ENV
+
+    return flag or os.environ.get(API_KEY_ENV) or None
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from openrag.rag import AnswerOptions, OpenRAG
+    from openrag.serve import API_KEY_ENV, ServeSettings, create_app
+
+    api_key = resolve_api_key(args.api_key)
+    settings = ServeSettings(model_name=args.model_name, api_key=api_key, max_batch=args.max_batch,
+                             queue_size=args.queue_size, max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+    if not is_loopback(args.host) and api_key is None:
+        print(f"openrag serve: warning: listening on {args.host} without an API key: anyone who can reach this "
+              f"machine can use the model (set ${API_KEY_ENV} or --api_key)", file=sys.stderr)
+    options = AnswerOptions.from_args(args)
+
+    retriever = None
+    if args.index:
+        from openrag.retrieval import open_index
+
+        retriever = open_index(args.index)
+        print(f"index: {args.index} ({retriever.kind}, {len(retriever)} passages)")
+    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, retriever=retriever, **vars(options))
+    for note in rag.notes:
+        print(f"openrag serve: note: {note}", file=sys.stderr)
+
+    app = create_app(rag, settings)
+    print(f"openrag serve: {args.model_name} on http://{args.host}:{args.port}/ "
+          f"(batches of up to {settings.max_batch}, queue {settings.queue_size}"
+          f"{', API key required' if api_key else ''})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    return 0

@@ -1,0 +1,288 @@
+"""The HTTP API and the page: ``create_app(engine, settings)`` returns a FastAPI application.
+
+    POST /v1/answer             {question, passages?, mode?, ndocs?, ...} -> the engine's answer object
+    POST /v1/chat/completions   OpenAI's chat format; the evidence rides in the extra field ``openrag``
+    GET  /health                status, queue depth and batching counters
+    GET  /                      the page (page.html): ask, and see the answer, the decision and the evidence
+
+Every error is JSON in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; internal errors
+are logged with their traceback and answered with a generic message, never the trace itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import math
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .batcher import AnsweringEngine, Batcher, QueueFull, ShuttingDown
+from .schemas import AnswerRequest, ChatRequest
+
+log = logging.getLogger("openrag.serve")
+
+API_KEY_ENV = "OPENRAG_API_KEY"
+
+
+@dataclass
+class ServeSettings:
+    """How the server behaves; each field is an ``openrag serve`` flag of the same name."""
+
+    model_name: str = "default"  # reported by /health and in chat completions' ``model``
+    api_key: str | None = None  # when set, /v1/* need ``Authorization: Bearer <api_key>``
+    max_batch: int = 8  # questions answered by one engine call
+    queue_size: int = 64  # requests that may wait; more are answered 503 with Retry-After
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_body_bytes: int = 1_000_000  # larger request bodies are answered 413
+
+    def __post_init__(self):
+        for name in ("max_batch", "queue_size", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be at least 0, got {self.max_wait_ms}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key is empty; give a non-empty key or none")
+
+
+def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings()
+    batcher = Batcher(engine, settings.max_batch, settings.queue_size, settings.max_wait_ms / 1000)
+    page, page_csp = _page()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="openrag", summary="Open-RAG answers with adaptive retrieval and their evidence",
+                  lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.batcher = batcher
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
+    _install_error_handlers(app)
+
+    async def ask(request: Request, question: str, body) -> dict:
+        _check_key(request, settings.api_key)
+        try:
+            answer = await batcher.submit(question, body.passage_dicts(), body.choices, body.options())
+        except ValueError as err:  # the engine refuses input it cannot answer (longer than the context window)
+            raise ApiError(422, str(err), "invalid_request_error") from None
+        except (QueueFull, ShuttingDown):
+            raise
+        except Exception as err:
+            log.error("answering %r failed", question[:80], exc_info=err)
+            raise ApiError(500, "internal error while answering; the server log has the details", "server_error") from None
+        return _finite(answer.to_dict())
+
+    @app.post("/v1/answer")
+    async def answer(body: AnswerRequest, request: Request):
+        return JSONResponse(await ask(request, body.question, body))
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        _check_key(request, settings.api_key)
+        try:
+            question = body.question()
+        except ValueError as err:
+            raise ApiError(422, str(err), "invalid_request_error", param="messages") from None
+        result = await ask(request, question, body)
+        return JSONResponse({
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": settings.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
+                         "finish_reason": "stop", "logprobs": None}],
+            "openrag": result,
+        })
+
+    @app.get("/health")
+    async def health():
+        stats = batcher.stats
+        return {"status": "ok", "model": settings.model_name, "auth": settings.api_key is not None,
+                "queue": {"waiting": batcher.waiting, "capacity": settings.queue_size, "max_batch": settings.max_batch},
+                "answered": stats.answered, "failed": stats.failed, "rejected": stats.rejected,
+                "engine_calls": stats.engine_calls, "largest_batch": stats.largest_batch}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_csp})
+
+    return app
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers
+
+
+def error_response(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None,
+                   details: list | None = None) -> JSONResponse:
+    error = {"message": message, "type": kind, "param": param, "code": status}
+    if details:
+        error["details"] = details
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError):
+        return error_response(err.status, err.message, err.kind, err.param, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        details = [_error_detail(e) for e in err.errors()]
+        first = details[0] if details else {"field": "body", "message": "invalid request"}
+        message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+        return error_response(422, message, "invalid_request_error", first["field"], details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return error_response(err.status_code, str(err.detail), kind, headers=getattr(err, "headers", None))
+
+    @app.exception_handler(QueueFull)
+    async def busy(request: Request, err: QueueFull):
+        return error_response(503, f"{err}; retry after {err.retry_after} s", "server_busy",
+                              headers={"Retry-After": str(err.retry_after)})
+
+    @app.exception_handler(ShuttingDown)
+    async def closing(request: Request, err: ShuttingDown):
+        return error_response(503, str(err), "server_busy", headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
+        return error_response(500, "internal error while answering; the server log has the details", "server_error")
+
+
+def _error_detail(error: dict) -> dict:
+    """One pydantic error as ``{field, message}``, the field a dotted path inside the body."""
+    loc, message = tuple(error.get("loc", ())), error.get("msg", "invalid value")
+    if error.get("type") == "json_invalid":
+        where = loc[1] if len(loc) > 1 else "?"
+        return {"field": "body", "message": f"invalid JSON ({error.get('ctx', {}).get('error', message)} at character {where})"}
+    if loc == ("body",):
+        message += " (send a JSON object with Content-Type: application/json)"
+    return {"field": _field_name(loc), "message": message}
+
+
+def _field_name(loc) -> str:
+    """``("body", "passages", 0, "text")`` -> ``passages.0.text``; the whole body (bad JSON) -> ``body``."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _check_key(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+        raise ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer <key>'",
+                       "authentication_error", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: such floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _page() -> tuple[str, str]:
+    """The page and a Content-Security-Policy that allows exactly its inline script and style."""
+    html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    csp = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
+           "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return html, csp
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 before any handler reads it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await error_response(400, "Content-Length is not a number", "invalid_request_error")(scope, receive, send)
+            if int(declared) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send):
+        response = error_response(413, f"the request body is larger than {self.max_bytes} bytes", "invalid_request_error")
+        await response(scope, receive, send)
+
+
+class SecurityHeaders:
+    """ASGI middleware: headers that stop sniffing, referrers and caching on every response."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,186 @@
+"""Dynamic batching: concurrent requests wait in a bounded queue and are answered together.
+
+One worker task drains the queue: it takes the first waiting request, gathers those that arrive within
+``max_wait_s`` (up to ``max_batch``), splits them into groups that can share one engine call (same options,
+passages given or not), and runs each group's ``engine.answer_batch`` in a thread so the event loop keeps
+accepting requests. While the engine works, new requests pile up and form the next batch: under load the
+batches grow by themselves, with no lock serialising requests one at a time.
+
+A full queue is refused at once (:class:`QueueFull`, the API's 503) rather than letting waits grow without
+bound. If a batch fails, its requests are retried one by one, so one bad request fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class AnsweringEngine(Protocol):
+    """What the server needs of an engine (``openrag.rag.OpenRAG`` is one): answers with ``to_dict()``."""
+
+    def answer_batch(self, questions: Sequence[str], passages: Sequence[Sequence] | None = None,
+                     choices: Sequence | None = None, **options) -> list[Any]: ...
+
+
+class QueueFull(Exception):
+    """The queue holds ``capacity`` requests already; ``retry_after`` is a guess at when one will be free."""
+
+    def __init__(self, capacity: int, retry_after: int):
+        super().__init__(f"the server is busy: {capacity} requests are already waiting")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    question: str
+    passages: list[dict] | None  # None: let the engine's retriever find them
+    choices: list[str] | None
+    options: dict
+    future: asyncio.Future
+
+    @property
+    def group(self) -> tuple:
+        return tuple(sorted(self.options.items())), self.passages is None
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    engine_calls: int = 0
+    answered: int = 0
+    failed: int = 0
+    rejected: int = 0
+    largest_batch: int = 0
+    busy_seconds: float = 0.0
+    recent_call_seconds: float = 0.0  # moving average of one engine call
+    sizes: dict[int, int] = field(default_factory=dict)  # engine call size -> count
+
+
+class Batcher:
+    def __init__(self, engine: AnsweringEngine, max_batch: int = 8, queue_size: int = 64, max_wait_s: float = 0.005):
+        if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
+            raise ValueError("max_batch and queue_size must be at least 1 and max_wait_s at least 0")
+        self.engine = engine
+        self.max_batch, self.queue_size, self.max_wait_s = max_batch, queue_size, max_wait_s
+        self.stats = BatcherStats()
+        self._queue: asyncio.Queue[Job] | None = None
+        self._worker: asyncio.Task | None = None
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._queue = asyncio.Queue(self.queue_size)
+            self._worker = asyncio.create_task(self._work(), name="openrag-batcher")
+
+    async def stop(self) -> None:
+        """Stop taking work; requests still waiting are failed with :class:`ShuttingDown`."""
+        if self._worker is None:
+            return
+        self._worker.cancel()
+        try:
+            await self._worker
+        except asyncio.CancelledError:
+            pass
+        self._worker = None
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown("the server is shutting down"))
+
+    async def submit(self, question: str, passages: list[dict] | None = None, choices: list[str] | None = None,
+                     options: dict | None = None):
+        """Queue one question and wait for its answer (the engine's answer object)."""
+        await self.start()
+        job = Job(question, passages, choices, dict(options or {}), asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.stats.rejected += 1
+            raise QueueFull(self.queue_size, self.retry_after()) from None
+        return await job.future
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely drained by one batch: whole seconds, at least 1."""
+        per_call = self.stats.recent_call_seconds or 1.0
+        return max(1, math.ceil(per_call * math.ceil(self.waiting / self.max_batch)))
+
+    async def _work(self) -> None:
+        while True:
+            jobs = await self._gather()
+            jobs = [j for j in jobs if not j.future.done()]  # the client went away
+            if not jobs:
+                continue
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+            groups: dict[tuple, list[Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.group, []).append(job)
+            for group in groups.values():
+                await self._answer(group)
+
+    async def _gather(self) -> list[Job]:
+        """The first waiting job and whatever arrives within ``max_wait_s``, at most ``max_batch``."""
+        jobs = [await self._queue.get()]
+        if self.max_wait_s and self._queue.qsize() < self.max_batch - 1:
+            await asyncio.sleep(self.max_wait_s)
+        while len(jobs) < self.max_batch and not self._queue.empty():
+            jobs.append(self._queue.get_nowait())
+        return jobs
+
+    async def _answer(self, jobs: list[Job]) -> None:
+        try:
+            answers = await self._call(jobs)
+        except Exception as err:  # noqa: BLE001 - handed to the waiting requests, never swallowed
+            if len(jobs) == 1:
+                self._settle(jobs[0], error=err)
+                return
+            log.warning("a batch of %d failed (%s: %s); answering its requests one by one", len(jobs),
+                        type(err).__name__, err)
+            for job in jobs:
+                await self._answer([job])
+            return
+        for job, answer in zip(jobs, answers):
+            self._settle(job, answer=answer)
+
+    async def _call(self, jobs: list[Job]) -> list:
+        passages = None if jobs[0].passages is None else [j.passages for j in jobs]
+        choices = [j.choices for j in jobs] if any(j.choices for j in jobs) else None
+        start = time.perf_counter()
+        try:
+            answers = await asyncio.to_thread(self.engine.answer_batch, [j.question for j in jobs], passages,
+                                              choices, **jobs[0].options)
+        finally:
+            seconds = time.perf_counter() - start
+            self.stats.busy_seconds += seconds
+            self.stats.engine_calls += 1
+            self.stats.sizes[len(jobs)] = self.stats.sizes.get(len(jobs), 0) + 1
+            previous = self.stats.recent_call_seconds
+            self.stats.recent_call_seconds = seconds if not previous else 0.8 * previous + 0.2 * seconds
+        if len(answers) != len(jobs):
+            raise RuntimeError(f"the engine returned {len(answers)} answers for {len(jobs)} questions")
+        return answers
+
+    def _settle(self, job: Job, answer=None, error: Exception | None = None) -> None:
+        if job.future.done():
+            return
+        if error is None:
+            self.stats.answered += 1
+            job.future.set_result(answer)
+        else:
+            self.stats.failed += 1
+            job.future.set_exception(error)
