@@ -47,13 +47,14 @@ def format_prompt(input: str) -> str:
 
 
 def _marker_ids(tokenizer) -> tuple[int, int]:
-    vocab = tokenizer.get_vocab()
-    if PARAGRAPH_START not in vocab or PARAGRAPH_END not in vocab:
+    # convert_tokens_to_ids, not get_vocab(): the latter rebuilds the whole vocabulary dict on every call
+    ids = tokenizer.convert_tokens_to_ids([PARAGRAPH_START, PARAGRAPH_END])
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
         raise ValueError(
             "the tokenizer has no <paragraph> tokens; call openrag.add_reflection_tokens(model, tokenizer) "
             "before tokenising training instances"
         )
-    return vocab[PARAGRAPH_START], vocab[PARAGRAPH_END]
+    return ids[0], ids[1]
 
 
 def _tokenize_joint(tokenizer, prompt: str, output: str) -> tuple[list[int], int]:
