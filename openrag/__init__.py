@@ -7,7 +7,24 @@ from .reflection import REFLECTION_TOKENS, add_reflection_tokens
 
 __version__ = "0.1.0"
 
+# Loaded on first use: the answering engine imports transformers, which `openrag --help` should not pay for.
+_LAZY = {name: ".rag" for name in ("Answer", "AnswerOptions", "Candidate", "OpenRAG", "Passage")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'openrag' has no attribute {name!r}")
+
+
 __all__ = [
+    "Answer",
+    "AnswerOptions",
+    "Candidate",
+    "OpenRAG",
+    "Passage",
     "CheckpointError",
     "MoEConfig",
     "REFLECTION_TOKENS",

@@ -1,0 +1,80 @@
+"""``openrag ask "question" [--passages FILE] [--json]``: answer one question, then show the evidence."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..rag import AnswerOptions
+
+    parser.add_argument("question", help="the question to answer")
+    parser.add_argument("--passages", metavar="FILE", help="evidence: a JSON list (or JSON lines) of {title, text} or "
+                        "strings, or a text file with one passage per blank-line-separated block")
+    parser.add_argument("--choices", nargs="+", metavar="TEXT", help="answer choices A, B, C, ... (task arc_c)")
+    parser.add_argument("--json", action="store_true", help="print the answer object as JSON")
+    parser.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default'/'smollm2'")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
+    AnswerOptions.add_arguments(parser)
+
+
+def read_passages(path: str) -> list:
+    """Passages from a file: JSON (a list, or an object with ``passages``/``ctxs``), JSON lines, or plain
+    text with blank lines between passages."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no passages file at {path}")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    if file.suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            for key in ("passages", "ctxs", "contexts"):
+                if key in data:
+                    return data[key]
+            raise ValueError(f"{path}: a JSON object needs a 'passages' (or 'ctxs') list")
+        return data
+    return [block.strip() for block in text.split("\n\n") if block.strip()]
+
+
+def print_answer(answer) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(answer.text or "(empty answer)", markup=False, highlight=False)
+    if answer.retrieval_rule is not None:
+        side = ">" if answer.retrieval_rule == "token" else "<"
+        verdict = "retrieved" if answer.retrieved else "did not retrieve"
+        console.print(f"[dim]{verdict}: {answer.retrieval_rule} rule, {answer.retrieval_value:.4f} vs threshold "
+                      f"{answer.threshold} (retrieve when {side})[/dim]")
+    if answer.candidates:
+        best = max(range(len(answer.candidates)), key=lambda i: answer.candidates[i].score)
+        table = Table(title="evidence", show_lines=False)
+        for name in ("#", "title", "answer", "score", "rel", "sup", "use", "seq"):
+            table.add_column(name, justify="right" if name in ("#", "score", "rel", "sup", "use", "seq") else "left")
+        for i, c in enumerate(answer.candidates):
+            title = c.passage["title"] or c.passage["text"][:40]
+            table.add_row(("*" if i == best else "") + str(i + 1), title, c.text, f"{c.score:.3f}", f"{c.relevance:.3f}",
+                          f"{c.groundedness:.3f}", f"{c.utility:.3f}", f"{c.seq_score:.3f}")
+        console.print(table)
+    for note in answer.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..rag import AnswerOptions, OpenRAG
+
+    options = AnswerOptions.from_args(args)
+    passages = read_passages(args.passages) if args.passages else None
+    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, dtype=args.dtype)
+    answer = rag.answer(args.question, passages, choices=args.choices, **vars(options))
+    if args.json:
+        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print_answer(answer)
+    return 0

@@ -1,0 +1,266 @@
+"""Batched greedy generation for many rows that share prompt prefixes (the speed half of SPEC section 5).
+
+The engine knows token ids and log-probabilities, nothing of passages or reflection tokens. A prompt is
+prefilled once (batch 1, no padding); its KV cache is then fanned out to every row that continues it; each
+row appends its own forced tokens (``[Retrieval]<paragraph>...</paragraph>`` for instance) and all rows
+decode together, greedily, one column per step, until each stops (a stop token or ``max_new_tokens``).
+Per step only what scoring needs leaves the loop: the generated token's log-prob and the log-probs of a
+few watched token groups; no full-vocabulary tensor is kept.
+
+KV layout of one ``generate`` call with B rows (``mask[b, s]``: may row b attend to slot s)::
+
+    | pad | shared prefix (c_b) | pad | forced suffix of row b | generated tokens ...
+    |<----- prefix region P ----->|<---- suffix region T ---->|
+
+Both regions are right-aligned, so every row's newest token sits in the last column and a decode step is
+one ``[B, 1]`` forward. Position ids are per row (RoPE sees each row as if it were alone), padded slots
+are masked out, and a row that stops is dropped from the batch (with any all-padding leading columns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+@dataclass
+class Prefix:
+    """A prefilled prompt: its KV cache and the watched groups' log-probs at the first generated position."""
+
+    ids: list[int]
+    kv: list[tuple[Tensor, Tensor]]  # per layer: keys, values [1, Hkv, P, Dh]
+    first: dict[str, list[float]]  # group -> log-probs of its tokens (in the group's order)
+
+
+@dataclass
+class RowResult:
+    """What one row generated, and the few log-probabilities extracted on the way."""
+
+    tokens: list[int] = field(default_factory=list)  # generated ids, the stop token included if one came
+    logprobs: list[float] = field(default_factory=list)  # log-prob of each generated token
+    first: dict[str, list[float]] = field(default_factory=dict)  # each group at the first generated position
+    on_use: dict[str, tuple[int, list[float]]] = field(default_factory=dict)  # group -> (step, log-probs) at
+    # the first step whose generated token belongs to the group
+    stopped: bool = False  # ended on a stop token (else it ran out of max_new_tokens)
+
+
+@dataclass
+class EngineStats:
+    """Work counters, for throughput and FLOP accounting (see benchmarks/)."""
+
+    forwards: int = 0
+    real_tokens: int = 0  # token positions that belong to a row
+    padded_tokens: int = 0  # positions computed only because of padding
+    attended_pairs: int = 0  # sum over real query tokens of the slots they attend to
+    logit_rows: int = 0  # positions projected onto the vocabulary
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer's KV cache in a preallocated buffer [B, Hkv, capacity, Dh]: appends write in place."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        B, H, _, D = key_states.shape
+        self.set(key_states.new_zeros(B, H, self.capacity, D), value_states.new_zeros(B, H, self.capacity, D), 0)
+
+    def set(self, kbuf: Tensor, vbuf: Tensor, length: int) -> None:
+        self.kbuf, self.vbuf, self.length, self.capacity = kbuf, vbuf, length, kbuf.shape[2]
+        self.device, self.is_initialized = kbuf.device, True
+        self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, t = self.length, key_states.shape[2]
+        if n + t > self.capacity:
+            raise RuntimeError(f"KV buffer overflow: {n} + {t} slots > capacity {self.capacity}")
+        self.kbuf[:, :, n : n + t] = key_states
+        self.vbuf[:, :, n : n + t] = value_states
+        self.length = n + t
+        self.keys, self.values = self.kbuf[:, :, : n + t], self.vbuf[:, :, : n + t]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def select(self, rows: Tensor, start: int) -> None:
+        """Keep batch rows ``rows`` and drop the first ``start`` slots."""
+        self.set(self.kbuf[rows][:, :, start:], self.vbuf[rows][:, :, start:], self.length - start)
+
+
+def _slot_cache(n_layers: int, capacity: int) -> Cache:
+    return Cache(layers=[_SlotLayer(capacity) for _ in range(n_layers)])
+
+
+def shared_length(prefix: Sequence[int], row: Sequence[int]) -> int:
+    """How many leading tokens ``row`` can take from ``prefix``'s cache: their common prefix, leaving the
+    row at least one token of its own (its first generated token needs a forward of its own)."""
+    limit = min(len(prefix), len(row) - 1)
+    n = 0
+    while n < limit and prefix[n] == row[n]:
+        n += 1
+    return n
+
+
+class Engine:
+    """Greedy batched generation with a shared-prefix KV cache for any Hugging Face causal LM.
+
+    ``stop_ids``: tokens that end a row (kept as its last token). ``watch``: named token-id groups whose
+    log-probs are reported at the first generated position and where a token of the group is generated.
+    """
+
+    def __init__(self, model: nn.Module, stop_ids: Sequence[int], watch: Mapping[str, Sequence[int]] | None = None, pad_id: int = 0):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.n_layers = model.config.get_text_config().num_hidden_layers
+        self.stop_ids = set(int(t) for t in stop_ids)
+        self.pad_id = int(pad_id)
+        watch = dict(watch or {})
+        self.groups = list(watch)
+        ids, self.slices, self.group_of = [], {}, {}
+        for name, group in watch.items():
+            self.slices[name] = slice(len(ids), len(ids) + len(group))
+            for t in group:
+                self.group_of.setdefault(int(t), []).append(name)
+            ids.extend(int(t) for t in group)
+        self.watch_ids = torch.tensor(ids, dtype=torch.long, device=self.device)  # [W]
+        self.stats = EngineStats()
+
+    # -- the two passes -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> list[Prefix]:
+        """Run each prompt once (batch 1, no padding) and keep its KV cache for ``generate``."""
+        prefixes = []
+        for ids in prompts:
+            if not ids:
+                raise ValueError("cannot prefill an empty prompt")
+            cache = _slot_cache(self.n_layers, len(ids))
+            x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # [1, P]
+            logits = self._forward(x, None, None, cache)  # [1, V]
+            self._count(real=len(ids), padded=0, pairs=len(ids) * (len(ids) + 1) // 2, logit_rows=1)
+            _, _, watched = self._pick(logits)
+            prefixes.append(Prefix(list(ids), [(l.keys, l.values) for l in cache.layers], self._split(watched[0].tolist())))
+        return prefixes
+
+    @torch.inference_mode()
+    def generate(self, prefixes: Sequence[Prefix], rows: Sequence[tuple[int, Sequence[int]]], max_new_tokens: int) -> list[RowResult]:
+        """Continue each row ``(prefix index, full token ids)`` greedily; rows reuse their prefix's cache for
+        the tokens they share with it and compute only the rest. Returns one result per row, in order."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if not rows:
+            return []
+        shared = [shared_length(prefixes[q].ids, ids) for q, ids in rows]
+        if min(shared) < 1:
+            raise ValueError("every row must start with at least one token of its prefix")
+        suffixes = [list(ids[c:]) for (_, ids), c in zip(rows, shared)]
+        B, P, T = len(rows), max(shared), max(len(s) for s in suffixes)
+        cache, mask = self._fan_out(prefixes, rows, shared, P, T + max_new_tokens)  # mask: [B, P + T + new]
+
+        x = torch.full((B, T), self.pad_id, dtype=torch.long)  # [B, T] left-padded suffixes
+        pos = torch.zeros((B, T), dtype=torch.long)
+        for b, (c, s) in enumerate(zip(shared, suffixes)):
+            x[b, T - len(s) :] = torch.tensor(s)
+            pos[b, T - len(s) :] = torch.arange(c, c + len(s))
+            mask[b, P + T - len(s) : P + T] = True
+        next_pos = torch.tensor([c + len(s) for c, s in zip(shared, suffixes)], device=self.device)  # [B]
+        logits = self._forward(x.to(self.device), pos.to(self.device), mask[:, : P + T], cache)  # [B, V]
+        real = sum(len(s) for s in suffixes)
+        pairs = sum(len(s) * c + len(s) * (len(s) + 1) // 2 for c, s in zip(shared, suffixes))
+        self._count(real=real, padded=B * T - real, pairs=pairs, logit_rows=B)
+        return self._decode(logits, cache, mask, next_pos, B, max_new_tokens)
+
+    # -- pieces ---------------------------------------------------------------------------------------
+
+    def _fan_out(self, prefixes, rows, shared, P: int, extra: int) -> tuple[Cache, Tensor]:
+        """A cache of B rows whose prefix region holds each row's shared prefix, right-aligned in P slots."""
+        B, capacity = len(rows), P + extra
+        cache = _slot_cache(self.n_layers, capacity)
+        mask = torch.zeros((B, capacity), dtype=torch.bool, device=self.device)
+        for b, c in enumerate(shared):
+            mask[b, P - c : P] = True
+        for i, layer in enumerate(cache.layers):
+            k0, v0 = prefixes[rows[0][0]].kv[i]  # [1, Hkv, P0, Dh]
+            kbuf = k0.new_zeros(B, k0.shape[1], capacity, k0.shape[3])  # [B, Hkv, S, Dh]
+            vbuf = v0.new_zeros(B, v0.shape[1], capacity, v0.shape[3])
+            for b, ((q, _), c) in enumerate(zip(rows, shared)):
+                k, v = prefixes[q].kv[i]
+                kbuf[b, :, P - c : P] = k[0, :, :c]
+                vbuf[b, :, P - c : P] = v[0, :, :c]
+            layer.set(kbuf, vbuf, P)
+        return cache, mask
+
+    def _decode(self, logits: Tensor, cache: Cache, mask: Tensor, next_pos: Tensor, B: int, max_new_tokens: int) -> list[RowResult]:
+        results = [RowResult() for _ in range(B)]
+        alive = list(range(B))  # result index of each batch row
+        for step in range(max_new_tokens):
+            tok, chosen, watched = self._pick(logits)  # [B'], [B'], [B', W]
+            keep = []
+            for i, (t, lp, w) in enumerate(zip(tok.tolist(), chosen.tolist(), watched.tolist())):
+                r = results[alive[i]]
+                r.tokens.append(t)
+                r.logprobs.append(lp)
+                if step == 0:
+                    r.first = self._split(w)
+                for g in self.group_of.get(t, ()):
+                    r.on_use.setdefault(g, (step, w[self.slices[g]]))
+                if t in self.stop_ids:
+                    r.stopped = True
+                elif step + 1 < max_new_tokens:
+                    keep.append(i)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                mask, tok, next_pos = self._compact(cache, mask, keep, tok, next_pos)
+                alive = [alive[i] for i in keep]
+            n = cache.layers[0].length
+            mask[:, n] = True
+            logits = self._forward(tok[:, None], next_pos[:, None], mask[:, : n + 1], cache)  # [B', V]
+            self._count(real=len(alive), padded=0, pairs=int(mask[:, : n + 1].sum()), logit_rows=len(alive))
+            next_pos = next_pos + 1
+        return results
+
+    def _compact(self, cache: Cache, mask: Tensor, keep: list[int], tok: Tensor, next_pos: Tensor):
+        """Drop stopped rows, and the leading slots no remaining row attends to."""
+        idx = torch.tensor(keep, device=self.device)
+        mask = mask[idx]  # [B', S]
+        start = int(mask.any(0).nonzero()[0])
+        for layer in cache.layers:
+            layer.select(idx, start)
+        return mask[:, start:], tok[idx], next_pos[idx]
+
+    def _forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: Cache) -> Tensor:
+        self.stats.forwards += 1
+        out = self.model(input_ids=x, position_ids=pos, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]  # [B, V]
+
+    def _pick(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Greedy token, its log-prob and the watched log-probs; the [B, V] log-softmax is never built."""
+        logits = logits.float()  # [B, V]
+        lse = torch.logsumexp(logits, dim=-1)  # [B]
+        tok = logits.argmax(dim=-1)  # [B]
+        chosen = logits.gather(1, tok[:, None])[:, 0] - lse  # [B]
+        watched = logits[:, self.watch_ids] - lse[:, None]  # [B, W]
+        return tok, chosen, watched
+
+    def _split(self, watched: list[float]) -> dict[str, list[float]]:
+        return {g: watched[self.slices[g]] for g in self.groups}
+
+    def _count(self, real: int, padded: int, pairs: int, logit_rows: int) -> None:
+        s = self.stats
+        s.real_tokens += real
+        s.padded_tokens += padded
+        s.attended_pairs += pairs
+        s.logit_rows += logit_rows

@@ -1,0 +1,449 @@
+"""``OpenRAG``: answer questions with adaptive retrieval and candidate scoring (SPEC section 5).
+
+This layer knows reflection tokens and passages; the engine (engine.py) knows token ids and probabilities.
+Per batch of questions: prefill each prompt once; decide whether to retrieve (the token rule needs only the
+prefill, the confidence rules need the answer generated after a forced ``[No Retrieval]``); then generate
+one candidate per passage, all rows of all questions together, score each candidate and pick the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from . import prompts
+from .engine import Engine, RowResult
+from .reflection import (
+    GROUNDEDNESS_TOKENS,
+    NO_RETRIEVAL,
+    REFLECTION_TOKENS,
+    RELEVANCE_TOKENS,
+    RETRIEVAL_TOKENS,
+    UTILITY_TOKENS,
+    reflection_token_ids,
+)
+
+MODES = ("no_retrieval", "always_retrieve", "adaptive_retrieval")
+RULES = ("token", "minp", "meanp")
+# Used when no threshold is given: "retrieve when [Retrieval] is likelier than [No Retrieval]", and the
+# same neutral point for the confidence rules. Tune per task (the published multi-hop run used 0.0).
+DEFAULT_THRESHOLD = 0.5
+UTILITY_VALUES = (-1.0, -0.5, 0.0, 0.5, 1.0)  # [Utility:1] .. [Utility:5]
+GROUNDEDNESS_VALUES = (1.0, 0.5, 0.0)  # fully, partially, not supported
+# Token groups the engine reports, each in the order its log-probs come back.
+WATCH = {
+    "retrieval": RETRIEVAL_TOKENS,  # [Retrieval], [No Retrieval]
+    "relevance": RELEVANCE_TOKENS,  # [Relevant], [Irrelevant]
+    "groundedness": GROUNDEDNESS_TOKENS,
+    "utility": UTILITY_TOKENS,
+}
+
+
+@dataclass
+class Passage:
+    """A piece of evidence. (Minimal form; openrag.data will hold the shared one.)"""
+
+    title: str = ""
+    text: str = ""
+    is_gold: bool | None = None
+    score: float | None = None
+
+
+def as_passage(item) -> Passage:
+    """A Passage from a Passage, a ``{title, text}`` dict (``paragraph_text`` also read), a string, or any
+    object with ``title`` and ``text`` attributes."""
+    if isinstance(item, Passage):
+        return item
+    if isinstance(item, str):
+        return Passage(text=item)
+    if isinstance(item, dict):
+        text = item.get("text", item.get("paragraph_text"))
+        if text is None:
+            raise ValueError(f"a passage needs a 'text' field; got keys {sorted(item)}")
+        return Passage(title=item.get("title") or "", text=text, is_gold=item.get("is_gold"), score=item.get("score"))
+    if hasattr(item, "text"):
+        return Passage(title=getattr(item, "title", "") or "", text=item.text)
+    raise ValueError(f"cannot read a passage from {type(item).__name__}; give {{'title', 'text'}} or a string")
+
+
+@dataclass
+class AnswerOptions:
+    """How to answer; every field is also an ``openrag ask`` / ``openrag eval`` flag of the same name."""
+
+    mode: str = field(default="adaptive_retrieval", metadata={"choices": MODES, "help": "when to retrieve"})
+    retrieval_rule: str = field(default="token", metadata={"choices": RULES, "help": "adaptive rule: token = P([Retrieval]) "
+                                "at the first position > threshold; minp/meanp = min/mean token probability of the "
+                                "[No Retrieval] answer < threshold"})
+    threshold: float | None = field(default=None, metadata={"help": f"the adaptive rule's threshold (default {DEFAULT_THRESHOLD})"})
+    ndocs: int = field(default=3, metadata={"help": "use the first NDOCS passages, one candidate each"})
+    max_new_tokens: int = field(default=100, metadata={"help": "the most tokens generated per candidate"})
+    use_seqscore: bool = field(default=True, metadata={"help": "add exp(mean token log-prob) to the score"})
+    use_groundness: bool = field(default=True, metadata={"help": "add w_sup * the groundedness score"})
+    use_utility: bool = field(default=True, metadata={"help": "add w_use * the utility score"})
+    w_rel: float = field(default=1.0, metadata={"help": "weight of the relevance score"})
+    w_sup: float = field(default=1.0, metadata={"help": "weight of the groundedness (support) score"})
+    w_use: float = field(default=1.0, metadata={"help": "weight of the utility score"})
+    task: str = field(default="multihop", metadata={"choices": prompts.TASKS, "help": "prompt format and answer aggregation"})
+    closed: bool | None = field(default=None, metadata={"help": "sum the scores of identical answers (default: by task)"})
+    batch_size: int = field(default=32, metadata={"help": "the most rows (candidates) generated together"})
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.retrieval_rule not in RULES:
+            raise ValueError(f"retrieval_rule must be one of {', '.join(RULES)}, got {self.retrieval_rule!r}")
+        prompts.check_task(self.task)
+        for name in ("ndocs", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def gamma(self) -> float:
+        return DEFAULT_THRESHOLD if self.threshold is None else self.threshold
+
+    @property
+    def is_closed(self) -> bool:
+        return prompts.is_closed(self.task) if self.closed is None else self.closed
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("answering")
+        for f in fields(cls):
+            kw = {"default": f.default, "help": f.metadata["help"]}
+            if f.type.startswith("bool"):
+                group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
+            else:
+                kind = {"int": int, "float | None": float, "float": float}.get(f.type, str)
+                group.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("choices"), **kw)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AnswerOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+@dataclass
+class Candidate:
+    """One evidence row: the passage, what the model answered from it, and the terms of its score."""
+
+    passage: dict  # {"title", "text"} as given to the model (cut if it did not fit)
+    text: str  # post-processed answer
+    score: float
+    relevance: float
+    groundedness: float
+    utility: float
+    seq_score: float
+    raw: str = ""  # generated text with its reflection tokens
+    tokens: int = 0
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str  # the final answer
+    retrieved: bool  # whether the answer came from evidence
+    mode: str
+    retrieval_rule: str | None = None  # the adaptive rule that decided (None outside adaptive mode)
+    retrieval_value: float | None = None  # its value: P([Retrieval]) share, or min/mean token probability
+    threshold: float | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    no_retrieval_text: str | None = None  # the answer after a forced [No Retrieval], when one was generated
+    signals: dict[str, float] = field(default_factory=dict)  # every rule's value that came for free: p_retrieve
+    # (always), minp and meanp (when a no-retrieval answer was generated)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- scoring (pure functions of the engine's log-probs) ----------------------------------------------
+
+
+def group_shares(logprobs: Sequence[float]) -> list[float]:
+    """p_i / sum_j p_j from log-probs, computed stably."""
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def retrieval_probability(first: dict[str, list[float]]) -> float:
+    """Token rule: P([Retrieval]) / (P([Retrieval]) + P([No Retrieval])) at the first generated position."""
+    return group_shares(first["retrieval"])[0]
+
+
+def confidence(row: RowResult, rule: str) -> float:
+    """Confidence rules: min or mean of the generated tokens' probabilities (stop token included)."""
+    probs = [math.exp(lp) for lp in row.logprobs]
+    return min(probs) if rule == "minp" else sum(probs) / len(probs)
+
+
+def score_terms(row: RowResult) -> dict[str, float]:
+    """Each term of SPEC's score, unweighted; a term whose token never appears is 0."""
+    seq = math.exp(sum(row.logprobs) / len(row.logprobs)) if row.logprobs else 0.0
+    relevance = group_shares(row.first["relevance"])[0] if "relevance" in row.first else 0.0
+    groundedness = utility = 0.0
+    if "groundedness" in row.on_use:
+        groundedness = sum(v * p for v, p in zip(GROUNDEDNESS_VALUES, group_shares(row.on_use["groundedness"][1])))
+    if "utility" in row.on_use:
+        utility = sum(v * p for v, p in zip(UTILITY_VALUES, group_shares(row.on_use["utility"][1])))
+    return {"seq_score": seq, "relevance": relevance, "groundedness": groundedness, "utility": utility}
+
+
+def candidate_score(terms: dict[str, float], opts: AnswerOptions) -> float:
+    score = opts.w_rel * terms["relevance"]
+    if opts.use_seqscore:
+        score += terms["seq_score"]
+    if opts.use_groundness:
+        score += opts.w_sup * terms["groundedness"]
+    if opts.use_utility:
+        score += opts.w_use * terms["utility"]
+    return score
+
+
+def choose(candidates: Sequence[Candidate], closed: bool) -> str:
+    """The best candidate's text; closed tasks sum the scores of identical answers first. Ties go to the
+    earlier candidate."""
+    if not closed:
+        return max(candidates, key=lambda c: c.score).text  # max keeps the first of equals
+    totals: dict[str, float] = {}
+    for c in candidates:
+        totals[c.text] = totals.get(c.text, 0.0) + c.score
+    return max(totals, key=totals.get)
+
+
+def postprocess(text: str, extra_tokens: Sequence[str] = ()) -> str:
+    """Remove reflection tokens, end-of-sequence markers and newlines, then a leading ``#`` or ``:``."""
+    for token in (*REFLECTION_TOKENS, "</s>", "<|endoftext|>", *extra_tokens):
+        text = text.replace(token, "")
+    text = text.replace("\n", "").strip()
+    if len(text) > 1 and text[0] in "#:":
+        text = text[1:].strip()
+    return text
+
+
+# -- the pipeline -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Question:
+    """Working state of one question inside a batch."""
+
+    index: int
+    question: str
+    passages: list[Passage]
+    prompt: str
+    answer: Answer
+    rows: list[list[int]] = field(default_factory=list)  # evidence rows, one per usable passage
+    used: list[Passage] = field(default_factory=list)  # the passages of those rows, as given (maybe cut)
+    wants: bool | None = None  # the retrieval decision (None: waiting for the confidence rule)
+
+
+class OpenRAG:
+    """An Open-RAG model ready to answer: ``OpenRAG.from_pretrained(name).answer(question, passages)``.
+
+    ``retriever``: optional object with ``search(queries, top_k) -> list[list[passage]]``, used when a
+    question comes without passages.
+    """
+
+    def __init__(self, model, tokenizer, options: AnswerOptions | None = None, retriever=None, notes: Sequence[str] = ()):
+        self.model, self.tokenizer = model, tokenizer
+        self.options = options or AnswerOptions()
+        self.retriever = retriever
+        self.notes = list(notes)
+        ids = reflection_token_ids(tokenizer)
+        stop = {tokenizer.eos_token_id}
+        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stop.update(config_eos if isinstance(config_eos, list) else [config_eos])
+        stop.discard(None)
+        if not stop:
+            raise ValueError("the tokenizer has no EOS token and the model's generation config names none")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop))
+        self.engine = Engine(model, sorted(stop), {g: [ids[t] for t in toks] for g, toks in WATCH.items()}, pad)
+        self.context_window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "default", device=None, dtype=None, retriever=None, **options) -> OpenRAG:
+        """Load any checkpoint ``openrag.load_model`` reads. ``default`` is the bundled base until the bundled
+        trained model exists. A model without reflection tokens gets them (untrained), with a note."""
+        from .loading import load_model
+        from .reflection import add_reflection_tokens
+
+        name = "smollm2" if name_or_path == "default" else name_or_path
+        model, tokenizer = load_model(name, dtype=dtype, device=device)
+        notes = []
+        if add_reflection_tokens(model, tokenizer):
+            notes.append(f"{name} had no reflection tokens: untrained ones were added, so its retrieval decisions "
+                         "and critique scores carry no meaning")
+        return cls(model, tokenizer, AnswerOptions(**options), retriever=retriever, notes=notes)
+
+    def answer(self, question: str, passages: Sequence | None = None, choices=None, **options) -> Answer:
+        return self.answer_batch([question], None if passages is None else [passages], None if choices is None else [choices], **options)[0]
+
+    def answer_batch(self, questions: Sequence[str], passages: Sequence[Sequence] | None = None, choices: Sequence | None = None, **options) -> list[Answer]:
+        """Answer many questions, batching the rows of several questions together (``batch_size`` rows).
+        ``passages``: one list per question (or None: the retriever's, else none)."""
+        opts = replace(self.options, **options)
+        if choices is not None and len(choices) != len(questions):
+            raise ValueError(f"{len(choices)} choice lists for {len(questions)} questions")
+        evidence = self._passages_for(questions, passages, opts)
+        answers: list[Answer] = []
+        for chunk in self._chunks(evidence, opts):
+            answers.extend(self._answer_chunk([questions[i] for i in chunk], [evidence[i] for i in chunk],
+                                              [choices[i] if choices else None for i in chunk], opts))
+        return answers
+
+    def _passages_for(self, questions, passages, opts: AnswerOptions) -> list[list[Passage]]:
+        if passages is None:
+            if self.retriever is not None and opts.mode != "no_retrieval":
+                passages = self.retriever.search(list(questions), top_k=opts.ndocs)
+            else:
+                passages = [[] for _ in questions]
+        if len(passages) != len(questions):
+            raise ValueError(f"{len(passages)} passage lists for {len(questions)} questions")
+        return [[as_passage(p) for p in (ps or [])[: opts.ndocs]] for ps in passages]
+
+    @staticmethod
+    def _chunks(evidence: list[list[Passage]], opts: AnswerOptions) -> list[list[int]]:
+        """Consecutive questions whose rows (at most one per passage, at least one) fit in ``batch_size``."""
+        chunks, current, rows = [], [], 0
+        for i, ps in enumerate(evidence):
+            need = 1 if opts.mode == "no_retrieval" else max(1, len(ps))
+            if current and rows + need > opts.batch_size:
+                chunks.append(current)
+                current, rows = [], 0
+            current.append(i)
+            rows += need
+        return chunks + ([current] if current else [])
+
+    def _answer_chunk(self, questions, evidence, choices, opts: AnswerOptions) -> list[Answer]:
+        start = time.perf_counter()
+        qs = []
+        for i, (question, ps, ch) in enumerate(zip(questions, evidence, choices)):
+            answer = Answer(question=question, text="", retrieved=False, mode=opts.mode, notes=list(self.notes))
+            qs.append(_Question(i, question, ps, prompts.question_prompt(opts.task, question, ch), answer))
+        prompt_ids = [self._encode(q.prompt) for q in qs]
+        for q, ids in zip(qs, prompt_ids):
+            self._check_fits(q, len(ids), opts)
+        prefixes = self.engine.prefill(prompt_ids)
+
+        # Decide what can be decided before generating; the confidence rules wait for their answer.
+        for q, prefix in zip(qs, prefixes):
+            a = q.answer
+            a.signals["p_retrieve"] = retrieval_probability(prefix.first)
+            if opts.mode != "adaptive_retrieval":
+                q.wants = opts.mode == "always_retrieve"
+            elif opts.retrieval_rule == "token":
+                a.retrieval_rule, a.threshold = opts.retrieval_rule, opts.gamma
+                a.retrieval_value = a.signals["p_retrieve"]
+                q.wants = a.retrieval_value > opts.gamma
+            else:
+                a.retrieval_rule, a.threshold = opts.retrieval_rule, opts.gamma
+            if q.wants is not False:
+                self._build_evidence_rows(q, opts)
+
+        first = [q for q in qs if not (q.wants and q.rows)]
+        results = self._run(prefixes, first, [q for q in qs if q.wants and q.rows], opts)
+        later = []
+        for q in first:
+            row = results[(q.index, "no_retrieval")]
+            q.answer.no_retrieval_text = self._text(row)[0]
+            q.answer.signals.update(minp=confidence(row, "minp"), meanp=confidence(row, "meanp"))
+            if q.wants is None:
+                q.answer.retrieval_value = confidence(row, opts.retrieval_rule)
+                q.wants = q.answer.retrieval_value < opts.gamma
+                if q.wants and q.rows:
+                    later.append(q)
+        if later:
+            results.update(self._run(prefixes, [], later, opts))
+
+        seconds = time.perf_counter() - start
+        for q in qs:
+            if q.wants and q.rows:
+                self._finish_with_evidence(q, results, opts)
+            else:
+                q.answer.text = q.answer.no_retrieval_text
+                if not q.passages and opts.mode != "no_retrieval":
+                    q.answer.notes.append("no passages were given (pass passages=... or a retriever); "
+                                          "answered without retrieval")
+                elif q.wants:
+                    q.answer.notes.append("retrieval was chosen but no passage fits the context window; "
+                                          "answered without retrieval")
+            q.answer.timings = {"seconds": seconds / len(qs), "batch_seconds": seconds, "batch_questions": float(len(qs))}
+        return [q.answer for q in qs]
+
+    def _run(self, prefixes, no_retrieval: list[_Question], with_evidence: list[_Question], opts) -> dict:
+        """Generate the no-retrieval rows of some questions and the evidence rows of others, all at once."""
+        keys, rows = [], []
+        for q in no_retrieval:
+            keys.append((q.index, "no_retrieval"))
+            rows.append((q.index, self._encode(q.prompt + NO_RETRIEVAL)))
+        for q in with_evidence:
+            for k, ids in enumerate(q.rows):
+                keys.append((q.index, k))
+                rows.append((q.index, ids))
+        return dict(zip(keys, self.engine.generate(prefixes, rows, opts.max_new_tokens)))
+
+    def _finish_with_evidence(self, q: _Question, results: dict, opts: AnswerOptions) -> None:
+        for k, passage in enumerate(q.used):
+            row = results[(q.index, k)]
+            text, raw = self._text(row)
+            terms = score_terms(row)
+            q.answer.candidates.append(Candidate(passage={"title": passage.title, "text": passage.text}, text=text,
+                                                 score=candidate_score(terms, opts), raw=raw, tokens=len(row.tokens), **terms))
+        q.answer.retrieved = True
+        q.answer.text = choose(q.answer.candidates, opts.is_closed)
+
+    def _build_evidence_rows(self, q: _Question, opts: AnswerOptions) -> None:
+        """One row per passage, each cut from its end (with a note) where it would overflow the context."""
+        limit = None if self.context_window is None else self.context_window - opts.max_new_tokens
+        for k, passage in enumerate(q.passages):
+            ids = self._evidence_ids(q.prompt, passage, opts.task)
+            if limit is not None and len(ids) > limit:
+                passage, ids = self._cut(q, k, passage, opts, limit)
+                if ids is None:
+                    continue
+            q.rows.append(ids)
+            q.used.append(passage)
+
+    def _cut(self, q: _Question, k: int, passage: Passage, opts: AnswerOptions, limit: int):
+        task = opts.task
+        text_ids = self.tokenizer(passage.text, add_special_tokens=False).input_ids
+        keep = len(text_ids)
+        ids = self._evidence_ids(q.prompt, passage, task)
+        for _ in range(16):  # re-tokenising the cut text can shift a token or two; converge in a few steps
+            keep = max(0, keep - (len(ids) - limit))
+            cut = replace(passage, text=self.tokenizer.decode(text_ids[:keep]))
+            ids = self._evidence_ids(q.prompt, cut, task)
+            if len(ids) <= limit or keep == 0:
+                break
+        where = f"passage {k + 1}" + (f" ({passage.title})" if passage.title else "")
+        if len(ids) > limit:
+            q.answer.notes.append(f"{where} left out: even empty it does not fit the context window of "
+                                  f"{self.context_window} tokens with max_new_tokens={opts.max_new_tokens}")
+            return passage, None
+        q.answer.notes.append(f"{where} cut from {len(text_ids)} to {keep} tokens to fit the context window of "
+                              f"{self.context_window} tokens")
+        return cut, ids
+
+    def _check_fits(self, q: _Question, n_prompt: int, opts: AnswerOptions) -> None:
+        if self.context_window is not None and n_prompt + 1 + opts.max_new_tokens > self.context_window:
+            raise ValueError(f"question {q.question[:60]!r} takes {n_prompt} tokens; with max_new_tokens="
+                             f"{opts.max_new_tokens} it exceeds the context window of {self.context_window} tokens. "
+                             "Shorten it or lower max_new_tokens.")
+
+    def _evidence_ids(self, prompt: str, passage: Passage, task: str) -> list[int]:
+        return self._encode(prompt + prompts.evidence_suffix(prompts.evidence_content(task, passage.title, passage.text)))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text).input_ids
+
+    def _text(self, row: RowResult) -> tuple[str, str]:
+        """(post-processed answer, raw text with reflection tokens) of a row, without its stop token."""
+        tokens = row.tokens[:-1] if row.stopped else row.tokens
+        raw = self.tokenizer.decode(tokens, skip_special_tokens=False)
+        eos = [self.tokenizer.eos_token] if self.tokenizer.eos_token else []
+        return postprocess(self.tokenizer.decode(tokens, skip_special_tokens=True), eos), raw
