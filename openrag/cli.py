@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("openrag.commands.index", "build a BM25, dense or hybrid index over your own documents"),
     "eval": ("openrag.commands.eval", "evaluate on a task (the seed's flags); `eval sweep`: thresholds vs retrieval; `eval combine`: shards"),
     "report": ("openrag.commands.report", "put several eval metrics files into one markdown table and a bar chart"),
+    "ask": ("openrag.commands.ask", "answer a question with adaptive retrieval; show the answer and the scored evidence"),
 }
 
 # Errors that come from the user's input (a path, a checkpoint, a flag), reported without a traceback.
