@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--max_length", type=int, default=4096, help="training max length; the report counts instances it would shorten")
     build.add_argument("--max_per_dataset", type=int, default=None, help="keep at most this many questions per dataset (seeded sample)")
     build.add_argument("--distractors", type=int, default=2, help="hard distractor instances per question")
+    build.add_argument("--max_gold", type=int, default=4, help="single gold-passage instances per question at most (first in reasoning or rank order)")
     build.add_argument("--no_chain", action="store_true", help="no Knowledge 1 [SEP] Knowledge 2 gold-chain instances")
     build.add_argument("--no_no_retrieval", action="store_true", help="no [No Retrieval] instances")
     build.add_argument("--critic", default=None, metavar="MODEL", help="causal LM (any openrag.load_model checkpoint) that re-labels support and utility")
@@ -65,6 +66,7 @@ def run_build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         seed=args.seed,
         distractors=args.distractors,
+        max_gold=args.max_gold,
         max_per_dataset=args.max_per_dataset,
         chain=not args.no_chain,
         no_retrieval=not args.no_no_retrieval,

@@ -82,6 +82,7 @@ class Instance:
 class BuildConfig:
     seed: int = 0
     distractors: int = 2  # hard distractors per question
+    max_gold: int = 4  # single-gold instances per question (a retrieved list may hold many answer-bearing passages)
     max_per_dataset: int | None = None  # questions kept per dataset (a seeded sample), after exclusion
     chain: bool = True  # a gold_chain instance for multi-hop questions
     no_retrieval: bool = True  # [No Retrieval] instances for closed-class questions
@@ -100,7 +101,7 @@ def instances_for(ex: QAExample, config: BuildConfig = BuildConfig()) -> list[In
     out = []
     if multi and config.chain:
         out.append(Instance(kind="gold_chain", passage=labels.render_chain(gold), relevant=True, support=FULLY_SUPPORTED, utility=5, **base))
-    for p in gold:
+    for p in gold[: config.max_gold]:
         support = labels.single_support(ex, p, multi)
         out.append(Instance(kind="gold", passage=labels.render_passage(p), relevant=True, support=support, utility=labels.UTILITY_OF_SUPPORT[support], **base))
     low = labels.utility_without_support(ex)
