@@ -138,3 +138,21 @@ def test_shared_data(name, n, dataset):
     assert len(examples) == n and {e.dataset for e in examples} == {dataset}
     assert all(e.question and e.answers and e.answers[0] for e in examples)
     assert errors.count == {"2wikimultihopqa": 36}.get(dataset, 0)
+
+
+def test_hub_names_load_through_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        if name == "shayekh/openrag_bench":
+            return {"train": [], "dev": [{"question": "Q one?", "answers": ["A"], "ctxs": [{"title": "T", "text": "A is here."}]}]}
+        return [{"instruction": "", "conversation": [{"input": "Q", "output": "[No Retrieval]A[Utility:5]"}], "corpus": ""}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    (ex,) = read_examples("shayekh/openrag_bench", task="hotpotqa")
+    assert (ex.dataset, ex.id, ex.source, ex.ranked) == ("hotpotqa", "hotpotqa-1", "shayekh/openrag_bench[hotpotqa]:1", True)
+    assert load_training_instances("shayekh/openrag_train_data", "moe") == [{"input": "Q", "output": "[No Retrieval]A[Utility:5]"}]
+    assert calls == [("shayekh/openrag_bench", "hotpotqa", None), ("shayekh/openrag_train_data", "moe", "train")]
