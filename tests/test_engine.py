@@ -1,0 +1,145 @@
+"""The engine against Hugging Face ``generate`` (the reference), one row at a time vs many rows at once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from .conftest import make_tiny_llama
+from openrag.engine import Engine, shared_length
+
+WATCH = {"a": [5, 6], "b": [7, 8, 9]}
+
+
+def reference(model, ids: list[int], max_new_tokens: int, stop: int):
+    """Hugging Face greedy generation of one row: its tokens and each step's full log-softmax."""
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
+                         pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    tokens = out.sequences[0, len(ids):].tolist()
+    logp = [torch.log_softmax(s[0].float(), -1) for s in out.scores]  # per step [V]
+    return tokens, logp
+
+
+def random_rows(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (7, 12, 4)]
+    tail = lambda n: torch.randint(3, 128, (n,), generator=g).tolist()  # noqa: E731
+    rows = [
+        (0, prompts[0] + tail(1)),
+        (0, prompts[0] + tail(9)),
+        (1, prompts[1] + tail(2)),
+        (1, prompts[1][:5] + tail(3)),  # leaves the prefix before its end
+        (0, prompts[0]),  # the prompt itself: its last token is recomputed in the row
+        (2, prompts[2] + tail(15)),
+    ]
+    return prompts, rows
+
+
+def pick_stop(model, rows, max_new_tokens):
+    """A token that some rows generate early and others never: rows then stop at different steps."""
+    firsts = [reference(model, ids, max_new_tokens, stop=-1)[0] for _, ids in rows]
+    return firsts[1][3]
+
+
+def test_batched_equals_hf_generate_row_by_row():
+    model = make_tiny_llama()
+    prompts, rows = random_rows()
+    stop = pick_stop(model, rows, 12)
+    engine = Engine(model, stop_ids=[stop], watch=WATCH)
+    results = engine.generate(engine.prefill(prompts), rows, max_new_tokens=12)
+    lengths = set()
+    for (_, ids), r in zip(rows, results):
+        tokens, logp = reference(model, ids, 12, stop)
+        assert r.tokens == tokens
+        assert r.stopped == (tokens[-1] == stop)
+        lengths.add(len(tokens))
+        expected = [logp[t][tok].item() for t, tok in enumerate(tokens)]
+        assert r.logprobs == pytest.approx(expected, abs=1e-4)
+        assert r.first["a"] == pytest.approx(logp[0][WATCH["a"]].tolist(), abs=1e-4)
+        assert r.first["b"] == pytest.approx(logp[0][WATCH["b"]].tolist(), abs=1e-4)
+        for group, ids_ in WATCH.items():
+            steps = [t for t, tok in enumerate(tokens) if tok in ids_]
+            if steps:
+                step, values = r.on_use[group]
+                assert step == steps[0]
+                assert values == pytest.approx(logp[step][ids_].tolist(), abs=1e-4)
+            else:
+                assert group not in r.on_use
+    assert len(lengths) > 1, "rows should stop at different steps (the batch shrinks on the way)"
+
+
+def test_batched_equals_engine_one_row_at_a_time():
+    model = make_tiny_llama(seed=3)
+    prompts, rows = random_rows(seed=4)
+    engine = Engine(model, stop_ids=[2], watch=WATCH)
+    prefixes = engine.prefill(prompts)
+    together = engine.generate(prefixes, rows, max_new_tokens=10)
+    for row, r in zip(rows, together):
+        (alone,) = engine.generate(engine.prefill([prompts[row[0]]]), [(0, row[1])], max_new_tokens=10)
+        assert alone.tokens == r.tokens
+        assert alone.logprobs == pytest.approx(r.logprobs, abs=1e-5)
+
+
+def test_prefill_reports_first_position_groups():
+    model = make_tiny_llama()
+    prompt = list(range(10, 30))
+    (prefix,) = Engine(model, [2], WATCH).prefill([prompt])
+    logp = torch.log_softmax(model(torch.tensor([prompt])).logits[0, -1].float(), -1)
+    assert prefix.first["b"] == pytest.approx(logp[WATCH["b"]].tolist(), abs=1e-5)
+
+
+def test_results_hold_only_small_python_values():
+    model = make_tiny_llama()
+    prompts, rows = random_rows()
+    results = Engine(model, [2], WATCH).generate(Engine(model, [2], WATCH).prefill(prompts), rows, 5)
+    for r in results:
+        json.dumps(r.__dict__)  # plain lists of floats and ints, no tensors
+        assert all(len(v) == len(WATCH[g]) for g, v in r.first.items())
+
+
+def test_shared_length_leaves_each_row_a_token():
+    assert shared_length([1, 2, 3], [1, 2, 3, 4]) == 3
+    assert shared_length([1, 2, 3], [1, 2, 3]) == 2
+    assert shared_length([1, 2, 3], [1, 9, 3, 4]) == 1
+    assert shared_length([1, 2, 3], [7, 8]) == 0
+
+
+def test_bad_calls_are_refused():
+    model = make_tiny_llama()
+    engine = Engine(model, [2], WATCH)
+    prefixes = engine.prefill([[5, 6, 7]])
+    assert engine.generate(prefixes, [], 4) == []
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        engine.generate(prefixes, [(0, [5, 6, 7, 8])], 0)
+    with pytest.raises(ValueError, match="at least one token of its prefix"):
+        engine.generate(prefixes, [(0, [9, 9])], 4)
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.prefill([[]])
+
+
+@pytest.mark.slow
+def test_bundled_base_batched_equals_hf_generate(smollm2, tmp_path):
+    """Real prompts and passages on the bundled base: all rows of two questions in one batch."""
+    from copy import deepcopy
+
+    from openrag import add_reflection_tokens
+    from openrag.prompts import evidence_suffix, question_prompt
+
+    model, tokenizer = deepcopy(smollm2[0]), deepcopy(smollm2[1])
+    add_reflection_tokens(model, tokenizer)
+    questions = ["Who wrote the novel Dracula?", "Which river flows through Paris?"]
+    passages = [["Dracula is an 1897 Gothic horror novel by Irish author Bram Stoker.",
+                 "Frankenstein is an 1818 novel written by Mary Shelley."],
+                ["The Seine is a river in northern France. It flows through Paris."]]
+    prompts = [question_prompt("multihop", q) for q in questions]
+    rows = [(i, tokenizer(prompts[i] + s).input_ids) for i in range(2)
+            for s in ["[No Retrieval]"] + [evidence_suffix(p) for p in passages[i]]]
+    stop = tokenizer.eos_token_id
+    engine = Engine(model, [stop], {"rel": tokenizer.convert_tokens_to_ids(["[Relevant]", "[Irrelevant]"])})
+    results = engine.generate(engine.prefill([tokenizer(p).input_ids for p in prompts]), rows, max_new_tokens=8)
+    for (_, ids), r in zip(rows, results):
+        tokens, logp = reference(model, ids, 8, stop)
+        assert r.tokens == tokens
+        assert r.logprobs == pytest.approx([logp[t][tok].item() for t, tok in enumerate(tokens)], abs=1e-3)
