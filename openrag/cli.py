@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("openrag.commands.eval", "evaluate on a task (the seed's flags); `eval sweep`: thresholds vs retrieval; `eval combine`: shards"),
     "report": ("openrag.commands.report", "put several eval metrics files into one markdown table and a bar chart"),
     "ask": ("openrag.commands.ask", "answer a question with adaptive retrieval; show the answer and the scored evidence"),
+    "serve": ("openrag.commands.serve", "an HTTP API (also OpenAI's chat format) and a web page that shows the model's reasoning"),
 }
 
 # Errors that come from the user's input (a path, a checkpoint, a flag), reported without a traceback.
