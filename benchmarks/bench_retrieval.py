@@ -15,7 +15,8 @@
    that have a context. Hybrid there fuses the bm25 and dense indexes built for the table (the same fusion code a
    hybrid index runs) instead of embedding the pool twice. With ``--draft_answers`` (the JSON lines of an
    ``openrag eval --mode no_retrieval`` run: ``question`` and ``prediction``), recall is also measured with the
-   multi-hop query "question + no-retrieval answer".
+   multi-hop query "question + no-retrieval answer". "question + gold answer" is always measured too, as the
+   upper bound of that query (a perfect no-retrieval answer).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "2wikimu
 KINDS = ("bm25", "dense", "hybrid")
 
 
-def read_2wiki(path: Path) -> tuple[list[dict], list[tuple[str, list[str]]]]:
-    """Pooled paragraphs {id, title, text} and (question, gold titles) of the rows that have a context."""
+def read_2wiki(path: Path) -> tuple[list[dict], list[tuple[str, list[str], str]]]:
+    """Pooled paragraphs {id, title, text} and (question, gold titles, answer) of the rows that have a context."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     pool: dict[tuple[str, str], None] = {}
     questions = []
@@ -52,7 +53,7 @@ def read_2wiki(path: Path) -> tuple[list[dict], list[tuple[str, list[str]]]]:
             continue
         for title, sentences in row["context"]:
             pool.setdefault((title, " ".join(sentences)), None)
-        questions.append((row["question"], sorted({title for title, _ in row["supporting_facts"]})))
+        questions.append((row["question"], sorted({title for title, _ in row["supporting_facts"]}), str(row["answer"])))
     passages = [{"id": f"p{i}", "title": title, "text": text} for i, (title, text) in enumerate(pool)]
     return passages, questions
 
@@ -175,19 +176,19 @@ def recall(work: Path, args) -> dict:
     hybrid = Index(bm25.folder, {**bm25.manifest, "kind": "hybrid"}, bm25.passages,
                    HybridRetriever([bm25.retriever, dense.retriever], hybrid_settings.rrf_k, hybrid_settings.fusion_depth))
     out = {"passages": len(passages), "questions": len(questions), "build_s_bm25_and_dense": round(built, 1)}
-    variants = {"": [q for q, _ in questions]}
+    variants = {"": [q for q, _, _ in questions], " (question + gold answer)": [f"{q} {a}" for q, _, a in questions]}
     if args.draft_answers:
         drafts = read_drafts(Path(args.draft_answers))
-        missing = sum(q not in drafts for q, _ in questions)
+        missing = sum(q not in drafts for q, _, _ in questions)
         if missing:
             raise ValueError(f"{args.draft_answers} has no answer for {missing} of the {len(questions)} questions")
-        variants[" (question + no-retrieval answer)"] = [f"{q} {drafts[q]}" for q, _ in questions]
+        variants[" (question + no-retrieval answer)"] = [f"{q} {drafts[q]}" for q, _, _ in questions]
     for suffix, texts in variants.items():
         for name, index in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid)):
             results = index.search(texts, max(args.recall_k))
             for k in args.recall_k:
                 scores = [retrieval_recall_at_k([p.title for p in hits[:k]], gold)
-                          for hits, (_, gold) in zip(results, questions)]
+                          for hits, (_, gold, _) in zip(results, questions)]
                 out[f"{name}_recall@{k}{suffix}"] = round(float(np.mean(scores)), 4)
     print(f"  2wiki: {out}", flush=True)
     return out
