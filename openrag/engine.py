@@ -9,12 +9,14 @@ few watched token groups; no full-vocabulary tensor is kept.
 
 KV layout of one ``generate`` call with B rows (``mask[b, s]``: may row b attend to slot s)::
 
-    | pad | shared prefix (c_b) | pad | forced suffix of row b | generated tokens ...
-    |<----- prefix region P ----->|<---- suffix region T ---->|
+    | pad | shared prefix (c_b) | forced suffix of row b | generated tokens ...
+    |<------------------ S slots ------------------>|
 
-Both regions are right-aligned, so every row's newest token sits in the last column and a decode step is
-one ``[B, 1]`` forward. Position ids are per row (RoPE sees each row as if it were alone), padded slots
-are masked out, and a row that stops is dropped from the batch (with any all-padding leading columns).
+Rows are right-aligned, so every row's newest token sits in the last column and a decode step is one
+``[B, 1]`` forward. Position ids are per row (RoPE sees each row as if it were alone) and padded slots are
+masked out. The suffixes are computed in groups of similar length (little padding), each group in a cache
+of its own laid out ``| pad | prefix | pad | suffix |``, then moved into place. A row that stops is
+dropped from the batch, with any leading slots no remaining row attends to.
 """
 
 from __future__ import annotations
@@ -166,39 +168,85 @@ class Engine:
         if min(shared) < 1:
             raise ValueError("every row must start with at least one token of its prefix")
         suffixes = [list(ids[c:]) for (_, ids), c in zip(rows, shared)]
-        B, P, T = len(rows), max(shared), max(len(s) for s in suffixes)
-        cache, mask = self._fan_out(prefixes, rows, shared, P, T + max_new_tokens)  # mask: [B, P + T + new]
-
-        x = torch.full((B, T), self.pad_id, dtype=torch.long)  # [B, T] left-padded suffixes
-        pos = torch.zeros((B, T), dtype=torch.long)
-        for b, (c, s) in enumerate(zip(shared, suffixes)):
-            x[b, T - len(s) :] = torch.tensor(s)
-            pos[b, T - len(s) :] = torch.arange(c, c + len(s))
-            mask[b, P + T - len(s) : P + T] = True
-        next_pos = torch.tensor([c + len(s) for c, s in zip(shared, suffixes)], device=self.device)  # [B]
-        logits = self._forward(x.to(self.device), pos.to(self.device), mask[:, : P + T], cache)  # [B, V]
-        real = sum(len(s) for s in suffixes)
-        pairs = sum(len(s) * c + len(s) * (len(s) + 1) // 2 for c, s in zip(shared, suffixes))
-        self._count(real=real, padded=B * T - real, pairs=pairs, logit_rows=B)
-        return self._decode(logits, cache, mask, next_pos, B, max_new_tokens)
+        lengths = [c + len(s) for c, s in zip(shared, suffixes)]
+        B, S = len(rows), max(lengths)
+        k0, v0 = prefixes[rows[0][0]].kv[0]  # [1, Hkv, P0, Dh]
+        cache = _slot_cache(self.n_layers, S + max_new_tokens)
+        for layer in cache.layers:  # every row right-aligned in its first S slots
+            layer.set(k0.new_zeros(B, k0.shape[1], S + max_new_tokens, k0.shape[3]),
+                      v0.new_zeros(B, v0.shape[1], S + max_new_tokens, v0.shape[3]), S)
+        mask = torch.zeros((B, S + max_new_tokens), dtype=torch.bool, device=self.device)  # [B, S + new]
+        for b, n in enumerate(lengths):
+            mask[b, S - n : S] = True
+        logits = [None] * B
+        for bucket in self._buckets([len(s) for s in suffixes]):
+            bucket_logits = self._extend(prefixes, rows, shared, suffixes, bucket, cache, S)  # [b, V]
+            for i, b in enumerate(bucket):
+                logits[b] = bucket_logits[i]
+        next_pos = torch.tensor(lengths, device=self.device)  # [B]
+        return self._decode(torch.stack(logits), cache, mask, next_pos, B, max_new_tokens)
 
     # -- pieces ---------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _buckets(lengths: list[int], max_tokens: int = 4096, max_padding: float = 0.1) -> list[list[int]]:
+        """Rows grouped by suffix length (longest first) so that a padded forward wastes little: at most
+        ``max_padding`` of a group's positions are padding and at most ``max_tokens`` are computed."""
+        buckets: list[list[int]] = []
+        padding = 0
+        for b in sorted(range(len(lengths)), key=lambda b: -lengths[b]):
+            if buckets:
+                group = buckets[-1]
+                width, count = lengths[group[0]], len(group) + 1
+                if width * count <= max_tokens and padding + width - lengths[b] <= max_padding * width * count:
+                    group.append(b)
+                    padding += width - lengths[b]
+                    continue
+            buckets.append([b])
+            padding = 0
+        return buckets
+
+    def _extend(self, prefixes, rows, shared, suffixes, bucket: list[int], cache: Cache, S: int) -> Tensor:
+        """Run the suffixes of the rows in ``bucket`` over their shared prefixes, in a cache of their own,
+        then move each row's prefix + suffix into ``cache``, right-aligned at slot S. Returns [b, V] logits."""
+        sub_rows = [rows[b] for b in bucket]
+        sub_shared = [shared[b] for b in bucket]
+        sub_suffixes = [suffixes[b] for b in bucket]
+        n, P, T = len(bucket), max(sub_shared), max(len(s) for s in sub_suffixes)
+        sub_cache, mask = self._fan_out(prefixes, sub_rows, sub_shared, P, T)  # mask: [n, P + T]
+        x = torch.full((n, T), self.pad_id, dtype=torch.long)  # [n, T] left-padded suffixes
+        pos = torch.zeros((n, T), dtype=torch.long)
+        for i, (c, s) in enumerate(zip(sub_shared, sub_suffixes)):
+            x[i, T - len(s) :] = torch.tensor(s)
+            pos[i, T - len(s) :] = torch.arange(c, c + len(s))
+            mask[i, P + T - len(s) :] = True
+        logits = self._forward(x.to(self.device), pos.to(self.device), mask, sub_cache)  # [n, V]
+        real = sum(len(s) for s in sub_suffixes)
+        pairs = sum(len(s) * c + len(s) * (len(s) + 1) // 2 for c, s in zip(sub_shared, sub_suffixes))
+        self._count(real=real, padded=n * T - real, pairs=pairs, logit_rows=n)
+        for src, dst in zip(sub_cache.layers, cache.layers):
+            for i, (b, c, s) in enumerate(zip(bucket, sub_shared, sub_suffixes)):
+                t = len(s)
+                for a, z in ((src.kbuf, dst.kbuf), (src.vbuf, dst.vbuf)):  # [n, Hkv, P + T, Dh] -> [B, Hkv, S', Dh]
+                    z[b, :, S - t - c : S - t] = a[i, :, P - c : P]
+                    z[b, :, S - t : S] = a[i, :, P + T - t :]
+        return logits
+
     def _fan_out(self, prefixes, rows, shared, P: int, extra: int) -> tuple[Cache, Tensor]:
-        """A cache of B rows whose prefix region holds each row's shared prefix, right-aligned in P slots."""
-        B, capacity = len(rows), P + extra
+        """A cache of n rows whose first P slots hold each row's shared prefix, right-aligned."""
+        n, capacity = len(rows), P + extra
         cache = _slot_cache(self.n_layers, capacity)
-        mask = torch.zeros((B, capacity), dtype=torch.bool, device=self.device)
-        for b, c in enumerate(shared):
-            mask[b, P - c : P] = True
-        for i, layer in enumerate(cache.layers):
-            k0, v0 = prefixes[rows[0][0]].kv[i]  # [1, Hkv, P0, Dh]
-            kbuf = k0.new_zeros(B, k0.shape[1], capacity, k0.shape[3])  # [B, Hkv, S, Dh]
-            vbuf = v0.new_zeros(B, v0.shape[1], capacity, v0.shape[3])
-            for b, ((q, _), c) in enumerate(zip(rows, shared)):
-                k, v = prefixes[q].kv[i]
-                kbuf[b, :, P - c : P] = k[0, :, :c]
-                vbuf[b, :, P - c : P] = v[0, :, :c]
+        mask = torch.zeros((n, capacity), dtype=torch.bool, device=self.device)
+        for i, c in enumerate(shared):
+            mask[i, P - c : P] = True
+        for l, layer in enumerate(cache.layers):
+            k0, v0 = prefixes[rows[0][0]].kv[l]  # [1, Hkv, P0, Dh]
+            kbuf = k0.new_zeros(n, k0.shape[1], capacity, k0.shape[3])  # [n, Hkv, P + extra, Dh]
+            vbuf = v0.new_zeros(n, v0.shape[1], capacity, v0.shape[3])
+            for i, ((q, _), c) in enumerate(zip(rows, shared)):
+                k, v = prefixes[q].kv[l]
+                kbuf[i, :, P - c : P] = k[0, :, :c]
+                vbuf[i, :, P - c : P] = v[0, :, :c]
             layer.set(kbuf, vbuf, P)
         return cache, mask
 

@@ -106,6 +106,17 @@ def test_shared_length_leaves_each_row_a_token():
     assert shared_length([1, 2, 3], [7, 8]) == 0
 
 
+def test_buckets_bound_padding_and_size():
+    lengths = [100, 3, 95, 50, 98, 49, 1, 200]
+    buckets = Engine._buckets(lengths, max_tokens=300, max_padding=0.1)
+    assert sorted(b for group in buckets for b in group) == list(range(len(lengths)))
+    for group in buckets:
+        width = max(lengths[b] for b in group)
+        assert width * len(group) <= 300 or len(group) == 1
+        assert sum(width - lengths[b] for b in group) <= 0.1 * width * len(group)
+    assert [0, 4, 2] in buckets  # 100, 98, 95 share one padded forward
+
+
 def test_bad_calls_are_refused():
     model = make_tiny_llama()
     engine = Engine(model, [2], WATCH)
