@@ -1,0 +1,147 @@
+"""Training data as the Trainer sees it: tokenised instances in two flat int32 arrays, and a collator.
+
+150k instances of ~1k tokens are ~600 MB as int32 but many GB as Python lists, so the token ids and
+labels of all instances are kept as one array each plus offsets. The arrays are cached under the
+output folder, keyed by data, tokenizer and length, so that a resumed run does not tokenise again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..data.tokenize import IGNORE_INDEX, load_training_instances, tokenize_instance
+
+log = logging.getLogger(__name__)
+
+
+class TokenizedDataset(Dataset):
+    """Instance i is ``input_ids[offsets[i]:offsets[i+1]]`` with its labels (-100 where masked)."""
+
+    def __init__(self, input_ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray):
+        if not (input_ids.shape == labels.shape and offsets[0] == 0 and offsets[-1] == len(input_ids)):
+            raise ValueError("input_ids, labels and offsets do not describe the same instances")
+        self.input_ids, self.labels, self.offsets = input_ids, labels, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return {"input_ids": torch.from_numpy(self.input_ids[a:b]), "labels": torch.from_numpy(self.labels[a:b])}
+
+    @property
+    def lengths(self) -> list[int]:
+        return np.diff(self.offsets).tolist()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+        np.savez(tmp, input_ids=self.input_ids, labels=self.labels, offsets=self.offsets)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenizedDataset":
+        with np.load(path) as f:
+            return cls(f["input_ids"], f["labels"], f["offsets"])
+
+
+def tokenize_instances(tokenizer, instances: list[dict], max_length: int) -> TokenizedDataset:
+    """Tokenise ``{input, output}`` instances; those left with no trained token are dropped (and counted)."""
+    from tqdm.auto import tqdm
+
+    ids_parts, label_parts, lengths = [], [], []
+    truncated = dropped = 0
+    tokenizer = _VocabOnce(tokenizer)
+    for instance in tqdm(instances, desc="tokenising", unit="instance", mininterval=2.0):
+        tok = tokenize_instance(tokenizer, instance["input"], instance["output"], max_length)
+        if all(label == IGNORE_INDEX for label in tok.labels):
+            dropped += 1
+            continue
+        truncated += tok.truncated
+        ids_parts.append(np.asarray(tok.input_ids, dtype=np.int32))
+        label_parts.append(np.asarray(tok.labels, dtype=np.int32))
+        lengths.append(len(tok.input_ids))
+    if not lengths:
+        raise ValueError(f"none of the {len(instances)} instances has a token to train on; check the data's outputs")
+    if truncated or dropped:
+        log.info("%d instances shortened to %d tokens; %d dropped (no target left)", truncated, max_length, dropped)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return TokenizedDataset(np.concatenate(ids_parts), np.concatenate(label_parts), offsets)
+
+
+class _VocabOnce:
+    """A tokenizer whose ``get_vocab()`` is computed once: ``tokenize_instance`` asks for it per instance,
+    and a fast tokenizer rebuilds the dict each time (~0.1 s for a 49k vocabulary, 95% of the work)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._vocab = tokenizer.get_vocab()
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._vocab
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def _fingerprint(data_path: str, data_subset: str | None, tokenizer, max_length: int) -> str:
+    path = Path(data_path).expanduser()
+    source = {"path": str(path.resolve()), "size": path.stat().st_size, "mtime": path.stat().st_mtime_ns} if path.exists() else {"hub": data_path}
+    vocab = tokenizer.get_vocab()
+    key = {
+        "source": source,
+        "subset": data_subset,
+        "max_length": max_length,
+        "tokenizer": [tokenizer.name_or_path, len(vocab), hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest()],
+        "format": 1,
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_tokenized(data_path: str, data_subset: str | None, tokenizer, max_length: int, cache_dir: Path | None) -> TokenizedDataset:
+    """Read, tokenise (or fetch from ``cache_dir``) the training set."""
+    cache = cache_dir / f"{_fingerprint(data_path, data_subset, tokenizer, max_length)}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        log.info("tokenised data from %s", cache)
+        return TokenizedDataset.load(cache)
+    instances = load_training_instances(data_path, data_subset)
+    if not instances:
+        raise ValueError(f"{data_path} holds no training instances")
+    dataset = tokenize_instances(tokenizer, instances, max_length)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        dataset.save(cache)
+    return dataset
+
+
+class Collator:
+    """Right-pads a batch: input ids with the pad token, labels with -100, and an attention mask."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.multiple:
+            longest = -(-longest // self.multiple) * self.multiple
+        batch = len(features)
+        input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, longest), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[row, :n] = torch.as_tensor(f["input_ids"])
+            labels[row, :n] = torch.as_tensor(f["labels"])
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,50 @@
+"""One training run, from parsed flags to the final checkpoint in ``--output_dir``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .args import DataArguments, ModelArguments, MoEArguments, OpenRAGTrainingArguments
+from .data import Collator, load_tokenized
+from .setup import build_model, trainable_summary
+from .trainer import OpenRAGTrainer
+
+log = logging.getLogger(__name__)
+
+
+def resume_target(value: str | None) -> str | bool | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or True/last for the newest in the output folder."""
+    if value is None or value.lower() in ("", "false", "none", "no"):
+        return None
+    return True if value.lower() in ("true", "last", "yes") else value
+
+
+def run_training(
+    model_args: ModelArguments, moe_args: MoEArguments, data_args: DataArguments, args: OpenRAGTrainingArguments
+) -> OpenRAGTrainer:
+    from transformers import set_seed
+
+    set_seed(args.seed)  # before the experts are initialised, so that a run is reproducible
+    setup = build_model(model_args, moe_args, bf16=args.bf16, fp16=args.fp16)
+    log.info("%s", trainable_summary(setup.model))
+    cache_dir = Path(args.output_dir) / "tokenized" if data_args.tokenized_cache else None
+    with args.main_process_first(desc="tokenising the training data"):
+        dataset = load_tokenized(data_args.data_path, data_args.data_subset, setup.tokenizer, data_args.model_max_length, cache_dir)
+    lengths = dataset.lengths
+    log.info("%d training instances, %d tokens (mean %.0f, max %d)", len(dataset), sum(lengths), sum(lengths) / len(lengths), max(lengths))
+    trainer = OpenRAGTrainer(
+        model=setup.model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=Collator(setup.tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        processing_class=setup.tokenizer,
+        setup=setup,
+        router_aux_loss_coef=moe_args.router_aux_loss_coef,
+    )
+    trainer.train(resume_from_checkpoint=resume_target(args.resume_from_checkpoint))
+    trainer.save_model()  # the final adapter checkpoint, in --output_dir itself
+    trainer.save_state()
+    return trainer

@@ -1,0 +1,233 @@
+"""openrag train: a tiny random Llama trained a few steps on a tiny built dataset (CPU, seconds)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from openrag import load_model
+from openrag.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+from .train_helpers import losses, run_train, train_argv, write_base, write_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """12 steps with LoRA (on embed_tokens and lm_head too: the tiny model is untied), weight decay on,
+    a save every 6 steps, and the released layout as well."""
+    root = tmp_path_factory.mktemp("train")
+    base, data, out = write_base(root / "base"), write_dataset(root / "data.jsonl"), root / "out"
+    argv = train_argv(base, data, out, "--max_steps", "12", "--save_steps", "6", "--weight_decay", "0.1", "--save_official_layout", "True")
+    return run_train(argv), base, out
+
+
+def _base_name(name: str) -> str:
+    """A trained model's parameter name -> the dense base checkpoint's name."""
+    name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+    return name.replace(".mlp.dense_mlp.", ".mlp.")
+
+
+def test_loss_falls(trained):
+    trainer, _, _ = trained
+    by_step = losses(trainer)
+    assert sorted(by_step) == list(range(1, 13))
+    first, last = [by_step[s] for s in (1, 2, 3)], [by_step[s] for s in (10, 11, 12)]
+    assert sum(last) / 3 < 0.8 * sum(first) / 3, by_step
+
+
+def test_frozen_weights_stay_bit_identical(trained):
+    trainer, base, _ = trained
+    setup = trainer.setup
+    base_weights = load_file(str(base / "model.safetensors"))
+    n = setup.num_base_tokens
+    seen = set()
+    for name, param in setup.model.named_parameters():
+        if ".moe_adapter." in name or "lora_" in name:
+            continue
+        key = _base_name(name)
+        expected = base_weights[key]
+        if "embed_tokens" in key or "lm_head" in key:
+            assert torch.equal(param[:n], expected), f"{key}: a base vocabulary row moved"
+            assert param.shape[0] > n and not torch.equal(param[n:], param[n:].mean(0).expand_as(param[n:])), "new rows did not learn"
+        else:
+            assert torch.equal(param, expected), f"{key} changed"
+        seen.add(key)
+    assert seen == set(base_weights), set(base_weights) ^ seen
+
+
+def test_experts_routers_and_lora_learned(trained):
+    trainer, _, _ = trained
+    named = dict(trainer.setup.model.named_parameters())
+    ups = [p for n, p in named.items() if n.endswith("adapter_up.weight")]
+    assert ups and all(p.abs().sum() > 0 for p in ups), "adapter_up starts at zero and must move"
+    lora_b = [p for n, p in named.items() if "lora_B" in n or "lora_embedding_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_logs_have_speed_and_expert_load(trained):
+    trainer, _, _ = trained
+    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    assert entry["tokens_per_second"] > 0
+    for layer in range(2):
+        shares = [entry[f"expert_load/layer_{layer:02d}/expert_{e}"] for e in range(4)]
+        assert sum(shares) == pytest.approx(1.0)
+
+
+def test_checkpoints_are_small_and_load_directly(trained):
+    trainer, _, out = trained
+    for folder in (out / "checkpoint-6", out / "checkpoint-12", out):
+        assert (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTER_WEIGHTS).is_file()
+        assert (folder / "lora" / "adapter_model.safetensors").is_file()
+        assert (folder / "adapter_model" / "adapter_model.safetensors").is_file() and (folder / "moe_model.bin").is_file()
+        assert not list(folder.glob("model*.safetensors")), "a checkpoint must not copy the base"
+    assert all(k.startswith(("model.layers.", "new_token_rows.")) for k in load_file(str(out / ADAPTER_WEIGHTS)))
+    assert not any("embed_tokens.base_layer" in k for k in load_file(str(out / "lora" / "adapter_model.safetensors")))
+    moe_bin = torch.load(out / "moe_model.bin", weights_only=True)
+    assert moe_bin and all(".moe_adapter." in k for k in moe_bin)
+    released = load_file(str(out / "adapter_model" / "adapter_model.safetensors"))
+    assert not any("dense_mlp" in k for k in released) and any(".mlp.gate_proj." in k for k in released)
+
+    model = trainer.setup.model.eval()
+    ids = torch.tensor([[5, 9, 3, 17, 8, 2, 30]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        loaded, _ = load_model(str(out), device="cpu")
+        assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
+
+
+def test_save_from_a_gathered_state_dict_matches(trained, tmp_path):
+    """FSDP/DeepSpeed hand _save a full state dict; it must give the same files as the parameters."""
+    from openrag.training.checkpointing import save_checkpoint
+
+    setup = trained[0].setup
+    save_checkpoint(setup, tmp_path / "params")
+    save_checkpoint(setup, tmp_path / "gathered", state_dict=setup.model.state_dict())
+    for rel in (ADAPTER_WEIGHTS, "lora/adapter_model.safetensors"):
+        a, b = load_file(str(tmp_path / "params" / rel)), load_file(str(tmp_path / "gathered" / rel))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+
+
+def test_loss_on_target_positions_equals_transformers(trained):
+    """Logits only at trained positions must give exactly the loss transformers computes on all of them."""
+    trainer, _, _ = trained
+    model = trainer.setup.model.eval()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(5)])
+    with torch.no_grad():
+        ours = trainer.compute_loss(model, dict(batch))
+        reference = model(**batch).loss
+    assert torch.allclose(ours, reference, atol=1e-6)
+
+
+def test_resume_after_kill_gives_the_same_later_losses(tmp_path):
+    """A run stopped after its step-3 save and resumed equals the run that never stopped."""
+    base, data = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl")
+    common = ("--max_steps", "6", "--save_steps", "3", "--lora_dropout", "0.1")
+    full = run_train(train_argv(base, data, tmp_path / "full", *common))
+    # The killed run: everything it left on disk is its step-3 checkpoint (what the full run wrote at step 3).
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "killed" / "checkpoint-3")
+    resumed = run_train(train_argv(base, data, tmp_path / "killed", *common, "--resume_from_checkpoint", "True"))
+    before, after = losses(full), losses(resumed)
+    assert sorted(after) == [1, 2, 3, 4, 5, 6]  # 1-3 come back with the checkpoint's trainer state
+    for step in (4, 5, 6):
+        assert after[step] == pytest.approx(before[step], abs=1e-6), (step, before, after)
+    a = load_file(str(tmp_path / "full" / ADAPTER_WEIGHTS))
+    b = load_file(str(tmp_path / "killed" / ADAPTER_WEIGHTS))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this python")
+    base, data, out = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl"), tmp_path / "out"
+    argv = train_argv(base, data, out, "--max_steps", "2", "--save_steps", "2", "--ddp_backend", "gloo", "--use_cpu", "True")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=0", "-m", "openrag", "train", *argv]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    state = (out / "checkpoint-2" / "trainer_state.json").read_text()
+    assert '"global_step": 2' in state
+    model, _ = load_model(str(out / "checkpoint-2"), device="cpu")
+    assert model.config.num_experts == 4
+
+
+# --- set-up and flags -----------------------------------------------------------------------------
+
+
+def test_tied_embeddings_get_no_lora_but_new_rows_train(tmp_path):
+    from openrag.training.args import ModelArguments, MoEArguments
+    from openrag.training.setup import build_model
+
+    base = write_base(tmp_path / "base", tie_word_embeddings=True)
+    setup = build_model(ModelArguments(str(base), lora_r=4), MoEArguments(4, 2, 8))
+    names = [n for n, _ in setup.model.named_parameters()]
+    assert not any("embed_tokens.lora" in n or "lm_head.lora" in n for n in names)
+    embed = setup.model.get_input_embeddings().weight
+    assert embed.requires_grad and embed is setup.model.get_output_embeddings().weight
+    setup.model(input_ids=torch.tensor([[3, 4, 5]])).logits.sum().backward()
+    assert embed.grad[: setup.num_base_tokens].abs().sum() == 0 and embed.grad[setup.num_base_tokens :].abs().sum() > 0
+
+
+def test_bf16_without_cuda_trains_in_float32():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from openrag.training.args import parse_train_args
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        *_, args = parse_train_args(["--data_path", "x.jsonl", "--bf16", "True", "--tf32", "True", "--evaluation_strategy", "no"])
+    assert not args.bf16 and not args.tf32
+    assert any("float32" in str(w.message) for w in caught)
+    assert args.eval_strategy == "no"
+
+
+def test_seed_command_line_parses():
+    """Every flag of SPEC section 7's train command is accepted with its meaning."""
+    from openrag.training.args import parse_train_args
+
+    argv = (
+        "--model_name_or_path meta-llama/Llama-2-7b-hf --data_path shayekh/openrag_train_data --data_subset moe "
+        "--output_dir ./checkpoints/ --bf16 True --tf32 True --fp16 False --model_max_length 4096 --num_train_epochs 2 "
+        "--gradient_accumulation_steps 8 --per_device_train_batch_size 4 --evaluation_strategy no --save_strategy epoch "
+        "--logging_strategy steps --report_to tensorboard --logging_steps 1 --learning_rate 2e-4 --adam_beta2 0.999 "
+        "--lr_scheduler_type constant_with_warmup --max_grad_norm 0.3 --weight_decay 0.0 --warmup_steps 200 "
+        "--adapter_dim 512 --moe_scaling 0.25 --num_experts 8 --topk 2"
+    ).split()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model_args, moe_args, data_args, args = parse_train_args(argv)
+    assert (moe_args.num_experts, moe_args.topk, moe_args.adapter_dim, moe_args.moe_scaling) == (8, 2, 512, 0.25)
+    assert data_args.data_subset == "moe" and data_args.model_max_length == 4096
+    assert args.gradient_accumulation_steps == 8 and args.max_grad_norm == 0.3 and args.warmup_steps == 200
+    assert str(args.save_strategy.value) == "epoch" and args.report_to == ["tensorboard"]
+    assert model_args.lora_r == 64 and model_args.lora_alpha == 16 and "embed_tokens" in model_args.lora_targets
+
+
+def test_four_bit_needs_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from openrag.training.args import ModelArguments, MoEArguments
+    from openrag.training.setup import build_model
+
+    with pytest.raises(ValueError, match="CUDA"):
+        build_model(ModelArguments(str(write_base(tmp_path / "base")), bits=4), MoEArguments(4, 2, 8))
+
+
+def test_training_a_merged_checkpoint_is_refused(tmp_path):
+    from openrag.training.args import ModelArguments, MoEArguments
+    from openrag.training.setup import build_model
+
+    base = write_base(tmp_path / "base")
+    cfg = (base / "config.json").read_text().replace("{", '{"num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25,', 1)
+    (base / "config.json").write_text(cfg)
+    with pytest.raises(ValueError, match="already has experts"):
+        build_model(ModelArguments(str(base), lora_r=0), MoEArguments(4, 2, 8))
