@@ -177,11 +177,42 @@ def load_new_token_rows(model: nn.Module, rows: dict[str, torch.Tensor], num_bas
         head.weight[num_base_tokens:] = rows[NEW_LM_HEAD_KEY].to(head.weight.dtype)
 
 
-def save_adapter(model: nn.Module, tokenizer, folder: str | Path, base_model: str, num_base_tokens: int, lora_model=None) -> Path:
-    """Write the adapter layout: expert + router weights, new token rows, tokenizer, and the PEFT LoRA if any."""
+def _adapter_tensors_from_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], num_base_tokens: int) -> dict[str, torch.Tensor]:
+    """The adapter tensors out of a full state dict of ``model`` (what FSDP or DeepSpeed gather for saving,
+    while the model's own parameters are shards). Keys are the model's parameter names."""
+    tensors = {}
+    for key, tensor in state_dict.items():
+        m = _LAYER_PREFIX.match(key)
+        if m is not None:
+            tensors[f"model.layers.{m.group(1)}.mlp.moe_adapter.{m.group(2).replace('.default.', '.')}"] = tensor
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    rows = {NEW_EMBED_KEY: embed}
+    if head is not None and head.weight is not embed:
+        rows[NEW_LM_HEAD_KEY] = head.weight
+    for out_key, param in rows.items():
+        key = names.get(id(param))
+        if key not in state_dict:
+            raise CheckpointError(f"the state dict to save has no {key!r} (the {out_key.split('.')[-1]} weight)")
+        tensors[out_key] = state_dict[key][num_base_tokens:].detach().clone()
+    return tensors
+
+
+def save_adapter(
+    model: nn.Module, tokenizer, folder: str | Path, base_model: str, num_base_tokens: int, lora_model=None, state_dict=None
+) -> Path:
+    """Write the adapter layout: expert + router weights, new token rows, tokenizer, and the PEFT LoRA if any.
+
+    ``state_dict``: a full state dict of ``lora_model`` (or of ``model`` without LoRA) to take the tensors
+    from instead of the parameters, for sharded training (FSDP, DeepSpeed ZeRO-3). The LoRA folder never
+    holds the embedding matrices: their new rows are in ``adapter.safetensors``, the rest is the base's."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {**moe_state_dict(model), **new_token_rows(model, num_base_tokens)}
+    if state_dict is None:
+        tensors = {**moe_state_dict(model), **new_token_rows(model, num_base_tokens)}
+    else:
+        tensors = _adapter_tensors_from_state_dict(lora_model if lora_model is not None else model, state_dict, num_base_tokens)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / ADAPTER_WEIGHTS))
     moe = moe_config_of(model)
     AdapterConfig(
@@ -191,7 +222,7 @@ def save_adapter(model: nn.Module, tokenizer, folder: str | Path, base_model: st
         lora=lora_model is not None,
     ).write(folder)
     if lora_model is not None:
-        lora_model.save_pretrained(str(folder / "lora"))
+        lora_model.save_pretrained(str(folder / "lora"), state_dict=state_dict, save_embedding_layers=False)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -117,26 +117,27 @@ def _load_dense_or_merged(folder: Path, dtype, device):
     return model.to(device), tokenizer
 
 
-def _load_adapter(folder: Path, dtype, device):
+def _load_adapter(folder: Path, dtype, device, base_model: str | None = None):
+    """``base_model``: the base to load under the adapter, if not the one the checkpoint names (moved or renamed)."""
     from transformers import AutoTokenizer
 
     config = ckpt.AdapterConfig.read(folder)
-    model, _ = load_model(config.base_model, dtype=dtype, device="cpu")
+    model, _ = load_model(base_model or config.base_model, dtype=dtype, device="cpu")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # its tokenizer has the reflection tokens
     if config.moe:  # the same order as training: experts first, then LoRA over the dense projections
         m = config.moe
         inject_moe(model, m["num_experts"], m["topk"], m["adapter_dim"], m["moe_scaling"], m.get("dropout", 0.1))
-    if config.lora:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(folder / "lora")).merge_and_unload()
     tensors = ckpt.read_tensors([folder / ckpt.ADAPTER_WEIGHTS], keep=lambda k: True)
     experts = {k: v for k, v in tensors.items() if ".moe_adapter." in k}
     if config.moe:
         ckpt.load_moe_state_dict(model, experts, str(folder / ckpt.ADAPTER_WEIGHTS))
     rows = {k: v for k, v in tensors.items() if k.startswith("new_token_rows.")}
     ckpt.load_new_token_rows(model, rows, config.num_base_tokens, str(folder / ckpt.ADAPTER_WEIGHTS))
+    if config.lora:  # last: a LoRA on embed_tokens/lm_head adds its delta to the new rows just loaded, as in training
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(folder / "lora")).merge_and_unload()
     return model.to(device=device, dtype=dtype or model.dtype), tokenizer
 
 
