@@ -49,8 +49,9 @@ class Expert(nn.Module):
 
 
 class MoEAdapter(nn.Module):
-    """Router plus experts. The experts run as two GEMMs over their stacked weights, with the
-    weights of the experts a token did not choose set to exactly zero: no loop over tokens or experts."""
+    """Router plus experts. Each (token, chosen expert) pair is computed once: the pairs are grouped by
+    expert into one padded batch and the experts run as two batched matmuls, with no Python loop over
+    tokens or experts and no work for the experts a token did not choose."""
 
     def __init__(self, hidden_size: int, config: MoEConfig):
         super().__init__()
@@ -62,7 +63,7 @@ class MoEAdapter(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.reset_parameters()
         # Kept from the last forward for expert-load logging and the optional load-balancing loss.
-        self.last_routing: torch.Tensor | None = None  # [B, T, E] gate weights (detached)
+        self.last_routing: torch.Tensor | None = None  # [B, T, E] gate weights, zero where not chosen (detached)
         self.last_router_logits: torch.Tensor | None = None  # [B, T, E]
 
     def reset_parameters(self) -> None:
@@ -71,24 +72,40 @@ class MoEAdapter(nn.Module):
             nn.init.kaiming_uniform_(expert.adapter_down.weight, a=math.sqrt(5))
             nn.init.zeros_(expert.adapter_up.weight)
 
-    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense gate matrix ``[..., E]`` (softmax over the top-k logits, zero elsewhere) and the router logits."""
-        logits = self.router(x)  # [..., E]
-        top_logits, top_idx = logits.topk(self.config.topk, dim=-1)  # [..., k]
-        top_w = F.softmax(top_logits, dim=-1, dtype=torch.float32).to(logits.dtype)  # [..., k]
-        return torch.zeros_like(logits).scatter(-1, top_idx, top_w), logits
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, D] -> router logits [N, E], chosen experts [N, k], their weights [N, k]
+        (softmax over the k chosen logits only)."""
+        logits = self.router(x)  # [N, E]
+        top_logits, top_idx = logits.topk(self.config.topk, dim=-1)  # [N, k]
+        top_w = F.softmax(top_logits, dim=-1, dtype=torch.float32).to(x.dtype)  # [N, k]
+        return logits, top_idx, top_w
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: FFN input [B, T, D]; y: FFN output [B, T, D] -> expert term [B, T, D]."""
         cfg = self.config
-        gates, logits = self.gates(x)  # [B, T, E]
-        self.last_routing = gates.detach()
-        self.last_router_logits = logits
-        down = torch.cat([e.adapter_down.weight for e in self.experts.values()], dim=0)  # [E*r, D]
-        up = torch.cat([e.adapter_up.weight for e in self.experts.values()], dim=1)  # [D, E*r]
-        h = F.gelu(F.linear(self.dropout(y).to(down.dtype), down))  # [B, T, E*r]
-        h = h.unflatten(-1, (cfg.num_experts, cfg.adapter_dim)) * gates.to(h.dtype).unsqueeze(-1)  # [B, T, E, r]
-        return (cfg.moe_scaling * F.linear(h.flatten(-2), up)).to(y.dtype)  # [B, T, D]
+        flat_x, flat_y = x.reshape(-1, x.shape[-1]), self.dropout(y).reshape(-1, y.shape[-1])  # [N, D]
+        logits, top_idx, top_w = self.route(flat_x)
+        self.last_router_logits = logits.view(*x.shape[:-1], -1)
+        self.last_routing = torch.zeros_like(logits).scatter(-1, top_idx, top_w).detach().view_as(self.last_router_logits)
+
+        # Group the N*k (token, expert) pairs by expert: pair p of expert e goes to row slot[p] of block e.
+        expert_of = top_idx.reshape(-1)  # [N*k]
+        order = expert_of.argsort(stable=True)  # [N*k] pairs sorted by expert
+        sorted_expert = expert_of[order]  # [N*k]
+        counts = torch.bincount(expert_of, minlength=cfg.num_experts)  # [E]
+        slot = torch.arange(order.numel(), device=x.device) - (counts.cumsum(0) - counts)[sorted_expert]  # [N*k]
+        token = order // cfg.topk  # [N*k] token of each sorted pair
+        blocks = flat_y.new_zeros(cfg.num_experts, int(counts.max()), flat_y.shape[-1])  # [E, C, D]
+        blocks = blocks.index_put((sorted_expert, slot), flat_y[token])
+
+        down = torch.stack([e.adapter_down.weight for e in self.experts.values()])  # [E, r, D]
+        up = torch.stack([e.adapter_up.weight for e in self.experts.values()])  # [E, D, r]
+        hidden = F.gelu(torch.bmm(blocks.to(down.dtype), down.transpose(1, 2)))  # [E, C, r]
+        expert_out = torch.bmm(hidden, up.transpose(1, 2))  # [E, C, D]
+
+        weighted = expert_out[sorted_expert, slot] * top_w.reshape(-1)[order, None].to(expert_out.dtype)  # [N*k, D]
+        out = torch.zeros_like(flat_y, dtype=expert_out.dtype).index_add(0, token, weighted)  # [N, D]
+        return (cfg.moe_scaling * out).to(y.dtype).view_as(y)
 
 
 class MoEFeedForward(nn.Module):

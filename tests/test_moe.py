@@ -112,3 +112,30 @@ def test_routing_gates_sum_to_one_over_topk(tiny_llama):
     assert gates.shape == (3, 6, 5)
     assert torch.all((gates > 0).sum(-1) == 2)
     torch.testing.assert_close(gates.sum(-1), torch.ones(3, 6))
+
+
+def test_expert_gradients_match_a_per_token_reference():
+    from openrag.moe import MoEAdapter, MoEConfig
+
+    torch.manual_seed(0)
+    adapter = MoEAdapter(6, MoEConfig(num_experts=3, topk=2, adapter_dim=4, moe_scaling=0.5, dropout=0.0))
+    for expert in adapter.experts.values():
+        torch.nn.init.normal_(expert.adapter_up.weight)
+    x, y = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
+    adapter(x, y).square().sum().backward()
+    ours = {n: p.grad.clone() for n, p in adapter.named_parameters()}
+    adapter.zero_grad()
+    total = 0
+    for b in range(2):
+        for t in range(5):
+            w, idx = torch.topk(adapter.router.weight @ x[b, t], 2)
+            w = torch.softmax(w, 0)
+            term = sum(
+                w[i] * 0.5 * (adapter.experts[f"expert_{j}"].adapter_up.weight
+                              @ F.gelu(adapter.experts[f"expert_{j}"].adapter_down.weight @ y[b, t]))
+                for i, j in enumerate(idx.tolist())
+            )
+            total = total + term.square().sum()
+    total.backward()
+    for name, param in adapter.named_parameters():
+        torch.testing.assert_close(ours[name], param.grad, atol=1e-5, rtol=1e-5, msg=name)

@@ -1,0 +1,93 @@
+"""Forward time of the bundled base with experts against the dense model, and vectorised routing
+against a per-expert Python loop of the same math (issue: the MoE model layer).
+
+    python benchmarks/bench_moe_forward.py [--experts 8 --topk 2 --adapter_dim 64 --batch 4 --seq 256]
+
+All variants run in this one process on the same weights and the same inputs, interleaved round by round;
+the reported time is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from openrag import inject_moe, load_model
+from openrag.moe import MoEAdapter, moe_adapters
+
+
+def loop_forward(self: MoEAdapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The same expert term computed the usual slow way: a Python loop over experts, each gathering its tokens."""
+    cfg = self.config
+    flat_x, flat_y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])  # [N, D]
+    weights, idx = self.router(flat_x).topk(cfg.topk, dim=-1)  # [N, k]
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(flat_y.dtype)
+    out = torch.zeros_like(flat_y)
+    for j, expert in enumerate(self.experts.values()):
+        rows, slot = torch.where(idx == j)  # tokens that chose expert j, and in which of their k slots
+        if rows.numel() == 0:
+            continue
+        h = expert.adapter_up(F.gelu(expert.adapter_down(self.dropout(flat_y[rows]))))  # [n_j, D]
+        out.index_add_(0, rows, h * weights[rows, slot, None])
+    return (cfg.moe_scaling * out).reshape_as(y)
+
+
+def timed(model, ids, rounds_out: list[float]) -> None:
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(ids)
+    rounds_out.append(time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--topk", type=int, default=2)
+    parser.add_argument("--adapter_dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+
+    dense, _ = load_model("smollm2", device="cpu")
+    moe = inject_moe(copy.deepcopy(dense), args.experts, args.topk, args.adapter_dim, 0.25).eval()
+    with torch.no_grad():  # non-zero experts, so that every variant does its full work
+        for adapter in moe_adapters(moe):
+            for expert in adapter.experts.values():
+                expert.adapter_up.weight.normal_(0, 0.02)
+    looped = copy.deepcopy(moe)
+    for adapter in moe_adapters(looped):
+        adapter.forward = loop_forward.__get__(adapter)
+    ids = torch.randint(0, 49152, (args.batch, args.seq))
+
+    with torch.no_grad():  # the loop variant computes the same expert term (checked on one layer)
+        adapter = moe_adapters(moe)[0]
+        x, y = torch.randn(args.batch, args.seq, 576), torch.randn(args.batch, args.seq, 576)
+        torch.testing.assert_close(loop_forward(adapter, x, y), adapter(x, y), atol=1e-5, rtol=1e-4)
+    times: dict[str, list[float]] = {"dense": [], "experts (vectorised)": [], "experts (per-expert loop)": []}
+    models = {"dense": dense, "experts (vectorised)": moe, "experts (per-expert loop)": looped}
+    for name, model in models.items():  # warm-up
+        timed(model, ids, [])
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            timed(model, ids, times[name])
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"SmolLM2-135M, {args.experts} experts, top-{args.topk}, adapter_dim {args.adapter_dim}, input {args.batch}x{args.seq}, median of {args.rounds}")
+    for name, t in med.items():
+        print(f"  {name:<28} {t * 1000:8.1f} ms")
+    print(f"  overhead of experts over dense:     {med['experts (vectorised)'] / med['dense'] - 1:+.1%}")
+    print(f"  per-expert loop / vectorised:        {med['experts (per-expert loop)'] / med['experts (vectorised)']:.2f}x")
+    print(f"  expert term alone, loop / vectorised: "
+          f"{(med['experts (per-expert loop)'] - med['dense']) / (med['experts (vectorised)'] - med['dense']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
