@@ -12,6 +12,18 @@ from pathlib import Path
 
 SMOLLM2_NAME = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "default"  # the bundled Open-RAG model: our adapter weights over SmolLM2, shipped in the package
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+
+
+def default_model_dir() -> Path:
+    """Folder of the bundled trained Open-RAG model (adapter layout over ``smollm2``)."""
+    if not (DEFAULT_MODEL_DIR / "openrag_config.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled Open-RAG model is missing from {DEFAULT_MODEL_DIR}; reinstall openrag, "
+            "or pass a model folder (or 'smollm2' for the untrained base)"
+        )
+    return DEFAULT_MODEL_DIR
 
 
 def cache_dir() -> Path:
@@ -51,12 +63,9 @@ def smollm2_checkpoint() -> Path:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(target) if not target.exists() else _replace_dir(tmp, target)
-    return target
+    if target.exists():  # a half-written folder from an interrupted conversion
+        import shutil
 
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    import shutil
-
-    shutil.rmtree(target)
+        shutil.rmtree(target)
     tmp.replace(target)
+    return target

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import checkpoints as ckpt
-from .bundled import SMOLLM2_NAME, smollm2_checkpoint
+from .bundled import DEFAULT_NAME, SMOLLM2_NAME, default_model_dir, smollm2_checkpoint
 from .moe import inject_moe
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,8 @@ def resolve_folder(name_or_path: str) -> Path:
     """A local folder for a path, ``smollm2``, or a Hugging Face hub name (downloaded when online)."""
     if name_or_path == SMOLLM2_NAME:
         return smollm2_checkpoint()
+    if name_or_path == DEFAULT_NAME:
+        return default_model_dir()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -49,9 +51,10 @@ def default_dtype(device: torch.device, config_dtype) -> torch.dtype:
     return config_dtype if isinstance(config_dtype, torch.dtype) else torch.bfloat16
 
 
-def load_model(name_or_path: str = SMOLLM2_NAME, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
+def load_model(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
     """Load ``(model, tokenizer)`` from a dense HF checkpoint, a released/merged Open-RAG checkpoint,
-    an openrag adapter folder, or ``"smollm2"`` (the bundled base). The model is in eval mode."""
+    an openrag adapter folder, ``"smollm2"`` (the bundled base) or ``"default"`` (the bundled trained
+    Open-RAG model). The model is in eval mode."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
