@@ -1,0 +1,281 @@
+"""The inference engine against the released evaluation loop (issue: batched Open-RAG inference engine).
+
+    python benchmarks/bench_engine.py [--questions 50] [--max_new_tokens 100] [--threads 1] [--output FILE.json]
+
+Model: the bundled base SmolLM2-135M-Instruct with the 15 reflection tokens added (``OpenRAG.from_pretrained
+("smollm2")``), float32 on the CPU. Data: the first ``--questions`` questions of
+../shared/data/hotpotqa/hotpotqa_dev_ircot500.jsonl; each gets 3 passages: its 2 gold (supporting)
+paragraphs in file order, then the first non-gold paragraph in file order.
+
+Two sides, each in a subprocess of its own (so that peak memory is its own), same model, same inputs:
+
+* baseline: what the released ``run_short_form_multihop.py`` does per question, rewritten here: Hugging Face
+  ``generate`` with batch size 1 and ``output_scores``; in adaptive mode first an unforced generation whose
+  every step's full-vocabulary log-softmax is turned into a dict (the retrieval decision reads step 0), then
+  one ``generate`` per passage whose steps keep the top 5000 log-probs, ``compute_transition_scores`` for
+  the sequence score, and the same scoring and choice; without retrieval one more ``generate`` after
+  ``[No Retrieval]``.
+* engine: ``OpenRAG.answer_batch`` over all questions (prefix prefilled once per question, rows of several
+  questions decoded together).
+
+Scenarios: ``released`` = the published multi-hop setting (adaptive_retrieval, token rule, threshold 0.0,
+ndocs 3, w_use 0.5, seqscore + groundedness + utility); ``always`` = always_retrieve with the same scoring
+(no unforced pass on either side: the gain of batching and prefix sharing alone).
+Answers are compared after the same post-processing (openrag.rag.postprocess), and so is every
+candidate (its text, and its score within float tolerance): the untrained base often ends an evidence row
+at once (an empty candidate), so the candidates are the finer check.
+Throughput counts questions per second of wall time, model loading excluded. FLOPs: 2 x (linear-layer
+weights) per computed token position, 2 x hidden x vocab per projected logit row, 4 x heads x head_dim per
+(query, key) pair per layer; "useful" counts only real (non-padding) positions. Peak: the best of
+several float32 matmuls of 2048 x 2048 on the same number of threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa" / "hotpotqa_dev_ircot500.jsonl"
+SCENARIOS = {
+    "released": dict(mode="adaptive_retrieval", retrieval_rule="token", threshold=0.0),
+    "always": dict(mode="always_retrieve", retrieval_rule="token", threshold=None),
+}
+SCORING = dict(ndocs=3, use_seqscore=True, use_groundness=True, use_utility=True, w_rel=1.0, w_sup=1.0, w_use=0.5)
+
+
+def load_questions(n: int) -> tuple[list[str], list[list[dict]]]:
+    questions, passages = [], []
+    with open(DATA) as f:
+        for line in f:
+            row = json.loads(line)
+            ctx = row["contexts"]
+            chosen = [c for c in ctx if c["is_supporting"]] + [c for c in ctx if not c["is_supporting"]]
+            questions.append(row["question_text"])
+            passages.append([{"title": c["title"], "text": c["paragraph_text"]} for c in chosen[:3]])
+            if len(questions) == n:
+                break
+    return questions, passages
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- the baseline: the released loop, batch size 1 --------------------------------------------------------
+
+
+class Released:
+    def __init__(self, rag, options: dict, max_new_tokens: int):
+        from openrag.reflection import reflection_token_ids
+
+        self.model, self.tok, self.opts, self.max_new = rag.model, rag.tokenizer, options, max_new_tokens
+        ids = reflection_token_ids(self.tok)
+        self.ret, self.noret = ids["[Retrieval]"], ids["[No Retrieval]"]
+        self.rel = [ids["[Relevant]"], ids["[Irrelevant]"]]
+        self.grd = [ids[t] for t in ("[Fully supported]", "[Partially supported]", "[No support / Contradictory]")]
+        self.ut = [ids[f"[Utility:{k}]"] for k in range(1, 6)]
+        self.stop = sorted(rag.engine.stop_ids)
+        self.tokens = 0  # positions computed (prompt + generated), for the FLOP estimate
+
+    def generate(self, text: str):
+        inputs = self.tok(text, return_tensors="pt")
+        out = self.model.generate(**inputs, max_new_tokens=self.max_new, do_sample=False, output_scores=True,
+                                  return_dict_in_generate=True, eos_token_id=self.stop, pad_token_id=self.tok.pad_token_id)
+        n = inputs.input_ids.shape[1]
+        generated = out.sequences[0, n:].tolist()
+        self.tokens += n + len(generated) - 1
+        trans = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0]
+        seq_logprob = float(trans.sum()) / len(generated)
+        text_out = self.tok.decode(out.sequences[0, n:], skip_special_tokens=True)
+        return out, generated, seq_logprob, text_out
+
+    def answer(self, question: str, passages: list[dict]) -> tuple[str, bool, list]:
+        from openrag.prompts import question_prompt
+        from openrag.rag import postprocess
+
+        prompt = question_prompt("multihop", question)
+        mode, threshold = self.opts["mode"], self.opts["threshold"]
+        retrieve = mode == "always_retrieve"
+        if mode != "always_retrieve":
+            out, *_ = self.generate(prompt)
+            steps = [dict(enumerate(torch.log_softmax(s[0], dim=0).tolist())) for s in out.scores]  # every step, full vocab
+            if mode == "adaptive_retrieval":
+                p_r, p_n = math.exp(steps[0][self.ret]), math.exp(steps[0][self.noret])
+                retrieve = p_r / (p_r + p_n) > threshold
+        eos = [self.tok.eos_token]
+        if not retrieve:
+            *_, text = self.generate(prompt + "[No Retrieval]")
+            return postprocess(text, eos), False, []
+        best, best_score, candidates = None, -math.inf, []
+        for p in passages[: self.opts["ndocs"]]:
+            out, generated, seq_logprob, text = self.generate(prompt + "[Retrieval]<paragraph>" + p["text"] + "</paragraph>")
+            steps = []
+            for s in out.scores:
+                values, idx = torch.log_softmax(s[0], dim=0).topk(5000)
+                steps.append(dict(zip(idx.tolist(), values.tolist())))
+            prob = lambda step, t: math.exp(step.get(t, -100))  # noqa: E731
+            rel = [prob(steps[0], t) for t in self.rel]
+            score = self.opts["w_rel"] * rel[0] / sum(rel) + math.exp(seq_logprob)
+            at = next((i for i, t in enumerate(generated) if t in self.grd), None)
+            if at is not None:
+                g = [prob(steps[at], t) for t in self.grd]
+                score += self.opts["w_sup"] * (g[0] + 0.5 * g[1]) / sum(g)
+            at = next((i for i, t in enumerate(generated) if t in self.ut), None)
+            if at is not None:
+                u = [prob(steps[at], t) for t in self.ut]
+                score += self.opts["w_use"] * sum(v * x for v, x in zip((-1, -0.5, 0, 0.5, 1), u)) / sum(u)
+            candidates.append((postprocess(text, eos), score))
+            if score > best_score:
+                best, best_score = text, score
+        return postprocess(best, eos), True, candidates
+
+
+# -- one side, in its own process ----------------------------------------------------------------------------
+
+
+def run_side(side: str, scenario: str, n: int, max_new_tokens: int, threads: int, batch_size: int) -> dict:
+    from openrag.rag import OpenRAG
+
+    torch.set_num_threads(threads)
+    rag = OpenRAG.from_pretrained("smollm2", device="cpu")
+    questions, passages = load_questions(n)
+    options = {**SCORING, **SCENARIOS[scenario]}
+    loaded = rss_mib()
+    start = time.perf_counter()
+    if side == "baseline":
+        released = Released(rag, options, max_new_tokens)
+        with torch.inference_mode():
+            triples = [released.answer(q, ps) for q, ps in zip(questions, passages)]
+        answers, retrieved, candidates = (list(x) for x in zip(*triples))
+        tokens = {"real_tokens": released.tokens}
+    else:
+        out = rag.answer_batch(questions, passages, max_new_tokens=max_new_tokens, batch_size=batch_size, **options)
+        answers, retrieved = [a.text for a in out], [a.retrieved for a in out]
+        candidates = [[(c.text, c.score) for c in a.candidates] for a in out]
+        tokens = vars(rag.engine.stats)
+    seconds = time.perf_counter() - start
+    return {"side": side, "scenario": scenario, "seconds": seconds, "questions_per_second": n / seconds,
+            "answers": answers, "retrieved": retrieved, "candidates": candidates, "rss_after_load_mib": loaded, "peak_rss_mib": peak_rss_mib(),
+            "work": tokens, "flops": flop_counts(rag.model, tokens)}
+
+
+def flop_counts(model, work: dict) -> dict:
+    from torch import nn
+
+    cfg = model.config.get_text_config()
+    linear = sum(m.weight.numel() for name, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in name)
+    head_dim = getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    per_pair = 4 * cfg.num_attention_heads * head_dim * cfg.num_hidden_layers
+    logits = 2 * cfg.hidden_size * cfg.vocab_size
+    real = work.get("real_tokens", 0)
+    useful = 2 * linear * real + logits * work.get("logit_rows", 0) + per_pair * work.get("attended_pairs", 0)
+    computed = useful + 2 * linear * work.get("padded_tokens", 0)
+    return {"useful": useful, "computed": computed}
+
+
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or "unknown"
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=50)
+    parser.add_argument("--max_new_tokens", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (the machine is shared)")
+    parser.add_argument("--batch_size", type=int, default=32, help="engine rows decoded together")
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--side", choices=["baseline", "engine"], help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
+    parser.add_argument("--side_output", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        result = run_side(args.side, args.scenario, args.questions, args.max_new_tokens, args.threads, args.batch_size)
+        Path(args.side_output).write_text(json.dumps(result))
+        return
+
+    report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+              "threads": args.threads, "questions": args.questions, "max_new_tokens": args.max_new_tokens,
+              "load_average_before": os.getloadavg(), "matmul_peak_gflops": matmul_peak(args.threads), "scenarios": {}}
+    for scenario in args.scenarios:
+        sides = {}
+        for side in ("baseline", "engine"):
+            with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+                cmd = [sys.executable, __file__, "--side", side, "--scenario", scenario, "--side_output", tmp.name,
+                       "--questions", str(args.questions), "--max_new_tokens", str(args.max_new_tokens),
+                       "--threads", str(args.threads), "--batch_size", str(args.batch_size)]
+                subprocess.run(cmd, check=True)
+                sides[side] = json.loads(Path(tmp.name).read_text())
+            print(f"{scenario} {side}: {sides[side]['seconds']:.1f} s", flush=True)
+        base, eng = sides["baseline"], sides["engine"]
+        same = sum(a == b for a, b in zip(base["answers"], eng["answers"]))
+        pairs = [(b, e) for bc, ec in zip(base["candidates"], eng["candidates"]) for b, e in zip(bc, ec)]
+        summary = {
+            "same_answers": same / args.questions,
+            "candidates": len(pairs),
+            "same_candidate_texts": sum(b[0] == e[0] for b, e in pairs) / max(1, len(pairs)),
+            "max_candidate_score_difference": max((abs(b[1] - e[1]) for b, e in pairs), default=0.0),
+            "nonempty_candidate_texts": sum(bool(e[0]) for _, e in pairs),
+            "same_retrieval_decisions": sum(a == b for a, b in zip(base["retrieved"], eng["retrieved"])) / args.questions,
+            "speedup": base["seconds"] / eng["seconds"],
+            "baseline_seconds": base["seconds"], "engine_seconds": eng["seconds"],
+            "baseline_questions_per_second": base["questions_per_second"],
+            "engine_questions_per_second": eng["questions_per_second"],
+            "engine_useful_gflops_per_s": eng["flops"]["useful"] / eng["seconds"] / 1e9,
+            "engine_computed_gflops_per_s": eng["flops"]["computed"] / eng["seconds"] / 1e9,
+            "baseline_gflops_per_s_estimate": base["flops"]["useful"] / base["seconds"] / 1e9,
+            "engine_useful_gflop": eng["flops"]["useful"] / 1e9,
+            "engine_work": eng["work"],
+            "peak_rss_mib": {"baseline": base["peak_rss_mib"], "engine": eng["peak_rss_mib"]},
+            "rss_after_load_mib": {"baseline": base["rss_after_load_mib"], "engine": eng["rss_after_load_mib"]},
+            "different_answers": [{"baseline": a, "engine": b} for a, b in zip(base["answers"], eng["answers"]) if a != b],
+            "empty_answers_engine": sum(not a for a in eng["answers"]),
+        }
+        summary["engine_fraction_of_peak"] = summary["engine_useful_gflops_per_s"] / report["matmul_peak_gflops"]
+        report["scenarios"][scenario] = summary
+        print(json.dumps({k: v for k, v in summary.items() if k != "different_answers"}, indent=1), flush=True)
+    report["load_average_after"] = os.getloadavg()
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "scenarios"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
