@@ -330,20 +330,8 @@ class OpenRAG:
             self._check_fits(q, len(ids), opts)
         prefixes = self.engine.prefill(prompt_ids)
 
-        # Decide what can be decided before generating; the confidence rules wait for their answer.
         for q, prefix in zip(qs, prefixes):
-            a = q.answer
-            a.signals["p_retrieve"] = retrieval_probability(prefix.first)
-            if opts.mode != "adaptive_retrieval":
-                q.wants = opts.mode == "always_retrieve"
-            elif opts.retrieval_rule == "token":
-                a.retrieval_rule, a.threshold = opts.retrieval_rule, opts.gamma
-                a.retrieval_value = a.signals["p_retrieve"]
-                q.wants = a.retrieval_value > opts.gamma
-            else:
-                a.retrieval_rule, a.threshold = opts.retrieval_rule, opts.gamma
-            if q.wants is not False:
-                self._build_evidence_rows(q, opts)
+            self._decide_early(q, prefix, opts)
 
         first = [q for q in qs if not (q.wants and q.rows)]
         results = self._run(prefixes, first, [q for q in qs if q.wants and q.rows], opts)
@@ -352,7 +340,7 @@ class OpenRAG:
             row = results[(q.index, "no_retrieval")]
             q.answer.no_retrieval_text = self._text(row)[0]
             q.answer.signals.update(minp=confidence(row, "minp"), meanp=confidence(row, "meanp"))
-            if q.wants is None:
+            if q.wants is None:  # a confidence rule decides on the answer just generated
                 q.answer.retrieval_value = confidence(row, opts.retrieval_rule)
                 q.wants = q.answer.retrieval_value < opts.gamma
                 if q.wants and q.rows:
@@ -362,18 +350,34 @@ class OpenRAG:
 
         seconds = time.perf_counter() - start
         for q in qs:
-            if q.wants and q.rows:
-                self._finish_with_evidence(q, results, opts)
-            else:
-                q.answer.text = q.answer.no_retrieval_text
-                if not q.passages and opts.mode != "no_retrieval":
-                    q.answer.notes.append("no passages were given (pass passages=... or a retriever); "
-                                          "answered without retrieval")
-                elif q.wants:
-                    q.answer.notes.append("retrieval was chosen but no passage fits the context window; "
-                                          "answered without retrieval")
+            self._settle(q, results, opts)
             q.answer.timings = {"seconds": seconds / len(qs), "batch_seconds": seconds, "batch_questions": float(len(qs))}
         return [q.answer for q in qs]
+
+    def _decide_early(self, q: _Question, prefix, opts: AnswerOptions) -> None:
+        """Every decision that needs no generation (``q.wants``; None = wait for a confidence rule), and the
+        evidence rows of the questions that may retrieve."""
+        a = q.answer
+        a.signals["p_retrieve"] = retrieval_probability(prefix.first)
+        if opts.mode == "adaptive_retrieval":
+            a.retrieval_rule, a.threshold = opts.retrieval_rule, opts.gamma
+            if opts.retrieval_rule == "token":
+                a.retrieval_value = a.signals["p_retrieve"]
+                q.wants = a.retrieval_value > opts.gamma
+        else:
+            q.wants = opts.mode == "always_retrieve"
+        if q.wants is not False:
+            self._build_evidence_rows(q, opts)
+
+    def _settle(self, q: _Question, results: dict, opts: AnswerOptions) -> None:
+        if q.wants and q.rows:
+            self._finish_with_evidence(q, results, opts)
+            return
+        q.answer.text = q.answer.no_retrieval_text
+        if not q.passages and opts.mode != "no_retrieval":
+            q.answer.notes.append("no passages were given (pass passages=... or a retriever); answered without retrieval")
+        elif q.wants:
+            q.answer.notes.append("retrieval was chosen but no passage fits the context window; answered without retrieval")
 
     def _run(self, prefixes, no_retrieval: list[_Question], with_evidence: list[_Question], opts) -> dict:
         """Generate the no-retrieval rows of some questions and the evidence rows of others, all at once."""
@@ -403,17 +407,18 @@ class OpenRAG:
         for k, passage in enumerate(q.passages):
             ids = self._evidence_ids(q.prompt, passage, opts.task)
             if limit is not None and len(ids) > limit:
-                passage, ids = self._cut(q, k, passage, opts, limit)
+                passage, ids = self._cut(q, k, passage, ids, opts, limit)
                 if ids is None:
                     continue
             q.rows.append(ids)
             q.used.append(passage)
 
-    def _cut(self, q: _Question, k: int, passage: Passage, opts: AnswerOptions, limit: int):
+    def _cut(self, q: _Question, k: int, passage: Passage, ids: list[int], opts: AnswerOptions, limit: int):
+        """The passage with its text cut from the end so that its row fits in ``limit`` tokens (a note says
+        so), or (passage, None) when not even an empty text fits."""
         task = opts.task
         text_ids = self.tokenizer(passage.text, add_special_tokens=False).input_ids
         keep = len(text_ids)
-        ids = self._evidence_ids(q.prompt, passage, task)
         for _ in range(16):  # re-tokenising the cut text can shift a token or two; converge in a few steps
             keep = max(0, keep - (len(ids) - limit))
             cut = replace(passage, text=self.tokenizer.decode(text_ids[:keep]))
