@@ -150,7 +150,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     base, data, out = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl"), tmp_path / "out"
     argv = train_argv(base, data, out, "--max_steps", "2", "--save_steps", "2", "--ddp_backend", "gloo", "--use_cpu", "True")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=0", "-m", "openrag", "train", *argv]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "openrag", "train", *argv]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
@@ -231,3 +231,18 @@ def test_training_a_merged_checkpoint_is_refused(tmp_path):
     (base / "config.json").write_text(cfg)
     with pytest.raises(ValueError, match="already has experts"):
         build_model(ModelArguments(str(base), lora_r=0), MoEArguments(4, 2, 8))
+
+
+def test_load_balancing_loss_option_trains_and_logs(tmp_path):
+    base, data = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl")
+    trainer = run_train(train_argv(base, data, tmp_path / "out", "--max_steps", "2", "--router_aux_loss_coef", "0.01"))
+    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    assert 0.5 < entry["aux_loss"] < 4.0  # E * sum_e f_e P_e: 1 when balanced, at most E = 4
+
+
+def test_no_experts_is_a_lora_only_baseline(tmp_path):
+    base, data = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl")
+    trainer = run_train(train_argv(base, data, tmp_path / "out", "--max_steps", "2", "--num_experts", "0"))
+    assert not any(".moe_adapter." in n for n, _ in trainer.setup.model.named_parameters())
+    model, _ = load_model(str(tmp_path / "out"), device="cpu")
+    assert getattr(model.config, "num_experts", None) is None

@@ -51,7 +51,7 @@ class ModelArguments:
 
 @dataclass
 class MoEArguments:
-    num_experts: int = field(default=8, metadata={"help": "adapter experts per layer"})
+    num_experts: int = field(default=8, metadata={"help": "adapter experts per layer; 0: none (a LoRA-only baseline)"})
     topk: int = field(default=2, metadata={"help": "experts each token is routed to"})
     adapter_dim: int = field(default=512, metadata={"help": "bottleneck width of each expert"})
     moe_scaling: float = field(default=0.25, metadata={"help": "scale of the expert term"})
@@ -62,6 +62,12 @@ class MoEArguments:
     )
 
     def __post_init__(self):
+        if self.num_experts > 0:
+            from ..moe import MoEConfig
+
+            MoEConfig(self.num_experts, self.topk, self.adapter_dim, self.moe_scaling, self.expert_dropout)  # validates
+        elif self.num_experts < 0:
+            raise ValueError(f"--num_experts must be >= 0 (0: no experts), got {self.num_experts}")
         if self.router_aux_loss_coef < 0:
             raise ValueError(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
 

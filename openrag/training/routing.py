@@ -51,14 +51,17 @@ class LoadMeter:
 
     def __init__(self):
         self.counts: torch.Tensor | None = None  # [L, E]
-        self.tokens = 0.0
+        self.tokens: torch.Tensor | float = 0.0  # real (non-padding) tokens
+        self.batches = 0
         self.aux_sum = 0.0
         self.aux_batches = 0
 
-    def add(self, adapters: list[MoEAdapter], attention_mask: torch.Tensor | None, num_tokens: int) -> None:
-        counts = expert_counts(adapters, attention_mask)
-        self.counts = counts if self.counts is None else self.counts + counts
-        self.tokens += num_tokens
+    def add(self, adapters: list[MoEAdapter], attention_mask: torch.Tensor | None, num_tokens: torch.Tensor) -> None:
+        self.tokens = self.tokens + num_tokens
+        self.batches += 1
+        if adapters:
+            counts = expert_counts(adapters, attention_mask)
+            self.counts = counts if self.counts is None else self.counts + counts
 
     def add_aux(self, value: float) -> None:
         self.aux_sum += value

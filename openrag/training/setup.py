@@ -76,7 +76,8 @@ def build_model(model_args: ModelArguments, moe_args: MoEArguments, bf16: bool =
         model.resize_token_embeddings(num_base_tokens, mean_resizing=False)
     add_reflection_tokens(model, tokenizer)
 
-    inject_moe(model, moe_args.num_experts, moe_args.topk, moe_args.adapter_dim, moe_args.moe_scaling, moe_args.expert_dropout)
+    if moe_args.num_experts > 0:
+        inject_moe(model, moe_args.num_experts, moe_args.topk, moe_args.adapter_dim, moe_args.moe_scaling, moe_args.expert_dropout)
     for adapter in moe_adapters(model):
         adapter.float()  # trainable weights in float32; autocast runs the matmuls in bf16/fp16 when asked
     lora = model_args.lora_r > 0
@@ -131,11 +132,14 @@ def _add_lora(model: nn.Module, model_args: ModelArguments) -> nn.Module:
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
         target_modules=targets,
-        exclude_modules=r".*\.moe_adapter\..*",  # routers and experts train in full, never through a LoRA
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    wrapped = next((n for n, _ in model.named_parameters() if "lora_" in n and ".moe_adapter." in n), None)
+    if wrapped is not None:
+        raise ValueError(f"--lora_target_modules reaches the experts ({wrapped}); they train in full: name dense projections only")
+    return model
 
 
 def embedding_weights(model: nn.Module) -> list[nn.Parameter]:

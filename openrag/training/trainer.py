@@ -34,6 +34,19 @@ log = logging.getLogger(__name__)
 LOAD_PREFIX = "expert_load/"
 
 
+def target_loss(model, inputs: dict[str, torch.Tensor]):
+    """Summed next-token cross-entropy over the trained tokens, with the vocabulary projection run at
+    those positions only (the same value as transformers' loss times the token count).
+    Returns ``(loss_sum, number of trained tokens, model outputs)``."""
+    labels = inputs["labels"]  # [B, T]
+    targets = labels[:, 1:]  # [B, T-1] the token each position predicts
+    predicts = torch.zeros_like(labels, dtype=torch.bool)  # [B, T] positions whose next token is trained
+    predicts[:, :-1] = targets != IGNORE_INDEX
+    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=predicts)
+    chosen = targets[predicts[:, :-1]]  # [N]
+    return F.cross_entropy(outputs.logits.float(), chosen, reduction="sum"), chosen.numel(), outputs  # logits: [N, V]
+
+
 class OpenRAGTrainer(Trainer):
     def __init__(self, *args, setup: TrainableModel, router_aux_loss_coef: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -55,15 +68,8 @@ class OpenRAGTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._interval_start is None:
             self._interval_start = time.perf_counter()
-        labels = inputs["labels"]  # [B, T]
-        attention_mask = inputs.get("attention_mask")  # [B, T]
-        targets = labels[:, 1:]  # [B, T-1] the token each position predicts
-        predicts = torch.zeros_like(labels, dtype=torch.bool)  # [B, T] positions whose next token is trained
-        predicts[:, :-1] = targets != IGNORE_INDEX
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**model_inputs, logits_to_keep=predicts)
-        logits = outputs.logits  # [N, V], N = trained tokens of the batch
-        loss_sum = F.cross_entropy(logits.float(), targets[predicts[:, :-1]], reduction="sum")
+        labels, attention_mask = inputs["labels"], inputs.get("attention_mask")  # [B, T]
+        loss_sum, num_targets, outputs = target_loss(model, inputs)
         if num_items_in_batch is not None:
             # Normalised by the trained tokens of the whole accumulated (and, by default, all-device) batch,
             # as transformers does for its own loss.
@@ -72,12 +78,12 @@ class OpenRAGTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
             self.loss_is_scaled_for_ga = True
         else:
-            loss = loss_sum / predicts.sum().clamp(min=1)
+            loss = loss_sum / max(num_targets, 1)
             self.loss_is_scaled_for_ga = False
         if model.training:
             real = attention_mask if attention_mask is not None else torch.ones_like(labels)
             self._meter.add(self._adapters, attention_mask, real.sum())
-            if self.aux_coef > 0:
+            if self.aux_coef > 0 and self._adapters:
                 aux = load_balancing_loss(self._adapters, attention_mask)
                 self._meter.add_aux(aux.detach())
                 steps = self.current_gradient_accumulation_steps if self.loss_is_scaled_for_ga else 1
@@ -93,17 +99,19 @@ class OpenRAGTrainer(Trainer):
 
     def _interval_metrics(self) -> dict[str, float]:
         meter, now = self._meter, time.perf_counter()
-        if meter.counts is None:
+        if not meter.batches:
             return {}
-        counts = self.accelerator.reduce(meter.counts.float(), reduction="sum")  # [L, E]
-        tokens = float(self.accelerator.reduce(torch.as_tensor(meter.tokens, dtype=torch.float32, device=counts.device), reduction="sum"))
+        device = self.args.device
+        tokens = float(self.accelerator.reduce(torch.as_tensor(meter.tokens, dtype=torch.float32, device=device), reduction="sum"))
         out = {"tokens_per_second": tokens / max(now - (self._interval_start or now), 1e-9)}
         if meter.aux_batches:
             out["aux_loss"] = float(meter.aux_sum) / meter.aux_batches
-        shares = counts / counts.sum(-1, keepdim=True).clamp(min=1)  # [L, E] share of routings per expert
-        for layer, row in enumerate(shares.tolist()):
-            for expert, share in enumerate(row):
-                out[f"{LOAD_PREFIX}layer_{layer:02d}/expert_{expert}"] = share
+        if meter.counts is not None:
+            counts = self.accelerator.reduce(meter.counts.float(), reduction="sum")  # [L, E]
+            shares = counts / counts.sum(-1, keepdim=True).clamp(min=1)  # [L, E] share of routings per expert
+            for layer, row in enumerate(shares.tolist()):
+                for expert, share in enumerate(row):
+                    out[f"{LOAD_PREFIX}layer_{layer:02d}/expert_{expert}"] = share
         meter.reset()
         self._interval_start = now
         return out

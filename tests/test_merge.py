@@ -1,0 +1,92 @@
+"""openrag merge: the merged checkpoint computes what the trained (unmerged) model computed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from openrag import CheckpointError, load_model
+from openrag.merge import find_checkpoint, merge
+
+from .train_helpers import run_train, train_argv, write_base, write_dataset
+
+IDS = torch.tensor([[5, 9, 3, 17, 8, 2, 30, 41], [12, 7, 7, 1, 45, 50, 53, 2]])  # some are reflection tokens (checked below)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A few steps with LoRA on every released target (embed_tokens and lm_head included), non-default
+    expert settings (so that merge must read them from the checkpoint), and the released layout too."""
+    root = tmp_path_factory.mktemp("merge")
+    base, data, out = write_base(root / "base"), write_dataset(root / "data.jsonl"), root / "out"
+    argv = train_argv(base, data, out, "--max_steps", "4", "--save_steps", "2", "--save_official_layout", "True", "--learning_rate", "2e-2")
+    trainer = run_train(argv)
+    setup = trainer.setup
+    assert IDS.max() < len(setup.tokenizer) and (IDS >= setup.num_base_tokens).any()
+    model = setup.model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=IDS).logits
+    return base, out, logits
+
+
+def _logits(folder):
+    model, _ = load_model(str(folder), device="cpu")
+    with torch.no_grad():
+        return model(input_ids=IDS).logits, model
+
+
+def test_merged_logits_equal_unmerged(trained, tmp_path):
+    base, out, expected = trained
+    merged = merge(out, base_model=str(base), output_dir=tmp_path / "merged")
+    logits, model = _logits(merged)
+    assert torch.allclose(logits, expected, atol=1e-5), (logits - expected).abs().max()
+    config = json.loads((merged / "config.json").read_text())
+    assert (config["num_experts"], config["topk"], config["adapter_dim"], config["moe_scaling"]) == (4, 2, 8, 0.25)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_merge_command_default_output_is_model_path_merged(trained, tmp_path):
+    from openrag.cli import main
+
+    base, out, expected = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "checkpoint-4", run_dir / "checkpoint-4")
+    shutil.copytree(out / "checkpoint-2", run_dir / "checkpoint-2")
+    with pytest.raises(SystemExit) as done:
+        main(["merge", "--base_model", str(base), "--model_path", str(run_dir)])  # no top-level save: the newest checkpoint
+    assert done.value.code == 0
+    logits, _ = _logits(run_dir / "merged")
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
+def test_merge_released_layout(trained, tmp_path):
+    """adapter_model/ + moe_model.bin (+ the expert settings in a config.json), as the released trainer left them."""
+    base, out, expected = trained
+    released = tmp_path / "released"
+    shutil.copytree(out / "adapter_model", released / "adapter_model")
+    shutil.copy(out / "moe_model.bin", released)
+    for tokenizer_file in out.glob("tokenizer*"):
+        shutil.copy(tokenizer_file, released)
+    settings = {"num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25}
+    (released / "config.json").write_text(json.dumps(settings))
+    merged = merge(released, base_model=str(base))
+    assert merged == released / "merged"
+    logits, _ = _logits(merged)
+    assert torch.allclose(logits, expected, atol=1e-5), (logits - expected).abs().max()
+
+
+def test_merge_errors_say_what_is_missing(trained, tmp_path):
+    base, out, _ = trained
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        find_checkpoint(tmp_path / "empty")
+    released = tmp_path / "released"
+    released.mkdir()
+    shutil.copy(out / "moe_model.bin", released)
+    with pytest.raises(CheckpointError, match="num_experts"):
+        merge(released, base_model=str(base))
+    with pytest.raises(ValueError, match="--base_model"):
+        merge(released)
