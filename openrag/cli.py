@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("openrag.commands.index", "build a BM25, dense or hybrid index over your own documents"),
     "eval": ("openrag.commands.eval", "evaluate on a task (the seed's flags); `eval sweep`: thresholds vs retrieval; `eval combine`: shards"),
     "report": ("openrag.commands.report", "put several eval metrics files into one markdown table and a bar chart"),
+    "train": ("openrag.commands.train", "train the experts, routers, LoRA and reflection tokens (torchrun for many GPUs)"),
+    "merge": ("openrag.commands.merge", "fold a trained checkpoint's LoRA into its base: one standalone model"),
     "ask": ("openrag.commands.ask", "answer a question with adaptive retrieval; show the answer and the scored evidence"),
     "serve": ("openrag.commands.serve", "an HTTP API (also OpenAI's chat format) and a web page that shows the model's reasoning"),
 }
@@ -24,18 +26,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, PermissionError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_flags: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommands in ``with_flags`` (all when None) get their flags, the others are
+    just listed, so that running one command never imports another's modules (``train`` builds its flags
+    from transformers)."""
     parser = argparse.ArgumentParser(prog="openrag", description="Open-RAG: train, merge, evaluate, ask, index and serve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).add_arguments(sub_parser)
+        if with_flags is None or name in with_flags:
+            importlib.import_module(module).add_arguments(sub_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(with_flags=[argv[0]] if argv and argv[0] in COMMANDS else [])
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
