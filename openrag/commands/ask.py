@@ -1,9 +1,11 @@
-"""``openrag ask "question" [--passages FILE] [--json]``: answer one question, then show the evidence."""
+"""``openrag ask "question" [--passages FILE | --index INDEX_DIR [--top_k K]] [--json]``: answer one question, then
+show the evidence."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -13,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question", help="the question to answer")
     parser.add_argument("--passages", metavar="FILE", help="evidence: a JSON list (or JSON lines) of {title, text} or "
                         "strings, or a text file with one passage per blank-line-separated block")
+    parser.add_argument("--index", metavar="INDEX_DIR", help="evidence: the passages an `openrag index` folder retrieves "
+                        "for the question (instead of --passages)")
+    parser.add_argument("--top_k", type=int, metavar="K", help="with --index: passages retrieved and used (sets --ndocs)")
     parser.add_argument("--choices", nargs="+", metavar="TEXT", help="answer choices A, B, C, ... (task arc_c)")
     parser.add_argument("--json", action="store_true", help="print the answer object as JSON")
     parser.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default'/'smollm2'")
@@ -69,9 +74,20 @@ def print_answer(answer) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..rag import AnswerOptions, OpenRAG
 
+    if args.index and args.passages:
+        raise ValueError("give --passages or --index, not both")
+    if args.top_k is not None and not args.index:
+        raise ValueError("--top_k needs --index (with --passages, --ndocs says how many are used)")
     options = AnswerOptions.from_args(args)
+    if args.top_k is not None:
+        options = replace(options, ndocs=args.top_k)
     passages = read_passages(args.passages) if args.passages else None
-    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, dtype=args.dtype)
+    retriever = None
+    if args.index:
+        from ..retrieval import open_index
+
+        retriever = open_index(args.index)
+    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, dtype=args.dtype, retriever=retriever)
     answer = rag.answer(args.question, passages, choices=args.choices, **vars(options))
     if args.json:
         print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
