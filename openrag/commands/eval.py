@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", default=None, help="hub split (only dev is read)")
     data.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
     data.add_argument("--strict", action="store_true", help="stop at the first bad row (default: report it, skip it, count it)")
-    data.add_argument("--ranker", default="bm25", choices=("bm25", "given"), help="order of unranked candidate paragraphs before the first --ndocs are taken")
+    data.add_argument("--ranker", default="bm25", choices=("bm25", "dense", "hybrid", "given"), help="order of unranked candidate paragraphs (HotpotQA/2Wiki/MuSiQue originals) before the first --ndocs are taken")
 
     model = parser.add_argument_group("model and answering")
     model.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default' (the bundled model)")

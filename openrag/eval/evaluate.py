@@ -83,6 +83,7 @@ def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
         metric=req.metric,
         ndocs=req.ndocs,
         ranker=req.ranker,
+        device=req.device,
         limit=req.limit,
         resume=req.resume,
         world_size=req.world_size,

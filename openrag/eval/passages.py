@@ -5,20 +5,23 @@ Rows of the HotpotQA, 2Wiki and MuSiQue originals carry 10 or 20 *unranked* cand
 gold ones mixed among distractors, often gold first; taking the first ``ndocs`` of those would leak the
 answer position. They are ranked against the question first (BM25 over the row's own paragraphs), and the
 gold recall at ``ndocs`` of that ranking says how much the ranking, not the model, limits the score.
+
+Rankers: ``bm25`` (default, over the row's own paragraphs), ``dense`` (cosine similarity with the retrieval
+package's bundled MiniLM encoder), ``hybrid`` (reciprocal-rank fusion of the two), ``given`` (the row's order).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-RANKERS = ("bm25", "given")
+RANKERS = ("bm25", "dense", "hybrid", "given")
 
 
 @dataclass
 class Selection:
     passages: list  # the first ndocs, in the order the model sees them
-    ranked_by: str  # "given" (the row's own order) or "bm25"
+    ranked_by: str  # the ranker's name, or "given" (the row's own order)
     gold_recall: float | None  # gold passages among the selected / gold passages in the row; None if unknown
     gold_total: int | None
 
@@ -39,20 +42,63 @@ def bm25_order(query: str, texts: Sequence[str]) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: (-float(scores[i]), i))
 
 
+class DenseOrder:
+    """Orders a row's passages by cosine similarity to the question; the encoder is loaded once."""
+
+    def __init__(self, device: str | None = None):
+        from ..retrieval.dense import DenseSettings, load_encoder
+
+        self.encoder = load_encoder(DenseSettings(), device)
+
+    def __call__(self, query: str, texts: Sequence[str]) -> list[int]:
+        if len(texts) < 2:
+            return list(range(len(texts)))
+        vectors = self.encoder.encode([query, *texts], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)  # [1 + N, D]
+        scores = vectors[1:] @ vectors[0]  # [N]
+        return sorted(range(len(texts)), key=lambda i: (-float(scores[i]), i))
+
+
+class HybridOrder:
+    """Reciprocal-rank fusion of the BM25 and dense orders (the retrieval package's fusion)."""
+
+    def __init__(self, device: str | None = None):
+        self.dense = DenseOrder(device)
+
+    def __call__(self, query: str, texts: Sequence[str]) -> list[int]:
+        from ..retrieval.hybrid import reciprocal_rank_fusion
+
+        fused = reciprocal_rank_fusion([bm25_order(query, texts), self.dense(query, texts)])
+        return [i for i, _ in sorted(fused, key=lambda hit: (-hit[1], hit[0]))]
+
+
+@dataclass
+class Ranker:
+    name: str
+    order: Callable[[str, Sequence[str]], list[int]] | None  # indices best first; None keeps the row's order
+
+
+def make_ranker(name: str, device: str | None = None) -> Ranker:
+    """The ranker called ``name`` (dense and hybrid load their encoder here, once)."""
+    if name not in RANKERS:
+        raise ValueError(f"unknown ranker {name!r}; choose one of {', '.join(RANKERS)}")
+    build = {"bm25": lambda: bm25_order, "dense": lambda: DenseOrder(device), "hybrid": lambda: HybridOrder(device), "given": lambda: None}
+    return Ranker(name, build[name]())
+
+
 def passage_text(passage: Any) -> str:
     title = getattr(passage, "title", "") or ""
     return f"{title}\n{passage.text}" if title else passage.text
 
 
-def select_passages(question: str, passages: list, ranked: bool, ndocs: int, ranker: str = "bm25") -> Selection:
-    """The first ``ndocs`` passages after ranking unranked candidates with ``ranker``."""
-    if ranker not in RANKERS:
-        raise ValueError(f"unknown ranker {ranker!r}; choose one of {', '.join(RANKERS)}")
+def select_passages(question: str, passages: list, ranked: bool, ndocs: int, ranker: Ranker | str = "bm25") -> Selection:
+    """The first ``ndocs`` passages, after ordering unranked candidates with ``ranker``; ranked lists keep
+    their order."""
+    ranker = make_ranker(ranker) if isinstance(ranker, str) else ranker
     order = list(range(len(passages)))
     ranked_by = "given"
-    if not ranked and ranker == "bm25":
-        order = bm25_order(question, [passage_text(p) for p in passages])
-        ranked_by = "bm25"
+    if not ranked and ranker.order is not None:
+        order = ranker.order(question, [passage_text(p) for p in passages])
+        ranked_by = ranker.name
     chosen = [passages[i] for i in order[: max(ndocs, 0)]]
     gold_total = sum(1 for p in passages if getattr(p, "is_gold", None))
     known = any(getattr(p, "is_gold", None) is not None for p in passages)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .metrics import HEADLINE, score_answer
-from .passages import select_passages
+from .passages import make_ranker, select_passages
 from .tasks import Task
 
 
@@ -52,7 +52,8 @@ class RunConfig:
     task: Task
     metric: str
     ndocs: int = 3
-    ranker: str = "bm25"
+    ranker: str = "bm25"  # passages.RANKERS
+    device: str | None = None  # for the dense ranker's encoder
     limit: int | None = None
     resume: bool = False
     world_size: int = 1
@@ -124,13 +125,14 @@ def summarize(records: Sequence[dict], metric: str) -> dict:
 
 def prepare_questions(examples: Iterable, config: RunConfig) -> list[Question]:
     """The questions of this shard, with their passages selected (unranked candidates ranked first)."""
+    ranker = make_ranker(config.ranker, config.device)
     questions = []
     for index, example in enumerate(examples):
         if config.limit is not None and index >= config.limit:
             break
         if index % config.world_size != config.rank:
             continue
-        sel = select_passages(example.question, list(example.passages), example.ranked, config.ndocs, config.ranker)
+        sel = select_passages(example.question, list(example.passages), example.ranked, config.ndocs, ranker)
         questions.append(Question(index, example, sel.passages, sel.ranked_by, sel.gold_recall))
     return questions
 
