@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..eval import evaluate as ev
-    from ..eval.runner import format_summary, metrics_path
+    from ..eval.runner import format_summary, metrics_path, shard_path
 
     if args.action == "combine":
         if not args.output_file or args.world_size < 2:
@@ -113,5 +113,7 @@ def run(args: argparse.Namespace) -> int:
     summary = ev.evaluate(req)
     print(json.dumps(summary, indent=2))
     print(format_summary(summary))
-    print(f"answers: {req.output_file}  summary: {metrics_path(req.output_file)}")
+    combined = req.world_size == 1 or "wall_seconds" in summary
+    answers = req.output_file if combined else shard_path(req.output_file, req.rank, req.world_size)
+    print(f"answers: {answers}  summary: {metrics_path(answers)}" + ("" if combined else "  (this rank's share)"))
     return 0
