@@ -40,7 +40,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,33 +149,91 @@ class Released:
         return postprocess(best, eos), True, candidates
 
 
-# -- one side, in its own process ----------------------------------------------------------------------------
+# -- one side, in a worker process of its own ----------------------------------------------------------------
 
 
-def run_side(side: str, scenario: str, n: int, max_new_tokens: int, threads: int, batch_size: int) -> dict:
-    from openrag.rag import OpenRAG
+class Side:
+    """One side loaded once; answers slices of the questions on request and keeps the totals."""
 
-    torch.set_num_threads(threads)
-    rag = OpenRAG.from_pretrained("smollm2", device="cpu")
-    questions, passages = load_questions(n)
-    options = {**SCORING, **SCENARIOS[scenario]}
-    loaded = rss_mib()
-    start = time.perf_counter()
-    if side == "baseline":
-        released = Released(rag, options, max_new_tokens)
-        with torch.inference_mode():
-            triples = [released.answer(q, ps) for q, ps in zip(questions, passages)]
-        answers, retrieved, candidates = (list(x) for x in zip(*triples))
-        tokens = {"real_tokens": released.tokens}
-    else:
-        out = rag.answer_batch(questions, passages, max_new_tokens=max_new_tokens, batch_size=batch_size, **options)
-        answers, retrieved = [a.text for a in out], [a.retrieved for a in out]
-        candidates = [[(c.text, c.score) for c in a.candidates] for a in out]
-        tokens = vars(rag.engine.stats)
-    seconds = time.perf_counter() - start
-    return {"side": side, "scenario": scenario, "seconds": seconds, "questions_per_second": n / seconds,
-            "answers": answers, "retrieved": retrieved, "candidates": candidates, "rss_after_load_mib": loaded, "peak_rss_mib": peak_rss_mib(),
-            "work": tokens, "flops": flop_counts(rag.model, tokens)}
+    def __init__(self, side: str, scenario: str, n: int, max_new_tokens: int, threads: int, batch_size: int):
+        from openrag.rag import OpenRAG
+
+        torch.set_num_threads(threads)
+        self.side, self.batch_size, self.max_new = side, batch_size, max_new_tokens
+        self.rag = OpenRAG.from_pretrained("smollm2", device="cpu")
+        self.questions, self.passages = load_questions(n)
+        self.options = {**SCORING, **SCENARIOS[scenario]}
+        self.released = Released(self.rag, self.options, max_new_tokens)
+        self.loaded = rss_mib()
+        self.seconds = self.cpu_seconds = 0.0
+
+    def run(self, start: int, stop: int) -> dict:
+        qs, ps = self.questions[start:stop], self.passages[start:stop]
+        wall, cpu = time.perf_counter(), time.process_time()
+        if self.side == "baseline":
+            with torch.inference_mode():
+                triples = [self.released.answer(q, p) for q, p in zip(qs, ps)]
+            answers, retrieved, candidates = (list(x) for x in zip(*triples))
+        else:
+            out = self.rag.answer_batch(qs, ps, max_new_tokens=self.max_new, batch_size=self.batch_size, **self.options)
+            answers, retrieved = [a.text for a in out], [a.retrieved for a in out]
+            candidates = [[(c.text, c.score) for c in a.candidates] for a in out]
+        self.seconds += time.perf_counter() - wall
+        self.cpu_seconds += time.process_time() - cpu
+        return {"answers": answers, "retrieved": retrieved, "candidates": candidates}
+
+    def totals(self) -> dict:
+        work = {"real_tokens": self.released.tokens} if self.side == "baseline" else vars(self.rag.engine.stats)
+        return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "rss_after_load_mib": self.loaded,
+                "peak_rss_mib": peak_rss_mib(), "work": work, "flops": flop_counts(self.rag.model, work)}
+
+
+def worker(args) -> None:
+    """Line protocol on stdin/stdout: ``[start, stop]`` -> the slice's answers; ``null`` -> totals, exit."""
+    channel, sys.stdout = sys.stdout, sys.stderr  # library chatter must not reach the protocol
+    side = Side(args.side, args.scenario, args.questions, args.max_new_tokens, args.threads, args.batch_size)
+    print(json.dumps("ready"), file=channel, flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        print(json.dumps(side.totals() if cmd is None else side.run(*cmd)), file=channel, flush=True)
+        if cmd is None:
+            return
+
+
+class Worker:
+    def __init__(self, side: str, scenario: str, args):
+        cmd = [sys.executable, __file__, "--side", side, "--scenario", scenario, "--questions", str(args.questions),
+               "--max_new_tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--batch_size", str(args.batch_size)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, cmd):
+        if cmd != "wait":
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.proc.args[3]} died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+
+def run_scenario(scenario: str, args) -> dict:
+    """Both sides over the same questions, in slices taken in turn (the machine is shared: a load change
+    hits both sides alike)."""
+    workers = {side: Worker(side, scenario, args) for side in ("baseline", "engine")}
+    for w in workers.values():
+        w.ask("wait")
+    results = {side: {"answers": [], "retrieved": [], "candidates": []} for side in workers}
+    for k, start in enumerate(range(0, args.questions, args.slice)):
+        order = ("baseline", "engine") if k % 2 == 0 else ("engine", "baseline")
+        for side in order:
+            out = workers[side].ask([start, min(start + args.slice, args.questions)])
+            for key, values in out.items():
+                results[side][key].extend(values)
+        print(f"{scenario}: {min(start + args.slice, args.questions)}/{args.questions} questions", flush=True)
+    for side, w in workers.items():
+        results[side].update(w.ask(None))
+        w.proc.wait()
+    return results
 
 
 def flop_counts(model, work: dict) -> dict:
@@ -224,26 +281,17 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--side", choices=["baseline", "engine"], help=argparse.SUPPRESS)
     parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
-    parser.add_argument("--side_output", help=argparse.SUPPRESS)
+    parser.add_argument("--slice", type=int, default=10, help="questions per turn (sides take turns)")
     args = parser.parse_args()
     if args.side:
-        result = run_side(args.side, args.scenario, args.questions, args.max_new_tokens, args.threads, args.batch_size)
-        Path(args.side_output).write_text(json.dumps(result))
+        worker(args)
         return
 
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
               "threads": args.threads, "questions": args.questions, "max_new_tokens": args.max_new_tokens,
               "load_average_before": os.getloadavg(), "matmul_peak_gflops": matmul_peak(args.threads), "scenarios": {}}
     for scenario in args.scenarios:
-        sides = {}
-        for side in ("baseline", "engine"):
-            with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-                cmd = [sys.executable, __file__, "--side", side, "--scenario", scenario, "--side_output", tmp.name,
-                       "--questions", str(args.questions), "--max_new_tokens", str(args.max_new_tokens),
-                       "--threads", str(args.threads), "--batch_size", str(args.batch_size)]
-                subprocess.run(cmd, check=True)
-                sides[side] = json.loads(Path(tmp.name).read_text())
-            print(f"{scenario} {side}: {sides[side]['seconds']:.1f} s", flush=True)
+        sides = run_scenario(scenario, args)
         base, eng = sides["baseline"], sides["engine"]
         same = sum(a == b for a, b in zip(base["answers"], eng["answers"]))
         pairs = [(b, e) for bc, ec in zip(base["candidates"], eng["candidates"]) for b, e in zip(bc, ec)]
@@ -255,9 +303,11 @@ def main() -> None:
             "nonempty_candidate_texts": sum(bool(e[0]) for _, e in pairs),
             "same_retrieval_decisions": sum(a == b for a, b in zip(base["retrieved"], eng["retrieved"])) / args.questions,
             "speedup": base["seconds"] / eng["seconds"],
+            "speedup_cpu_time": base["cpu_seconds"] / eng["cpu_seconds"],
+            "baseline_cpu_seconds": base["cpu_seconds"], "engine_cpu_seconds": eng["cpu_seconds"],
             "baseline_seconds": base["seconds"], "engine_seconds": eng["seconds"],
-            "baseline_questions_per_second": base["questions_per_second"],
-            "engine_questions_per_second": eng["questions_per_second"],
+            "baseline_questions_per_second": args.questions / base["seconds"],
+            "engine_questions_per_second": args.questions / eng["seconds"],
             "engine_useful_gflops_per_s": eng["flops"]["useful"] / eng["seconds"] / 1e9,
             "engine_computed_gflops_per_s": eng["flops"]["computed"] / eng["seconds"] / 1e9,
             "baseline_gflops_per_s_estimate": base["flops"]["useful"] / base["seconds"] / 1e9,
@@ -269,9 +319,13 @@ def main() -> None:
             "empty_answers_engine": sum(not a for a in eng["answers"]),
         }
         summary["engine_fraction_of_peak"] = summary["engine_useful_gflops_per_s"] / report["matmul_peak_gflops"]
+        summary["engine_useful_gflops_per_cpu_s"] = eng["flops"]["useful"] / eng["cpu_seconds"] / 1e9
         report["scenarios"][scenario] = summary
+        report["load_average_after"] = os.getloadavg()
         print(json.dumps({k: v for k, v in summary.items() if k != "different_answers"}, indent=1), flush=True)
-    report["load_average_after"] = os.getloadavg()
+        if args.output:  # after each scenario: a long run stopped early keeps what it measured
+            Path(args.output).write_text(json.dumps(report, indent=1))
+    report["matmul_peak_gflops_after"] = matmul_peak(args.threads)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "scenarios"}, indent=1))
