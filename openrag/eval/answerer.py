@@ -10,7 +10,7 @@ first and then always retrieves.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Sequence
 
 from .runner import Question
@@ -67,7 +67,12 @@ def engine_answerer_factory(req, both: bool):
 
     options = answer_options(req, both)
     rag = OpenRAG.from_pretrained(req.model_name, device=req.device, **options)
-    settings = {k: v for k, v in options.items() if not (isinstance(v, float) and math.isinf(v))}
+    settings = {k: v for k, v in asdict(rag.options).items() if not (isinstance(v, float) and math.isinf(v))}
+    if settings.get("threshold", 0.0) is None:
+        settings["threshold"] = rag.options.gamma  # the engine's default, written out
+    if both:  # the rule settings above are the sweep's device; its summary is the always-retrieve one
+        settings.pop("retrieval_rule", None)
+        settings["mode"] = "sweep"
     if rag.notes:
         settings["model_notes"] = list(rag.notes)
     return rag_answerer(rag, both), settings
