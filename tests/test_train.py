@@ -188,6 +188,8 @@ def test_bf16_without_cuda_trains_in_float32():
     assert not args.bf16 and not args.tf32
     assert any("float32" in str(w.message) for w in caught)
     assert args.eval_strategy == "no"
+    *_, args = parse_train_args(["--data_path", "x.jsonl", "--group_by_length", "False"])  # the pre-v5 flag
+    assert args.train_sampling_strategy == "random"
 
 
 def test_seed_command_line_parses():

@@ -109,10 +109,14 @@ class OpenRAGTrainingArguments(TrainingArguments):
         default="group_by_length",
         metadata={"help": "'group_by_length' (batches of similar lengths, less padding), 'random' or 'sequential'"},
     )
+    group_by_length: bool = field(
+        default=None, metadata={"help": "older transformers' flag: True = --train_sampling_strategy group_by_length, False = random"}
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: the collator picks its columns"})
     ddp_find_unused_parameters: bool = field(
         default=False, metadata={"help": "every trainable tensor takes part in every step, so DDP need not search"}
     )
+    disable_tqdm: bool = field(default=False, metadata={"help": "no progress bar (log lines only)"})
     evaluation_strategy: str = field(default=None, metadata={"help": "old name of --eval_strategy (the seed's flag)"})
     save_official_layout: bool = field(
         default=False,
@@ -128,6 +132,8 @@ class OpenRAGTrainingArguments(TrainingArguments):
 
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
+        if self.group_by_length is not None:
+            self.train_sampling_strategy = "group_by_length" if self.group_by_length else "random"
         if self.report_to == "auto":
             self.report_to = "tensorboard" if _tensorboard_installed() else "none"
         if not torch.cuda.is_available():
