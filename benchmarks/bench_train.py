@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     torch.manual_seed(0)
+    load_before = os.getloadavg()
 
     experts = build_model(ModelArguments("smollm2", lora_r=0), MoEArguments(args.experts, args.topk, args.adapter_dim))
     lora = build_model(ModelArguments("smollm2", lora_r=args.lora_r), MoEArguments(num_experts=0))
@@ -143,6 +145,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
+        "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "torch": torch.__version__,
         "seq": args.seq,
         "batch": args.batch,
