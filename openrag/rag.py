@@ -4,6 +4,11 @@ This layer knows reflection tokens and passages; the engine (engine.py) knows to
 Per batch of questions: prefill each prompt once; decide whether to retrieve (the token rule needs only the
 prefill, the confidence rules need the answer generated after a forced ``[No Retrieval]``); then generate
 one candidate per passage, all rows of all questions together, score each candidate and pick the answer.
+
+Questions without passages are given the retriever's, if there is one. Its query is the question, or with
+``query="question+answer"`` the question followed by the model's no-retrieval answer (a multi-hop query: the
+draft names the bridge entity the question does not). That answer is generated first, for the batch, and is
+then the question's no-retrieval answer too: the confidence rules do not generate it again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .reflection import (
 
 MODES = ("no_retrieval", "always_retrieve", "adaptive_retrieval")
 RULES = ("token", "minp", "meanp")
+QUERIES = ("question", "question+answer")  # what a retriever is asked
 # Used when no threshold is given: "retrieve when [Retrieval] is likelier than [No Retrieval]", and the
 # same neutral point for the confidence rules. Tune per task (the published multi-hop run used 0.0).
 DEFAULT_THRESHOLD = 0.5
@@ -50,6 +56,13 @@ class Passage:
     text: str = ""
     is_gold: bool | None = None
     score: float | None = None
+
+
+def _as_dict(item) -> dict:
+    """A retrieved passage as a plain dict (a RetrievedPassage, a Passage, a dict or a string)."""
+    if isinstance(item, dict):
+        return dict(item)
+    return item.to_dict() if hasattr(item, "to_dict") else asdict(as_passage(item))
 
 
 def as_passage(item) -> Passage:
@@ -89,12 +102,16 @@ class AnswerOptions:
     task: str = field(default="multihop", metadata={"choices": prompts.TASKS, "help": "prompt format and answer aggregation"})
     closed: bool | None = field(default=None, metadata={"help": "sum the scores of identical answers (default: by task)"})
     batch_size: int = field(default=32, metadata={"help": "the most rows (candidates) generated together"})
+    query: str = field(default="question", metadata={"choices": QUERIES, "help": "what the retriever (--index) is "
+                       "asked: the question, or the question plus the model's no-retrieval answer (multi-hop)"})
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.retrieval_rule not in RULES:
             raise ValueError(f"retrieval_rule must be one of {', '.join(RULES)}, got {self.retrieval_rule!r}")
+        if self.query not in QUERIES:
+            raise ValueError(f"query must be one of {', '.join(QUERIES)}, got {self.query!r}")
         prompts.check_task(self.task)
         for name in ("ndocs", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
@@ -152,6 +169,8 @@ class Answer:
     no_retrieval_text: str | None = None  # the answer after a forced [No Retrieval], when one was generated
     signals: dict[str, float] = field(default_factory=dict)  # every rule's value that came for free: p_retrieve
     # (always), minp and meanp (when a no-retrieval answer was generated)
+    query: str | None = None  # what the retriever was asked, when the passages came from it
+    retrieved_passages: list[dict] = field(default_factory=list)  # what it returned ({title, text, id, score})
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -246,7 +265,7 @@ class OpenRAG:
     """An Open-RAG model ready to answer: ``OpenRAG.from_pretrained(name).answer(question, passages)``.
 
     ``retriever``: optional object with ``search(queries, top_k) -> list[list[passage]]``, used when a
-    question comes without passages.
+    question comes without passages (``options.query`` says what it is asked).
     """
 
     def __init__(self, model, tokenizer, options: AnswerOptions | None = None, retriever=None, notes: Sequence[str] = ()):
@@ -285,26 +304,47 @@ class OpenRAG:
 
     def answer_batch(self, questions: Sequence[str], passages: Sequence[Sequence] | None = None, choices: Sequence | None = None, **options) -> list[Answer]:
         """Answer many questions, batching the rows of several questions together (``batch_size`` rows).
-        ``passages``: one list per question (or None: the retriever's, else none)."""
+        ``passages``: one list per question; None (for all, or as one question's entry): the retriever's, else none."""
         opts = replace(self.options, **options)
         if choices is not None and len(choices) != len(questions):
             raise ValueError(f"{len(choices)} choice lists for {len(questions)} questions")
-        evidence = self._passages_for(questions, passages, opts)
+        passages = [None] * len(questions) if passages is None else list(passages)
+        if len(passages) != len(questions):
+            raise ValueError(f"{len(passages)} passage lists for {len(questions)} questions")
+        choices = list(choices) if choices is not None else [None] * len(questions)
+        searched = self._search(questions, passages, choices, opts)
+        for i, (_, hits, _) in searched.items():
+            passages[i] = hits
+        drafts = [searched[i][2] if i in searched else None for i in range(len(questions))]
+        answers = self._answer(questions, passages, choices, opts, drafts)
+        for i, (query, hits, _) in searched.items():
+            answers[i].query = query
+            answers[i].retrieved_passages = [_as_dict(p) for p in hits]
+        return answers
+
+    def _search(self, questions, passages, choices, opts: AnswerOptions) -> dict[int, tuple[str, list, Answer | None]]:
+        """Per question without passages: (query, the retriever's passages, the no-retrieval answer the query was
+        built from, or None). Empty without a retriever or in no_retrieval mode."""
+        wanted = [i for i, ps in enumerate(passages) if ps is None]
+        if not wanted or self.retriever is None or opts.mode == "no_retrieval":
+            return {}
+        queries = [questions[i] for i in wanted]
+        drafts: list[Answer | None] = [None] * len(wanted)
+        if opts.query == "question+answer":
+            drafts = self._answer(queries, [[] for _ in wanted], [choices[i] for i in wanted], replace(opts, mode="no_retrieval"))
+            queries = [f"{q} {d.text}".strip() for q, d in zip(queries, drafts)]
+        found = self.retriever.search(queries, top_k=opts.ndocs)
+        return {i: (query, hits, draft) for i, query, hits, draft in zip(wanted, queries, found, drafts, strict=True)}
+
+    def _answer(self, questions, passages, choices, opts: AnswerOptions, drafts=None) -> list[Answer]:
+        """``drafts``: per question, None or its no-retrieval answer generated already (reused, not redone)."""
+        evidence = [[as_passage(p) for p in (ps or [])[: opts.ndocs]] for ps in passages]
+        drafts = drafts or [None] * len(questions)
         answers: list[Answer] = []
         for chunk in self._chunks(evidence, opts):
             answers.extend(self._answer_chunk([questions[i] for i in chunk], [evidence[i] for i in chunk],
-                                              [choices[i] if choices else None for i in chunk], opts))
+                                              [choices[i] for i in chunk], opts, [drafts[i] for i in chunk]))
         return answers
-
-    def _passages_for(self, questions, passages, opts: AnswerOptions) -> list[list[Passage]]:
-        if passages is None:
-            if self.retriever is not None and opts.mode != "no_retrieval":
-                passages = self.retriever.search(list(questions), top_k=opts.ndocs)
-            else:
-                passages = [[] for _ in questions]
-        if len(passages) != len(questions):
-            raise ValueError(f"{len(passages)} passage lists for {len(questions)} questions")
-        return [[as_passage(p) for p in (ps or [])[: opts.ndocs]] for ps in passages]
 
     @staticmethod
     def _chunks(evidence: list[list[Passage]], opts: AnswerOptions) -> list[list[int]]:
@@ -319,7 +359,7 @@ class OpenRAG:
             rows += need
         return chunks + ([current] if current else [])
 
-    def _answer_chunk(self, questions, evidence, choices, opts: AnswerOptions) -> list[Answer]:
+    def _answer_chunk(self, questions, evidence, choices, opts: AnswerOptions, drafts) -> list[Answer]:
         start = time.perf_counter()
         qs = []
         for i, (question, ps, ch) in enumerate(zip(questions, evidence, choices)):
@@ -333,15 +373,21 @@ class OpenRAG:
         for q, prefix in zip(qs, prefixes):
             self._decide_early(q, prefix, opts)
 
+        for q, draft in zip(qs, drafts):
+            if draft is not None:
+                q.answer.no_retrieval_text = draft.no_retrieval_text
+                q.answer.signals.update(minp=draft.signals["minp"], meanp=draft.signals["meanp"])
         first = [q for q in qs if not (q.wants and q.rows)]
-        results = self._run(prefixes, first, [q for q in qs if q.wants and q.rows], opts)
+        fresh = [q for q in first if q.answer.no_retrieval_text is None]
+        results = self._run(prefixes, fresh, [q for q in qs if q.wants and q.rows], opts)
         later = []
         for q in first:
-            row = results[(q.index, "no_retrieval")]
-            q.answer.no_retrieval_text = self._text(row)[0]
-            q.answer.signals.update(minp=confidence(row, "minp"), meanp=confidence(row, "meanp"))
-            if q.wants is None:  # a confidence rule decides on the answer just generated
-                q.answer.retrieval_value = confidence(row, opts.retrieval_rule)
+            if q.answer.no_retrieval_text is None:
+                row = results[(q.index, "no_retrieval")]
+                q.answer.no_retrieval_text = self._text(row)[0]
+                q.answer.signals.update(minp=confidence(row, "minp"), meanp=confidence(row, "meanp"))
+            if q.wants is None:  # a confidence rule decides on the no-retrieval answer
+                q.answer.retrieval_value = q.answer.signals[opts.retrieval_rule]
                 q.wants = q.answer.retrieval_value < opts.gamma
                 if q.wants and q.rows:
                     later.append(q)
@@ -389,7 +435,7 @@ class OpenRAG:
             for k, ids in enumerate(q.rows):
                 keys.append((q.index, k))
                 rows.append((q.index, ids))
-        return dict(zip(keys, self.engine.generate(prefixes, rows, opts.max_new_tokens)))
+        return dict(zip(keys, self.engine.generate(prefixes, rows, opts.max_new_tokens))) if rows else {}
 
     def _finish_with_evidence(self, q: _Question, results: dict, opts: AnswerOptions) -> None:
         for k, passage in enumerate(q.used):

@@ -37,6 +37,17 @@ def test_2wiki_sentences_joined_and_missing_context_reported():
     assert (err.line, err.field) == (2, "context") and err.file.endswith("2wiki.jsonl")
 
 
+def test_rows_without_paragraphs_are_read_when_a_retriever_supplies_them(tmp_path):
+    (w1, w2), errors = read("2wiki.jsonl", passages_required=False)
+    assert errors.count == 0 and len(w1.passages) == 3
+    assert (w2.id, w2.passages, w2.supporting_titles, w2.answers) == ("w2", [], ["Grey Sky", "Grey Sea"], ["Grey Sky"])
+    # a first row without paragraphs still names its format by its other fields
+    first, second = (FIXTURES / "2wiki.jsonl").read_text().splitlines()[::-1]
+    (tmp_path / "2wiki_swapped.jsonl").write_text(first + "\n" + second + "\n")
+    (w1,), errors = read(tmp_path / "2wiki_swapped.jsonl")
+    assert w1.supporting_titles == ["Grey Sky", "Tom Kay"] and [(e.line, e.field) for e in errors.errors] == [(1, "context")]
+
+
 def test_musique_aliases_decomposition_order_and_unanswerable():
     (m1,), errors = read("musique.jsonl")
     assert m1.answers == ["Oslo", "Christiania"]

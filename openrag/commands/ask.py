@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and not args.index:
         raise ValueError("--top_k needs --index (with --passages, --ndocs says how many are used)")
     options = AnswerOptions.from_args(args)
+    if options.query != "question" and not args.index:
+        raise ValueError(f"--query {options.query} needs --index (it says what the index is asked)")
     if args.top_k is not None:
         options = replace(options, ndocs=args.top_k)
     passages = read_passages(args.passages) if args.passages else None

@@ -5,6 +5,7 @@
         --use_groundness --use_utility --use_seqscore --max_new_tokens 100 --output_file ./eval/hotpotqa.jsonl
     openrag eval sweep --task hotpotqa --dataset dev.jsonl --output_file ./eval/hotpotqa.sweep.jsonl
     openrag eval combine --output_file ./eval/hotpotqa.jsonl --world_size 4
+    openrag eval --task 2wikimultihopqa --dataset 2wiki_dev200.jsonl --index wiki.index --top_k 3 --query question+answer
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
     data.add_argument("--strict", action="store_true", help="stop at the first bad row (default: report it, skip it, count it)")
     data.add_argument("--ranker", default="bm25", choices=("bm25", "dense", "hybrid", "given"), help="order of unranked candidate paragraphs (HotpotQA/2Wiki/MuSiQue originals) before the first --ndocs are taken")
+    data.add_argument("--index", metavar="INDEX_DIR", default=None, help="an `openrag index` folder: rows without passages are answered from it (and retrieval_recall@K is reported)")
+    data.add_argument("--top_k", type=int, metavar="K", default=None, help="with --index: passages retrieved and used (sets --ndocs)")
+    data.add_argument("--passages", default="from_data", choices=("from_data", "from_index"), help="with --index: from_data (default) keeps a row's own passages and searches only for rows without; from_index searches for every row")
+    data.add_argument("--query", default=None, choices=("question", "question+answer"), help="with --index: what it is asked: the question (default), or the question plus the model's no-retrieval answer (multi-hop)")
 
     model = parser.add_argument_group("model and answering")
     model.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default' (the bundled model)")
@@ -63,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--rules", default="token,minp,meanp", help="comma-separated rules to sweep")
 
 
-ENGINE_FLAGS = ("mode", "retrieval_rule", "threshold", "max_new_tokens", "use_seqscore", "use_groundness", "use_utility", "w_rel", "w_sup", "w_use")
+ENGINE_FLAGS = ("mode", "retrieval_rule", "threshold", "max_new_tokens", "use_seqscore", "use_groundness", "use_utility", "w_rel", "w_sup", "w_use", "query")
 
 
 def _request(args: argparse.Namespace):
@@ -71,12 +76,14 @@ def _request(args: argparse.Namespace):
 
     if not args.task:
         raise ValueError("--task is required; choose one of " + ", ".join(TASK_NAMES))
+    if args.top_k is not None and not args.index:
+        raise ValueError("--top_k needs --index (with the data's passages, --ndocs says how many are used)")
     options = {k: getattr(args, k) for k in ENGINE_FLAGS if getattr(args, k) is not None}
     return EvalRequest(
         task=args.task, output_file=args.output_file, dataset=args.dataset, model_name=args.model_name, metric=args.metric,
         split=args.split, limit=args.limit, resume=args.resume, strict=args.strict, world_size=args.world_size, rank=args.rank,
-        batch_size=args.batch_size, ranker=args.ranker, ndocs=args.ndocs, progress=not args.no_progress, device=args.device,
-        options=options,
+        batch_size=args.batch_size, ranker=args.ranker, ndocs=args.ndocs if args.top_k is None else args.top_k, progress=not args.no_progress,
+        device=args.device, index=args.index, passages=args.passages, options=options,
     )
 
 

@@ -12,6 +12,10 @@ format                  fields                                                  
 ``retrieved``           Self-RAG eval / openrag_bench: ``question, answers|answer, ctxs|top_contexts``  ranked
 ======================  ===================================================================  ========
 
+Rows of the paragraph-list formats without their paragraphs (36 rows of ``2wiki_dev200.jsonl`` have no
+``context``) are bad rows, unless ``passages_required=False`` (``openrag eval --index``: a retriever supplies the
+passages); they are read then with no passages and the gold titles the row names.
+
 A path may carry a row window: ``dev.jsonl:skip=100`` (all but the first 100 rows) or
 ``dev.jsonl:limit=100`` (the first 100), counted over raw rows, bad ones included, so that the two
 are exact complements. A name ``owner/dataset`` that is not a local path is loaded with
@@ -176,11 +180,12 @@ def detect_format(row: dict) -> str:
         raise ValueError(f"a data row must be a JSON object, got {type(row).__name__}")
     if "conversation" in row or ("corpus" in row and "instruction" in row):
         raise ValueError("this is Open-RAG training data (conversation/corpus/instruction); read it with openrag.data.load_training_instances")
-    if "question_text" in row and "contexts" in row:
+    # A row of a paragraph-list format may lack its paragraphs: its other fields name the format.
+    if "question_text" in row:
         return "ircot"
-    if "paragraphs" in row:
+    if "paragraphs" in row or "question_decomposition" in row:
         return "musique"
-    if "context" in row and "supporting_facts" in row:
+    if "supporting_facts" in row and not ("ctxs" in row or "top_contexts" in row):
         return "original"
     if "question" in row or "instruction" in row:
         return "retrieved"
@@ -247,7 +252,19 @@ def _sentences(value, field: str) -> str:
     return " ".join(s.strip() for s in value if isinstance(s, str) and s.strip())
 
 
-def _parse_original(row: dict) -> dict:
+def _paragraph_list(row: dict, field: str, required: bool, expected: str) -> list | None:
+    """The row's paragraph list; None when it has none and none is required (a retriever supplies them)."""
+    value = row.get(field)
+    if value is None or value == []:
+        if required:
+            raise _Bad(field, "missing" if value is None else f"expected {expected}")
+        return None
+    if not isinstance(value, list):
+        raise _Bad(field, f"expected {expected}")
+    return value
+
+
+def _parse_original(row: dict, passages_required: bool = True) -> dict:
     qid = _text(_need(row, "_id", "id"), "_id")
     question = _text(_need(row, "question"), "question")
     answers = _answers(_need(row, "answer"), "answer")
@@ -260,9 +277,9 @@ def _parse_original(row: dict) -> dict:
     if not isinstance(facts, list) or not all(isinstance(f, list) and f and isinstance(f[0], str) for f in facts):
         raise _Bad("supporting_facts", "expected a list of [title, sentence index]")
     supporting = list(dict.fromkeys(f[0] for f in facts))
-    context = _need(row, "context")
-    if not isinstance(context, list) or not context:
-        raise _Bad("context", "expected a non-empty list of [title, sentences]")
+    context = _paragraph_list(row, "context", passages_required, "a non-empty list of [title, sentences]")
+    if context is None:
+        return dict(id=qid, question=question, answers=answers, passages=[], ranked=False, supporting_titles=supporting)
     passages = []
     for item in context:
         if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
@@ -273,15 +290,15 @@ def _parse_original(row: dict) -> dict:
     return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
 
 
-def _parse_musique(row: dict) -> dict:
+def _parse_musique(row: dict, passages_required: bool = True) -> dict:
     if row.get("answerable") is False:
         raise _Bad("answerable", "unanswerable question (MuSiQue-Full): no gold answer to use")
     qid = _text(_need(row, "id", "_id"), "id")
     question = _text(_need(row, "question"), "question")
     answers = _answers([_need(row, "answer")] + list(row.get("answer_aliases") or []), "answer")
-    paragraphs = _need(row, "paragraphs")
-    if not isinstance(paragraphs, list) or not paragraphs:
-        raise _Bad("paragraphs", "expected a non-empty list")
+    paragraphs = _paragraph_list(row, "paragraphs", passages_required, "a non-empty list")
+    if paragraphs is None:  # the decomposition names paragraphs by index only: no gold titles without them
+        return dict(id=qid, question=question, answers=answers, passages=[], ranked=False)
     passages, titles_by_idx = [], {}
     for i, p in enumerate(paragraphs):
         if not isinstance(p, dict):
@@ -299,7 +316,7 @@ def _parse_musique(row: dict) -> dict:
     return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
 
 
-def _parse_ircot(row: dict) -> dict:
+def _parse_ircot(row: dict, passages_required: bool = True) -> dict:
     qid = _text(_need(row, "question_id"), "question_id")
     question = _text(_need(row, "question_text"), "question_text")
     objects = _need(row, "answers_objects")
@@ -312,9 +329,9 @@ def _parse_ircot(row: dict) -> dict:
             if obj.get("number"):
                 spans.append(str(obj["number"]))
     answers = _answers(spans, "answers_objects")
-    contexts = _need(row, "contexts")
-    if not isinstance(contexts, list) or not contexts:
-        raise _Bad("contexts", "expected a non-empty list")
+    contexts = _paragraph_list(row, "contexts", passages_required, "a non-empty list")
+    if contexts is None:
+        return dict(id=qid, question=question, answers=answers, passages=[], ranked=False)
     passages = []
     for c in contexts:
         if not isinstance(c, dict):
@@ -385,12 +402,14 @@ def read_examples(
     skip: int = 0,
     errors: ErrorLog | None = None,
     dataset: str | None = None,
+    passages_required: bool = True,
 ) -> Iterator[QAExample]:
     """Every good row of a QA file or hub dataset as a :class:`QAExample`.
 
     ``task`` is the hub config (``hotpotqa``...) and, for local files, the dataset name when given.
     ``skip``/``limit`` (or a ``:skip=N:limit=M`` suffix) select a window of raw rows. A bad row is
-    reported to ``errors`` (logged and counted) and skipped; ``strict`` raises it instead.
+    reported to ``errors`` (logged and counted) and skipped; ``strict`` raises it instead. With
+    ``passages_required=False`` a row of a paragraph-list format without its paragraphs is read with none.
     """
     errors = errors if errors is not None else ErrorLog(strict=strict)
     errors.strict = errors.strict or strict
@@ -419,7 +438,8 @@ def read_examples(
             if fmt == "retrieved":
                 fields = _parse_retrieved(row, line, ds)
             else:
-                fields = {"original": _parse_original, "musique": _parse_musique, "ircot": _parse_ircot}[fmt](row)
+                parse = {"original": _parse_original, "musique": _parse_musique, "ircot": _parse_ircot}[fmt]
+                fields = parse(row, passages_required)
         except _Bad as bad:
             errors.report(RowError(source, line, bad.field, bad.message))
             continue

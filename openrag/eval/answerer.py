@@ -1,6 +1,7 @@
 """The model side of ``openrag eval``: an :class:`openrag.rag.OpenRAG` wrapped as the loop's answerer.
 
 ``both=False`` (``openrag eval``): each question is answered once with the requested options.
+A question whose passages are None is given the ``--index`` folder's (``OpenRAG(retriever=index)``).
 ``both=True`` (``openrag eval sweep``): each question gets the answer after a forced ``[No Retrieval]``
 with its rule values (``p_retrieve``, ``minp``, ``meanp``) *and* the answer from its passages, in one
 call: a confidence rule with a threshold above every probability generates the no-retrieval answer
@@ -35,6 +36,9 @@ def to_result(answer, both: bool) -> dict:
     """The JSON-line fields of one engine answer (see openrag.rag.Answer)."""
     data = answer.to_dict()
     data.pop("question", None)
+    if data.get("query") is None:  # the index was not searched: nothing to record
+        data.pop("query", None)
+        data.pop("retrieved_passages", None)
     result = {"prediction": data.pop("text"), "retrieved": data.pop("retrieved"), **data}
     if both:
         signals = getattr(answer, "signals", None) or {}
@@ -66,7 +70,12 @@ def engine_answerer_factory(req, both: bool):
     from ..rag import OpenRAG
 
     options = answer_options(req, both)
-    rag = OpenRAG.from_pretrained(req.model_name, device=req.device, **options)
+    retriever = None
+    if req.index is not None:
+        from ..retrieval import open_index
+
+        retriever = open_index(req.index, device=req.device)
+    rag = OpenRAG.from_pretrained(req.model_name, device=req.device, retriever=retriever, **options)
     settings = {k: v for k, v in asdict(rag.options).items() if not (isinstance(v, float) and math.isinf(v))}
     if settings.get("threshold", 0.0) is None:
         settings["threshold"] = rag.options.gamma  # the engine's default, written out

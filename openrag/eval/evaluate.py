@@ -35,7 +35,9 @@ class EvalRequest:
     rank: int = 0
     batch_size: int = 8  # questions answered together (the engine batches their candidates)
     ranker: str = "bm25"  # how unranked candidate paragraphs are ordered before the first ndocs are taken
-    ndocs: int = 3
+    ndocs: int = 3  # passages per question; with an index, the K of its search and of retrieval_recall@K
+    index: str | None = None  # an openrag index folder searched for rows without passages (see passages)
+    passages: str = "from_data"  # from_data: a row's own passages, the index's for rows without; from_index: all rows search
     progress: bool = True
     device: str | None = None
     options: dict = field(default_factory=dict)  # engine options from the flags (mode, threshold, w_use, ...)
@@ -51,6 +53,8 @@ class EvalRequest:
         self.output_file = Path(self.output_file or Path("eval") / f"{self.task}.jsonl")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"--limit must be a positive number, got {self.limit}")
+        if self.index is None and self.options.get("query", "question") != "question":
+            raise ValueError(f"--query {self.options['query']} needs --index INDEX_DIR (it says what the index is asked)")
 
 
 @dataclass
@@ -70,7 +74,8 @@ def load_questions(req: EvalRequest, config: RunConfig) -> Loaded:
         # silently reading another split than the one asked for.
         raise ValueError(f"--split {req.split}: only the dev split is read; pass a local file of that split as --dataset")
     errors = ErrorLog(strict=req.strict)
-    examples = read_examples(req.dataset, task=req.task_info.hub_config or req.task, strict=req.strict, errors=errors, dataset=req.task)
+    examples = read_examples(req.dataset, task=req.task_info.hub_config or req.task, strict=req.strict, errors=errors,
+                             dataset=req.task, passages_required=req.index is None)
     questions = prepare_questions(examples, config)
     return Loaded(questions, errors.count, errors.by_field())
 
@@ -84,6 +89,8 @@ def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
         ndocs=req.ndocs,
         ranker=req.ranker,
         device=req.device,
+        index=req.index,
+        passages=req.passages,
         limit=req.limit,
         resume=req.resume,
         world_size=req.world_size,

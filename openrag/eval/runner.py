@@ -5,6 +5,13 @@ written, so a killed run keeps everything it answered; the summary goes to ``X.m
 is a pure function of the lines (plus the run's settings), so a resumed run and an uninterrupted one give
 the same metrics, and shards combine exactly.
 
+Index. With ``--index`` a question may be answered from an ``openrag index`` folder instead of its row's
+passages: ``--passages from_data`` (default) searches only for rows that carry no passages, ``from_index`` for
+every row. Its passages are ``None`` here; the answerer searches (its query may need the model's no-retrieval
+answer) and returns what it asked (``query``) and what came back (``retrieved_passages``). Its JSON line then
+holds ``retrieval_recall@K``: the share of the row's gold titles among the K titles retrieved (None when the data
+names no gold title), averaged over the rows that have one into the summary's ``retrieval_recall@K``.
+
 Resume. ``--resume`` reads the lines already in the file (dropping a last line cut off by a kill), checks
 that they belong to the same data (index and id of each question), and answers only the rest.
 
@@ -25,9 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..retrieval.metrics import retrieval_recall_at_k
 from .metrics import HEADLINE, score_answer
 from .passages import make_ranker, select_passages
 from .tasks import Task
+
+
+PASSAGE_SOURCES = ("from_data", "from_index")  # --passages: a row's own passages where it has some, or the index's
 
 
 @dataclass
@@ -36,7 +47,7 @@ class Question:
 
     index: int
     example: Any  # openrag.data.readers.QAExample
-    passages: list
+    passages: list | None  # None: the answerer retrieves them from the index
     ranked_by: str
     gold_recall: float | None
 
@@ -54,6 +65,8 @@ class RunConfig:
     ndocs: int = 3
     ranker: str = "bm25"  # passages.RANKERS
     device: str | None = None  # for the dense ranker's encoder
+    index: str | None = None  # an openrag index folder: rows without passages (or all, see passages) search it
+    passages: str = "from_data"  # PASSAGE_SOURCES
     limit: int | None = None
     resume: bool = False
     world_size: int = 1
@@ -68,6 +81,14 @@ class RunConfig:
             raise ValueError(f"--rank {self.rank} is not in 0..{self.world_size - 1} (--world_size {self.world_size})")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if self.passages not in PASSAGE_SOURCES:
+            raise ValueError(f"--passages must be one of {', '.join(PASSAGE_SOURCES)}, got {self.passages!r}")
+        if self.passages == "from_index" and self.index is None:
+            raise ValueError("--passages from_index needs --index INDEX_DIR")
+
+    @property
+    def recall_key(self) -> str:
+        return f"retrieval_recall@{self.ndocs}"
 
 
 def metrics_path(jsonl: Path) -> Path:
@@ -117,6 +138,10 @@ def summarize(records: Sequence[dict], metric: str) -> dict:
     recalls = [r["gold_recall"] for r in records if r.get("gold_recall") is not None]
     summary["gold_recall"] = sum(recalls) / len(recalls) if recalls else None
     summary["gold_recall_n"] = len(recalls)
+    for key in dict.fromkeys(k for r in records for k in r if k.startswith("retrieval_recall@")):
+        values = [r[key] for r in records if r.get(key) is not None]
+        summary[key] = sum(values) / len(values) if values else None
+        summary["retrieval_recall_n"] = len(values)
     seconds = sum(r.get("seconds", 0.0) for r in records)
     summary["seconds"] = seconds
     summary["questions_per_second"] = n / seconds if seconds > 0 else None
@@ -132,9 +157,17 @@ def prepare_questions(examples: Iterable, config: RunConfig) -> list[Question]:
             break
         if index % config.world_size != config.rank:
             continue
+        if config.index is not None and (config.passages == "from_index" or not example.passages):
+            questions.append(Question(index, example, None, "index", None))
+            continue
         sel = select_passages(example.question, list(example.passages), example.ranked, config.ndocs, ranker)
         questions.append(Question(index, example, sel.passages, sel.ranked_by, sel.gold_recall))
     return questions
+
+
+def gold_titles(example) -> list[str]:
+    """The titles of a row's gold evidence: its supporting titles, else its gold-flagged passages' titles."""
+    return list(example.supporting_titles or []) or [p.title for p in example.passages if p.is_gold]
 
 
 def make_record(question: Question, answer: dict, config: RunConfig, seconds: float) -> dict:
@@ -157,6 +190,10 @@ def make_record(question: Question, answer: dict, config: RunConfig, seconds: fl
     }
     if labels:
         record["answer_key"] = ex.answer_key
+    if question.passages is None and answer.get("query") is not None:  # searched the index
+        gold = gold_titles(ex)
+        titles = [p["title"] for p in answer.get("retrieved_passages", [])]
+        record[config.recall_key] = retrieval_recall_at_k(titles, gold) if gold else None
     alternative = answer.get("no_retrieval")  # the sweep's second answer: scored the same way
     if alternative is not None:
         scored = score_answer(config.metric, alternative["prediction"], answers, labels, choices)
@@ -219,6 +256,10 @@ def _summary(records: list[dict], config: RunConfig, load_seconds: float, skippe
     summary = {"task": config.task.name, "metric": config.metric, **summarize(records, config.metric)}
     summary.update(load_seconds=load_seconds, skipped=sum(skipped.values()), skipped_by_field=dict(skipped))
     summary.update(ndocs=config.ndocs, ranker=config.ranker)
+    if config.index is not None:
+        summary.setdefault(config.recall_key, None)
+        summary.setdefault("retrieval_recall_n", 0)
+        summary.update(index=config.index, passages=config.passages)
     summary.update(limit=config.limit, world_size=config.world_size, complete=complete)
     summary.update(config.settings)
     return summary
@@ -280,6 +321,8 @@ def format_summary(summary: dict) -> str:
     parts.append(f"retrieval {100 * summary['retrieval_frequency']:.1f}%")
     if summary.get("gold_recall") is not None:
         parts.append(f"gold recall@{summary.get('ndocs')} {100 * summary['gold_recall']:.1f}")
+    for key in (k for k in summary if k.startswith("retrieval_recall@") and summary[k] is not None):
+        parts.append(f"{key.replace('_', ' ')} {100 * summary[key]:.1f}")
     qps = summary.get("questions_per_second")
     parts.append(f"{summary['n']} questions in {summary['seconds']:.1f}s" + (f" ({qps:.2f} q/s)" if qps else ""))
     if summary.get("skipped"):
