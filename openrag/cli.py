@@ -16,10 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("openrag.commands.index", "build a BM25, dense or hybrid index over your own documents"),
     "eval": ("openrag.commands.eval", "evaluate on a task (the seed's flags); `eval sweep`: thresholds vs retrieval; `eval combine`: shards"),
     "report": ("openrag.commands.report", "put several eval metrics files into one markdown table and a bar chart"),
-    "train": ("openrag.commands.train", "train the experts, routers, LoRA and reflection tokens (torchrun for many GPUs)"),
-    "merge": ("openrag.commands.merge", "fold a trained checkpoint's LoRA into its base: one standalone model"),
     "ask": ("openrag.commands.ask", "answer a question with adaptive retrieval; show the answer and the scored evidence"),
     "serve": ("openrag.commands.serve", "an HTTP API (also OpenAI's chat format) and a web page that shows the model's reasoning"),
+    "train": ("openrag.commands.train", "train the experts, routers, LoRA and reflection tokens (torchrun for many GPUs)"),
+    "merge": ("openrag.commands.merge", "fold a trained checkpoint's LoRA into its base: one standalone model"),
 }
 
 # Errors that come from the user's input (a path, a checkpoint, a flag), reported without a traceback.
@@ -39,11 +39,26 @@ def build_parser(with_flags: list[str] | None = None) -> argparse.ArgumentParser
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, sharding notes) hides our own output on the console."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(with_flags=[argv[0]] if argv and argv[0] in COMMANDS else [])
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
+    _quiet_libraries()
     try:
         code = module.run(args)
     except USER_ERRORS as err:
