@@ -174,6 +174,11 @@ def test_api_key_is_required_on_the_api(locked, engine, headers):
     assert engine.calls == []
 
 
+def test_a_missing_key_is_reported_before_the_body_is_read(locked):
+    r = locked.post("/v1/answer", json={"not": "valid"})
+    assert r.status_code == 401
+
+
 def test_the_right_key_passes_and_page_and_health_stay_open(locked):
     assert locked.post("/v1/answer", json={"question": "q"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert locked.get("/").status_code == 200
@@ -196,6 +201,7 @@ def test_the_api_key_comes_from_the_environment(monkeypatch):
 BAD_ANSWER_BODIES = [
     ({}, "question"),
     ({"question": ""}, "question"),
+    ({"question": "   "}, "question"),
     ({"question": 5}, "question"),
     ({"question": "x" * (MAX_QUESTION_CHARS + 1)}, "question"),
     ({"question": "q", "passages": "not a list"}, "passages"),

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms,
                         help="how long the first request of a batch waits for others to join it")
     server.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes, help="larger bodies get 413")
+    server.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice, one per core; on a busy shared machine 1 "
+                             "avoids threads spinning against each other)")
     server.add_argument("--log_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     AnswerOptions.add_arguments(parser)
 
@@ -73,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"openrag serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               f"machine can use the model (set ${API_KEY_ENV} or --api_key)", file=sys.stderr)
     options = AnswerOptions.from_args(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     retriever = None
     if args.index:

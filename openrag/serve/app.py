@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from importlib import resources
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -76,8 +76,11 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
 
-    async def ask(request: Request, question: str, body) -> dict:
+    async def authorised(request: Request) -> None:
+        """Run as a dependency, so that it answers 401 before the body is even validated."""
         _check_key(request, settings.api_key)
+
+    async def ask(question: str, body) -> dict:
         try:
             answer = await batcher.submit(question, body.passage_dicts(), body.choices, body.options())
         except ValueError as err:  # the engine refuses input it cannot answer (longer than the context window)
@@ -89,18 +92,17 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
             raise ApiError(500, "internal error while answering; the server log has the details", "server_error") from None
         return _finite(answer.to_dict())
 
-    @app.post("/v1/answer")
-    async def answer(body: AnswerRequest, request: Request):
-        return JSONResponse(await ask(request, body.question, body))
+    @app.post("/v1/answer", dependencies=[Depends(authorised)])
+    async def answer(body: AnswerRequest):
+        return JSONResponse(await ask(body.question, body))
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request):
-        _check_key(request, settings.api_key)
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
+    async def chat(body: ChatRequest):
         try:
             question = body.question()
         except ValueError as err:
             raise ApiError(422, str(err), "invalid_request_error", param="messages") from None
-        result = await ask(request, question, body)
+        result = await ask(question, body)
         return JSONResponse({
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",

@@ -24,7 +24,7 @@ MAX_NEW_TOKENS = 1_024
 MAX_MESSAGES = 64
 MAX_MESSAGE_CHARS = 20_000
 
-Question = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUESTION_CHARS)]
+Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION_CHARS)]
 Choice = Annotated[str, StringConstraints(max_length=MAX_CHOICE_CHARS)]
 OPTION_FIELDS = ("mode", "retrieval_rule", "threshold", "ndocs", "max_new_tokens", "use_seqscore", "use_groundness",
                  "use_utility", "w_rel", "w_sup", "w_use", "task")
