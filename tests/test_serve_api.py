@@ -212,6 +212,7 @@ BAD_ANSWER_BODIES = [
     ({"question": "q", "mode": "sometimes"}, "mode"),
     ({"question": "q", "retrieval_rule": "vibes"}, "retrieval_rule"),
     ({"question": "q", "task": "chess"}, "task"),
+    ({"question": "q", "query": "answer only"}, "query"),
     ({"question": "q", "ndocs": 0}, "ndocs"),
     ({"question": "q", "ndocs": "three"}, "ndocs"),
     ({"question": "q", "max_new_tokens": 100_000}, "max_new_tokens"),
@@ -379,6 +380,16 @@ def test_one_failing_request_does_not_fail_its_batch():
     assert [r.status_code for r in responses] == [200, 200, 500, 200]
     assert responses[3].json()["text"] == "OK2"
     assert [c["questions"] for c in engine.calls] == [["first"], ["ok1", "explode", "ok2"], ["ok1"], ["explode"], ["ok2"]]
+
+
+def test_every_request_option_is_an_engine_option():
+    from dataclasses import fields
+
+    from openrag.rag import AnswerOptions
+    from openrag.serve.schemas import OPTION_FIELDS, AnswerFields
+
+    assert set(OPTION_FIELDS) <= {f.name for f in fields(AnswerOptions)}
+    assert set(OPTION_FIELDS) <= set(AnswerFields.model_fields)
 
 
 def test_settings_are_checked():

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from ..prompts import TASKS
-from ..rag import MODES, RULES
+from ..rag import MODES, QUERIES, RULES
 
 MAX_QUESTION_CHARS = 4_000
 MAX_TITLE_CHARS = 500
@@ -27,7 +27,7 @@ MAX_MESSAGE_CHARS = 20_000
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION_CHARS)]
 Choice = Annotated[str, StringConstraints(max_length=MAX_CHOICE_CHARS)]
 OPTION_FIELDS = ("mode", "retrieval_rule", "threshold", "ndocs", "max_new_tokens", "use_seqscore", "use_groundness",
-                 "use_utility", "w_rel", "w_sup", "w_use", "task")
+                 "use_utility", "w_rel", "w_sup", "w_use", "task", "query")
 Weight = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
 
 
@@ -57,6 +57,8 @@ class AnswerFields(BaseModel):
     w_sup: Weight | None = None
     w_use: Weight | None = None
     task: Literal[TASKS] | None = None
+    query: Literal[QUERIES] | None = Field(default=None, description="what the index is asked: the question, or "
+                                           "the question followed by the no-retrieval answer")
 
     def options(self) -> dict:
         """The answering options this request sets (the engine's defaults stand for the others)."""
