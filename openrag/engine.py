@@ -122,7 +122,8 @@ class Engine:
     log-probs are reported at the first generated position and where a token of the group is generated.
     """
 
-    def __init__(self, model: nn.Module, stop_ids: Sequence[int], watch: Mapping[str, Sequence[int]] | None = None, pad_id: int = 0):
+    def __init__(self, model: nn.Module, stop_ids: Sequence[int], watch: Mapping[str, Sequence[int]] | None = None,
+                 pad_id: int = 0):
         self.model = model
         self.device = next(model.parameters()).device
         self.n_layers = model.config.get_text_config().num_hidden_layers
@@ -157,7 +158,8 @@ class Engine:
         return prefixes
 
     @torch.inference_mode()
-    def generate(self, prefixes: Sequence[Prefix], rows: Sequence[tuple[int, Sequence[int]]], max_new_tokens: int) -> list[RowResult]:
+    def generate(self, prefixes: Sequence[Prefix], rows: Sequence[tuple[int, Sequence[int]]],
+                 max_new_tokens: int) -> list[RowResult]:
         """Continue each row ``(prefix index, full token ids)`` greedily; rows reuse their prefix's cache for
         the tokens they share with it and compute only the rest. Returns one result per row, in order."""
         if max_new_tokens < 1:
@@ -250,7 +252,8 @@ class Engine:
             layer.set(kbuf, vbuf, P)
         return cache, mask
 
-    def _decode(self, logits: Tensor, cache: Cache, mask: Tensor, next_pos: Tensor, B: int, max_new_tokens: int) -> list[RowResult]:
+    def _decode(self, logits: Tensor, cache: Cache, mask: Tensor, next_pos: Tensor, B: int,
+                max_new_tokens: int) -> list[RowResult]:
         results = [RowResult() for _ in range(B)]
         alive = list(range(B))  # result index of each batch row
         for step in range(max_new_tokens):
