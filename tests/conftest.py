@@ -72,3 +72,15 @@ def make_tiny_llama_for(tokenizer, seed: int = 0, **overrides):
         eos_token_id=tokenizer.eos_token_id,
     )
     return make_tiny_llama(seed, **{**fields, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(smollm2_tokenizer):
+    """(tiny random Llama, a copy of the real tokenizer with the reflection tokens): junk answers, real ids."""
+    import copy
+
+    from openrag.reflection import add_reflection_tokens
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    add_reflection_tokens(None, tokenizer)
+    return make_tiny_llama_for(tokenizer, max_position_embeddings=512), tokenizer

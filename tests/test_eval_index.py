@@ -3,7 +3,6 @@ values, and the question+answer query. Tiny random Llama on the bundled tokenize
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -14,7 +13,6 @@ from openrag.eval.runner import read_records
 from openrag.rag import AnswerOptions, OpenRAG
 from openrag.retrieval import RetrievedPassage, build_index, open_index
 
-from .conftest import make_tiny_llama_for
 
 CORPUS = [{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France."},
           {"id": "berlin", "title": "Berlin", "text": "Berlin is the capital of Germany."},
@@ -39,15 +37,6 @@ ROWS = [row("a", BERLIN_Q, "Berlin", ["Berlin"], context=[["Berlin", ["Berlin is
         row("c", BERLIN_Q, "Berlin", ["Owl", "Berlin"]),
         row("d", BERLIN_Q, "Berlin", ["Owl"])]
 RECALL = {"b": 1.0, "c": 0.5, "d": 0.0}
-
-
-@pytest.fixture(scope="module")
-def tiny_pair(smollm2_tokenizer):
-    from openrag.reflection import add_reflection_tokens
-
-    tokenizer = copy.deepcopy(smollm2_tokenizer)
-    add_reflection_tokens(None, tokenizer)
-    return make_tiny_llama_for(tokenizer, max_position_embeddings=512), tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,6 @@ PASSAGES = [{"title": "Paris", "text": "Paris is the capital and largest city of
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(smollm2_tokenizer):
-    from openrag.reflection import add_reflection_tokens
-
-    tokenizer = copy.deepcopy(smollm2_tokenizer)
-    add_reflection_tokens(None, tokenizer)
-    return make_tiny_llama_for(tokenizer, max_position_embeddings=512), tokenizer
-
-
-@pytest.fixture(scope="module")
 def rag(tiny_pair):
     return OpenRAG(*tiny_pair, AnswerOptions(max_new_tokens=6))
 

@@ -3,7 +3,6 @@ Llama on the bundled tokenizer and a BM25 index built by the test."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -11,21 +10,11 @@ import pytest
 from openrag.rag import AnswerOptions, OpenRAG
 from openrag.retrieval import build_index, open_index
 
-from .conftest import make_tiny_llama_for
 
 QUESTION = "Which city is the capital of France?"
 CORPUS = [{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France."},
           {"id": "berlin", "title": "Berlin", "text": "Berlin is the capital of Germany."},
           {"id": "owl", "title": "Owl", "text": "Owls are nocturnal birds of prey."}]
-
-
-@pytest.fixture(scope="module")
-def tiny_pair(smollm2_tokenizer):
-    from openrag.reflection import add_reflection_tokens
-
-    tokenizer = copy.deepcopy(smollm2_tokenizer)
-    add_reflection_tokens(None, tokenizer)
-    return make_tiny_llama_for(tokenizer, max_position_embeddings=512), tokenizer
 
 
 @pytest.fixture(scope="module")
