@@ -286,12 +286,12 @@ class OpenRAG:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "default", device=None, dtype=None, retriever=None, **options) -> OpenRAG:
-        """Load any checkpoint ``openrag.load_model`` reads. ``default`` is the bundled base until the bundled
-        trained model exists. A model without reflection tokens gets them (untrained), with a note."""
+        """Load any checkpoint ``openrag.load_model`` reads (``default``: the bundled trained model).
+        A model without reflection tokens gets them (untrained), with a note."""
         from .loading import load_model
         from .reflection import add_reflection_tokens
 
-        name = "smollm2" if name_or_path == "default" else name_or_path
+        name = name_or_path
         model, tokenizer = load_model(name, dtype=dtype, device=device)
         notes = []
         if add_reflection_tokens(model, tokenizer):

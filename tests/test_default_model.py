@@ -1,0 +1,41 @@
+"""The bundled trained Open-RAG model (openrag/assets/default) over the bundled SmolLM2 base, offline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def default_rag():
+    from openrag import OpenRAG
+
+    return OpenRAG.from_pretrained("default", device="cpu")
+
+
+def test_default_model_is_the_trained_expert_model(default_rag):
+    from openrag import moe_config_of
+    from openrag.moe import moe_adapters
+    from openrag.reflection import reflection_token_ids
+
+    model = default_rag.model
+    assert moe_config_of(model).num_experts == 8 and moe_config_of(model).topk == 2
+    assert len(reflection_token_ids(default_rag.tokenizer)) == 15
+    # trained: the up projections start at zero and must have moved
+    assert all(a.experts["expert_0"].adapter_up.weight.abs().sum() > 0 for a in moe_adapters(model))
+    assert not default_rag.notes  # no "untrained reflection tokens" note
+
+
+def test_default_model_answers_the_sample_with_scored_evidence(default_rag):
+    passages = json.loads((EXAMPLES / "passages.json").read_text())
+    question = "What government position was held by the woman who portrayed Corliss Archer in the film Kiss and Tell?"
+    answer = default_rag.answer(question, passages, mode="always_retrieve", max_new_tokens=24)
+    assert answer.retrieved and len(answer.candidates) == 3
+    assert answer.text.strip()  # the untrained base ends its evidence rows at once: empty answers
+    for c in answer.candidates:
+        assert 0.0 <= c.relevance <= 1.0 and 0.0 <= c.groundedness <= 1.0
+    assert torch.isfinite(torch.tensor([c.score for c in answer.candidates])).all()
