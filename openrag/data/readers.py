@@ -393,6 +393,19 @@ def _parse_retrieved(row: dict, line: int, dataset: str) -> dict:
 # ------------------------------------------------------------------------------------------- reading
 
 
+def window(rows, skip: int, limit: int | None, errors: ErrorLog):
+    """The ``(line, row)`` pairs of rows ``skip .. skip + limit``; unreadable rows there go to ``errors``."""
+    for index, (line, row) in enumerate(rows):
+        if index < skip:
+            continue
+        if limit is not None and index >= skip + limit:
+            break
+        if isinstance(row, RowError):
+            errors.report(row)
+            continue
+        yield line, row
+
+
 def read_examples(
     path_or_name: str | Path,
     task: str | None = None,
@@ -418,14 +431,7 @@ def read_examples(
     limit = limit if limit is not None else limit_suffix
     source, rows = iter_rows(name, task)
     fmt = ds = None
-    for index, (line, row) in enumerate(rows):
-        if index < skip:
-            continue
-        if limit is not None and index >= skip + limit:
-            break
-        if isinstance(row, RowError):
-            errors.report(row)
-            continue
+    for line, row in window(rows, skip, limit, errors):
         if fmt is None:
             if not isinstance(row, dict):
                 errors.report(RowError(source, line, "row", f"expected a JSON object, got {type(row).__name__}"))

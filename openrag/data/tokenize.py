@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..reflection import PARAGRAPH_END, PARAGRAPH_START
 from .examples import ErrorLog, RowError
-from .readers import is_hub_name, iter_json_rows, split_window
+from .readers import is_hub_name, iter_json_rows, split_window, window
 
 log = logging.getLogger(__name__)
 
@@ -195,14 +195,7 @@ def load_training_instances(
     else:
         raise FileNotFoundError(f"no training data at {name}, and it is not a hub dataset name (owner/name)")
     out, left_out = [], 0
-    for index, (line, row) in enumerate(rows):
-        if index < skip:
-            continue
-        if limit is not None and index >= skip + limit:
-            break
-        if isinstance(row, RowError):
-            errors.report(row)
-            continue
+    for line, row in window(rows, skip, limit, errors):
         try:
             if not isinstance(row, dict):
                 raise KeyError("row")
