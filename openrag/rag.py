@@ -78,7 +78,7 @@ def as_passage(item) -> Passage:
             raise ValueError(f"a passage needs a 'text' field; got keys {sorted(item)}")
         return Passage(title=item.get("title") or "", text=text, is_gold=item.get("is_gold"), score=item.get("score"))
     if hasattr(item, "text"):
-        return Passage(title=getattr(item, "title", "") or "", text=item.text)
+        return Passage(title=getattr(item, "title", "") or "", text=item.text, is_gold=getattr(item, "is_gold", None))
     raise ValueError(f"cannot read a passage from {type(item).__name__}; give {{'title', 'text'}} or a string")
 
 
@@ -145,7 +145,7 @@ class AnswerOptions:
 class Candidate:
     """One evidence row: the passage, what the model answered from it, and the terms of its score."""
 
-    passage: dict  # {"title", "text"} as given to the model (cut if it did not fit)
+    passage: dict  # {"title", "text"} as given to the model (cut if it did not fit), and "is_gold" when the data says
     text: str  # post-processed answer
     score: float
     relevance: float
@@ -442,7 +442,10 @@ class OpenRAG:
             row = results[(q.index, k)]
             text, raw = self._text(row)
             terms = score_terms(row)
-            q.answer.candidates.append(Candidate(passage={"title": passage.title, "text": passage.text}, text=text,
+            shown = {"title": passage.title, "text": passage.text}
+            if passage.is_gold is not None:
+                shown["is_gold"] = passage.is_gold
+            q.answer.candidates.append(Candidate(passage=shown, text=text,
                                                  score=candidate_score(terms, opts), raw=raw, tokens=len(row.tokens), **terms))
         q.answer.retrieved = True
         q.answer.text = choose(q.answer.candidates, opts.is_closed)

@@ -4,6 +4,7 @@
         --mode adaptive_retrieval --threshold 0.0 --metric hotpotem --ndocs 3 --w_use 0.5 \\
         --use_groundness --use_utility --use_seqscore --max_new_tokens 100 --output_file ./eval/hotpotqa.jsonl
     openrag eval sweep --task hotpotqa --dataset dev.jsonl --output_file ./eval/hotpotqa.sweep.jsonl
+    openrag eval --baseline standard_rag --model_name smollm2 --task hotpotqa --dataset dev.jsonl --ndocs 3 --max_new_tokens 32
     openrag eval combine --output_file ./eval/hotpotqa.jsonl --world_size 4
     openrag eval --task 2wikimultihopqa --dataset 2wiki_dev200.jsonl --index wiki.index --top_k 3 --query question+answer
 """
@@ -41,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     model = parser.add_argument_group("model and answering")
     model.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default' (the bundled model)")
+    model.add_argument("--baseline", default=None, choices=("standard_rag", "closed_book"),
+                       help="answer as a plain LM instead (no reflection tokens): standard_rag puts the --ndocs passages in one "
+                            "prompt before the question; closed_book gives the question alone")
     model.add_argument("--mode", default=None, choices=("no_retrieval", "always_retrieve", "adaptive_retrieval"))
     model.add_argument("--retrieval_rule", default=None, help="adaptive rule: token (Self-RAG), minp or meanp (Open-RAG's confidence rule)")
     model.add_argument("--threshold", type=float, default=None, help="token rule: retrieve if p > threshold; confidence rules: if f < threshold")
@@ -83,7 +87,7 @@ def _request(args: argparse.Namespace):
         task=args.task, output_file=args.output_file, dataset=args.dataset, model_name=args.model_name, metric=args.metric,
         split=args.split, limit=args.limit, resume=args.resume, strict=args.strict, world_size=args.world_size, rank=args.rank,
         batch_size=args.batch_size, ranker=args.ranker, ndocs=args.ndocs if args.top_k is None else args.top_k, progress=not args.no_progress,
-        device=args.device, index=args.index, passages=args.passages, options=options,
+        device=args.device, index=args.index, passages=args.passages, options=options, baseline=args.baseline,
     )
 
 

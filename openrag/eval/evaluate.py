@@ -41,6 +41,7 @@ class EvalRequest:
     progress: bool = True
     device: str | None = None
     options: dict = field(default_factory=dict)  # engine options from the flags (mode, threshold, w_use, ...)
+    baseline: str | None = None  # standard_rag or closed_book: a plain prompt instead of Open-RAG (eval.baseline)
 
     def __post_init__(self) -> None:
         self.task_info = get_task(self.task)
@@ -53,6 +54,14 @@ class EvalRequest:
         self.output_file = Path(self.output_file or Path("eval") / f"{self.task}.jsonl")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"--limit must be a positive number, got {self.limit}")
+        if self.baseline is not None:
+            from .baseline import BASELINES
+
+            if self.baseline not in BASELINES:
+                raise ValueError(f"unknown --baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+            engine_only = sorted(k for k in self.options if k != "max_new_tokens")
+            if engine_only:
+                raise ValueError(f"--baseline {self.baseline} answers in a plain prompt: drop --{', --'.join(engine_only)} (Open-RAG options)")
         if self.index is None and self.options.get("query", "question") != "question":
             raise ValueError(f"--query {self.options['query']} needs --index INDEX_DIR (it says what the index is asked)")
 
@@ -82,6 +91,8 @@ def load_questions(req: EvalRequest, config: RunConfig) -> Loaded:
 
 def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
     settings = {"model": req.model_name, "dataset": req.dataset, **req.options}
+    if req.baseline is not None:
+        settings["baseline"] = req.baseline
     return RunConfig(
         output_file=output_file or req.output_file,
         task=req.task_info,
@@ -109,7 +120,9 @@ def _answer_all(req: EvalRequest, config: RunConfig, make_answerer: AnswererFact
     if loaded.skipped:
         fields = ", ".join(f"{k}: {v}" for k, v in sorted(loaded.skipped_by_field.items()))
         print(f"openrag eval: skipped {loaded.skipped} bad rows ({fields}); --strict stops at the first", file=sys.stderr)
-    if make_answerer is None:
+    if make_answerer is None and req.baseline is not None:
+        from .baseline import baseline_answerer_factory as make_answerer
+    elif make_answerer is None:
         from .answerer import engine_answerer_factory as make_answerer
     t0 = time.perf_counter()
     answerer, settings = make_answerer(req, both)

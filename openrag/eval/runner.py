@@ -142,10 +142,20 @@ def summarize(records: Sequence[dict], metric: str) -> dict:
         values = [r[key] for r in records if r.get(key) is not None]
         summary[key] = sum(values) / len(values) if values else None
         summary["retrieval_recall_n"] = len(values)
+    summary.update(relevance_accuracy(records))
     seconds = sum(r.get("seconds", 0.0) for r in records)
     summary["seconds"] = seconds
     summary["questions_per_second"] = n / seconds if seconds > 0 else None
     return summary
+
+
+def relevance_accuracy(records: Sequence[dict]) -> dict:
+    """How often the model's relevance judgement agrees with the data's gold flag, over every candidate
+    whose passage has one: judged relevant when P([Relevant]) / (P([Relevant]) + P([Irrelevant])) > 0.5."""
+    judged = [(c["relevance"] > 0.5, bool(c["passage"]["is_gold"])) for r in records for c in r.get("candidates") or ()
+              if c.get("passage", {}).get("is_gold") is not None and c.get("relevance") is not None]
+    hits = sum(said == gold for said, gold in judged)
+    return {"relevance_accuracy": hits / len(judged) if judged else None, "relevance_n": len(judged)}
 
 
 def prepare_questions(examples: Iterable, config: RunConfig) -> list[Question]:
@@ -321,6 +331,8 @@ def format_summary(summary: dict) -> str:
     parts.append(f"retrieval {100 * summary['retrieval_frequency']:.1f}%")
     if summary.get("gold_recall") is not None:
         parts.append(f"gold recall@{summary.get('ndocs')} {100 * summary['gold_recall']:.1f}")
+    if summary.get("relevance_accuracy") is not None:
+        parts.append(f"relevance accuracy {100 * summary['relevance_accuracy']:.1f} ({summary['relevance_n']} passages)")
     for key in (k for k in summary if k.startswith("retrieval_recall@") and summary[k] is not None):
         parts.append(f"{key.replace('_', ' ')} {100 * summary[key]:.1f}")
     qps = summary.get("questions_per_second")
