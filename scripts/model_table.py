@@ -1,0 +1,139 @@
+"""MODEL.md's tables from the held-out runs of scripts/eval_bundled.sh.
+
+    python scripts/model_table.py --openrag runs/eval_moe --dense_lora runs/eval_lora --base runs/eval_base
+
+Each folder holds TASK.sweep.jsonl (an Open-RAG model: KIND=sweep) or TASK.standard_rag.jsonl and
+TASK.closed_book.jsonl (KIND=standard_rag / closed_book). Adaptive retrieval's threshold is chosen by
+two-fold cross-validation over the held-out questions: the threshold that scores best (EM, then F1, then
+less retrieval) on one half is applied to the other half, and the two halves are pooled, so no question is
+answered with a threshold picked on itself.
+
+Reflection-token quality:
+* relevance: over every passage shown with a gold flag, (P([Relevant]) share > 0.5) == gold;
+* retrieval decision, training rule: the training data labels every question [Retrieval] (closed-class
+  questions may also answer without), so over the non-closed-class questions, the share whose token rule
+  value P([Retrieval]) share > 0.5;
+* retrieval decision, need: retrieve (p > 0.5) exactly when the no-retrieval answer is wrong (EM 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from openrag.data.examples import QAExample
+from openrag.data.labels import is_closed_class
+from openrag.eval.runner import read_records, relevance_accuracy
+from openrag.eval.sweep import DEFAULT_THRESHOLDS, decide, sweep
+
+TASKS = (("hotpotqa", "HotpotQA"), ("musique", "MuSiQue"), ("2wikimultihopqa", "2Wiki"))
+VALUE = {"token": "p_retrieve", "minp": "minp", "meanp": "meanp"}
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def scores(records, use_retrieval) -> tuple[float, float, float]:
+    """(EM, F1, retrieval share) when question r is answered with retrieval iff use_retrieval(r)."""
+    chosen = [(r["metrics"] if use_retrieval(r) else r["no_retrieval"]["metrics"], use_retrieval(r)) for r in records]
+    return mean(m["em"] for m, _ in chosen), mean(m["f1"] for m, _ in chosen), mean(float(u) for _, u in chosen)
+
+
+def best_threshold(records, rule: str) -> float:
+    points = [p for p in sweep(records, [rule], DEFAULT_THRESHOLDS) if p.rule == rule]
+    best = max(points, key=lambda p: (p.metrics["em"], p.metrics["f1"], -p.retrieval_frequency))
+    return best.threshold
+
+
+def cross_validated(records, rule: str) -> tuple[float, float, float, list[float]]:
+    """Two folds (first and second half by dataset index): each half uses the other half's best threshold."""
+    records = sorted(records, key=lambda r: r["index"])
+    half = len(records) // 2
+    folds = [records[:half], records[half:]]
+    decisions, thresholds = {}, []
+    for k, fold in enumerate(folds):
+        t = best_threshold(folds[1 - k], rule)
+        thresholds.append(t)
+        for r in fold:
+            decisions[r["index"]] = decide(rule, r["no_retrieval"].get(VALUE[rule]), t)
+    em, f1, freq = scores(records, lambda r: decisions[r["index"]])
+    return em, f1, freq, thresholds
+
+
+def retrieval_decisions(records) -> tuple[float, float]:
+    """(agreement with the training rule on non-closed-class questions, agreement with need)."""
+    def wants(r):
+        return decide("token", r["no_retrieval"].get("p_retrieve"), 0.5)
+
+    open_class = [r for r in records if not is_closed_class(QAExample(str(r["id"]), r["question"], r["answers"], [], False, "", ""))]
+    rule = mean(float(wants(r)) for r in open_class)
+    need = mean(float(wants(r) == (r["no_retrieval"]["metrics"]["em"] == 0.0)) for r in records)
+    return rule, need
+
+
+def cell(em: float, f1: float, freq: float | None = None) -> str:
+    text = f"{100 * em:.1f} / {100 * f1:.1f}"
+    return text if freq is None else f"{text} ({100 * freq:.0f}%)"
+
+
+def openrag_rows(name: str, folder: Path) -> tuple[list[list[str]], list[list[str]]]:
+    rows = {key: [f"{name}, {label}"] for key, label in (
+        ("no", "no_retrieval"), ("always", "always_retrieve"), ("token", "adaptive, token rule"),
+        ("minp", "adaptive, minp rule"), ("meanp", "adaptive, meanp rule"))}
+    quality = [f"{name}"]
+    for task, _ in TASKS:
+        records = read_records(folder / f"{task}.sweep.jsonl")
+        rows["no"].append(cell(*scores(records, lambda r: False)))
+        rows["always"].append(cell(*scores(records, lambda r: True)))
+        for rule in ("token", "minp", "meanp"):
+            em, f1, freq, ts = cross_validated(records, rule)
+            rows[rule].append(cell(em, f1, freq) + f" t={ts[0]:g}/{ts[1]:g}")
+        rel = relevance_accuracy(records)
+        by_rule, by_need = retrieval_decisions(records)
+        quality += [f"{100 * rel['relevance_accuracy']:.1f} (n={rel['relevance_n']})", f"{100 * by_rule:.1f}", f"{100 * by_need:.1f}"]
+    return list(rows.values()), [quality]
+
+
+def baseline_rows(name: str, folder: Path) -> list[list[str]]:
+    rows = []
+    for kind, label in (("standard_rag", "standard RAG (plain prompt, same 3 passages)"), ("closed_book", "no passages")):
+        row = [f"{name}, {label}"]
+        for task, _ in TASKS:
+            records = read_records(folder / f"{task}.{kind}.jsonl")
+            row.append(cell(mean(r["metrics"]["em"] for r in records), mean(r["metrics"]["f1"] for r in records)))
+        rows.append(row)
+    return rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--openrag", type=Path, required=True, help="sweep folder of the bundled model")
+    parser.add_argument("--dense_lora", type=Path, help="sweep folder of the same recipe without experts")
+    parser.add_argument("--base", type=Path, help="baseline folder of the untrained base")
+    args = parser.parse_args(argv)
+    answers, quality = [], []
+    for name, folder in (("Open-RAG (bundled)", args.openrag), ("dense LoRA, same recipe", args.dense_lora)):
+        if folder is not None:
+            rows, q = openrag_rows(name, folder)
+            answers += rows
+            quality += q
+    if args.base is not None:
+        answers += baseline_rows("SmolLM2-135M-Instruct untrained", args.base)
+    header = ["system"] + [f"{label} EM / F1" for _, label in TASKS]
+    print(markdown(header, answers))
+    qheader = ["model"] + [f"{label} {what}" for _, label in TASKS for what in ("relevance acc.", "retrieval = rule", "retrieval = need")]
+    print(markdown(qheader, quality))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
