@@ -59,3 +59,29 @@ def test_ask_with_index(tiny_pair, index_folder, tmp_path, capsys):
         with pytest.raises(SystemExit) as done:
             main(["ask", *common, *extra])
         assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ask_questions_file_answers_each_row_from_its_own_passages(tiny_pair, tmp_path, capsys):
+    from pathlib import Path
+
+    from openrag.cli import main
+
+    sample = Path(__file__).resolve().parents[1] / "examples" / "hotpotqa_sample.jsonl"
+    rows = [json.loads(line) for line in sample.read_text().splitlines()]
+    model, tokenizer = tiny_pair
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    common = ["--model_name", str(tmp_path / "model"), "--device", "cpu", "--max_new_tokens", "3"]
+    with pytest.raises(SystemExit) as done:
+        main(["ask", "--questions", str(sample), *common, "--mode", "always_retrieve", "--ndocs", "2", "--json"])
+    assert done.value.code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [a["question"] for a in data] == [r["question_text"] for r in rows]
+    assert [a["gold"] for a in data] == [r["answers_objects"][0]["spans"] for r in rows]
+    for a, r in zip(data, rows):
+        own = {c["title"] for c in r["contexts"]}
+        assert len(a["candidates"]) == 2 and all(c["passage"]["title"] in own for c in a["candidates"])
+
+    with pytest.raises(SystemExit) as done:
+        main(["ask", QUESTION, "--questions", str(sample), *common])
+    assert done.value.code == 2 and "not both" in capsys.readouterr().err

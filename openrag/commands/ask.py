@@ -1,5 +1,7 @@
 """``openrag ask "question" [--passages FILE | --index INDEX_DIR [--top_k K]] [--json]``: answer one question, then
-show the evidence."""
+show the evidence. ``openrag ask --questions FILE``: answer every question of a QA file (any format
+``openrag eval`` reads) from its own passages (unranked candidates BM25-ranked, the first ``--ndocs``) or
+from ``--index``, and show each answer beside the gold one."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..rag import AnswerOptions
 
-    parser.add_argument("question", help="the question to answer")
+    parser.add_argument("question", nargs="?", help="the question to answer")
+    parser.add_argument("--questions", metavar="FILE", help="answer every question of a QA file (JSON lines or JSON in any "
+                        "format `openrag eval` reads, e.g. examples/hotpotqa_sample.jsonl) from its own passages")
     parser.add_argument("--passages", metavar="FILE", help="evidence: a JSON list (or JSON lines) of {title, text} or "
                         "strings, or a text file with one passage per blank-line-separated block")
     parser.add_argument("--index", metavar="INDEX_DIR", help="evidence: the passages an `openrag index` folder retrieves "
@@ -71,9 +75,28 @@ def print_answer(answer) -> None:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
 
 
+def read_questions(path: str, ndocs: int, with_index: bool) -> tuple[list, list]:
+    """(examples, passages per example): each row's own passages, the first ndocs after BM25 ranking of
+    unranked candidates; None for every row when an index answers instead."""
+    from ..data.readers import read_examples
+    from ..eval.passages import make_ranker, select_passages
+
+    examples = list(read_examples(path, passages_required=not with_index))
+    if not examples:
+        raise ValueError(f"{path}: no question could be read")
+    if with_index:
+        return examples, [None] * len(examples)
+    ranker = make_ranker("bm25")
+    return examples, [select_passages(ex.question, list(ex.passages), ex.ranked, ndocs, ranker).passages for ex in examples]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..rag import AnswerOptions, OpenRAG
 
+    if (args.question is None) == (args.questions is None):
+        raise ValueError("give a question, or --questions FILE (not both)")
+    if args.questions and args.passages:
+        raise ValueError("--questions answers each question from its own passages: drop --passages")
     if args.index and args.passages:
         raise ValueError("give --passages or --index, not both")
     if args.top_k is not None and not args.index:
@@ -83,13 +106,28 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--query {options.query} needs --index (it says what the index is asked)")
     if args.top_k is not None:
         options = replace(options, ndocs=args.top_k)
-    passages = read_passages(args.passages) if args.passages else None
+    if args.questions:
+        examples, passages = read_questions(args.questions, options.ndocs, bool(args.index))
     retriever = None
     if args.index:
         from ..retrieval import open_index
 
         retriever = open_index(args.index)
     rag = OpenRAG.from_pretrained(args.model_name, device=args.device, dtype=args.dtype, retriever=retriever)
+    if args.questions:
+        answers = rag.answer_batch([ex.question for ex in examples], passages, **vars(options))
+        if args.json:
+            print(json.dumps([{**a.to_dict(), "gold": ex.answers} for a, ex in zip(answers, examples)], indent=2, ensure_ascii=False))
+            return 0
+        from ..eval.metrics import exact_match
+
+        for k, (ex, answer) in enumerate(zip(examples, answers), 1):
+            print(f"\n[{k}/{len(examples)}] {ex.question}\ngold: {' | '.join(ex.answers)}")
+            print_answer(answer)
+        hits = sum(max(exact_match(a.text, g) for g in ex.answers) for a, ex in zip(answers, examples))
+        print(f"\nexact match with a gold answer: {hits:.0f} of {len(examples)}")
+        return 0
+    passages = read_passages(args.passages) if args.passages else None
     answer = rag.answer(args.question, passages, choices=args.choices, **vars(options))
     if args.json:
         print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
