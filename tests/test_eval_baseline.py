@@ -100,3 +100,15 @@ def test_relevance_accuracy_against_the_gold_flags(tiny_pair, hotpot4, tmp_path)
             total += 1
     assert summary["relevance_n"] == total == 8
     assert summary["relevance_accuracy"] == pytest.approx(hits / total)
+
+
+def test_an_instruction_replaces_the_tasks(plain_pair, hotpot4):
+    from openrag.prompts import TASK_INSTRUCTION
+
+    _, tokenizer = plain_pair
+    mine = "Answer in a few words."
+    prompt = plain_prompt(tokenizer, "hotpotqa", "Who?", [_P("T", "Some text.")], instruction=mine)
+    assert mine in prompt and TASK_INSTRUCTION not in prompt and "[1] T: Some text." in prompt
+    assert TASK_INSTRUCTION in plain_prompt(tokenizer, "hotpotqa", "Who?", None)
+    with pytest.raises(ValueError, match="--instruction"):
+        EvalRequest(task="hotpotqa", dataset=str(hotpot4), instruction=mine)

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--baseline", default=None, choices=("standard_rag", "closed_book"),
                        help="answer as a plain LM instead (no reflection tokens): standard_rag puts the --ndocs passages in one "
                             "prompt before the question; closed_book gives the question alone")
+    model.add_argument("--instruction", default=None, help="with --baseline: the instruction of the plain prompt (default: the task's)")
     model.add_argument("--mode", default=None, choices=("no_retrieval", "always_retrieve", "adaptive_retrieval"))
     model.add_argument("--retrieval_rule", default=None, help="adaptive rule: token (Self-RAG), minp or meanp (Open-RAG's confidence rule)")
     model.add_argument("--threshold", type=float, default=None, help="token rule: retrieve if p > threshold; confidence rules: if f < threshold")
@@ -88,6 +89,7 @@ def _request(args: argparse.Namespace):
         split=args.split, limit=args.limit, resume=args.resume, strict=args.strict, world_size=args.world_size, rank=args.rank,
         batch_size=args.batch_size, ranker=args.ranker, ndocs=args.ndocs if args.top_k is None else args.top_k, progress=not args.no_progress,
         device=args.device, index=args.index, passages=args.passages, options=options, baseline=args.baseline,
+        instruction=args.instruction,
     )
 
 

@@ -4,7 +4,8 @@
 before the question, the usual retrieve-then-read setup. ``closed_book``: the question alone. The prompt
 carries the task's instruction (for multi-hop tasks the one Open-RAG is evaluated with) and goes through the
 model's chat template when it has one (an instruction-tuned base such as SmolLM2-Instruct), else the Alpaca
-template of :mod:`openrag.prompts`. Decoding is greedy; the answer is the first non-empty line, without a
+template of :mod:`openrag.prompts`. ``--instruction TEXT`` replaces the task's instruction (small models
+may copy the multi-hop instruction's example answers). Decoding is greedy; the answer is the first non-empty line, without a
 leading ``Answer:``.
 """
 
@@ -24,8 +25,10 @@ MAX_PASSAGE_CHARS = 2000  # a passage longer than this is cut (about 500 tokens)
 _ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)
 
 
-def task_request(task: str, question: str, choices=None) -> str:
-    """The instruction and the question, as one user message."""
+def task_request(task: str, question: str, choices=None, instruction: str | None = None) -> str:
+    """The instruction (the task's, unless one is given) and the question, as one user message."""
+    if instruction is not None:
+        return f"{instruction}\n\nQuestion: {question}" + (prompts.format_choices(choices) if choices is not None else "")
     if task in prompts.MULTIHOP_TASKS:
         return f"{prompts.TASK_INSTRUCTION}\n\nQuestion: {question}"
     if task in ("pubhealth", "fever"):
@@ -46,8 +49,8 @@ def context_block(passages: Sequence) -> str:
     return "Context:\n" + "\n\n".join(lines)
 
 
-def plain_prompt(tokenizer, task: str, question: str, passages: Sequence | None, choices=None) -> str:
-    message = task_request(task, question, choices)
+def plain_prompt(tokenizer, task: str, question: str, passages: Sequence | None, choices=None, instruction: str | None = None) -> str:
+    message = task_request(task, question, choices, instruction)
     if passages:
         message = f"{context_block(passages)}\n\n{message}"
     if getattr(tokenizer, "chat_template", None):
@@ -63,9 +66,10 @@ def first_answer_line(generated: str) -> str:
 class PlainAnswerer:
     """Greedy answers from a plain prompt, a batch of questions per ``generate`` call (left-padded)."""
 
-    def __init__(self, model, tokenizer, task: str, with_passages: bool, max_new_tokens: int):
+    def __init__(self, model, tokenizer, task: str, with_passages: bool, max_new_tokens: int, instruction: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.task, self.with_passages, self.max_new_tokens = task, with_passages, max_new_tokens
+        self.instruction = instruction
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -73,7 +77,7 @@ class PlainAnswerer:
     @torch.inference_mode()
     def __call__(self, batch: Sequence[Question]) -> list[dict]:
         texts = [plain_prompt(self.tokenizer, self.task, q.example.question, q.passages if self.with_passages else None,
-                              q.example.choices) for q in batch]
+                              q.example.choices, self.instruction) for q in batch]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
@@ -100,6 +104,7 @@ def baseline_answerer_factory(req, both: bool):
     model, tokenizer = load_model(req.model_name, device=req.device)
     model.eval()
     max_new_tokens = req.options.get("max_new_tokens") or 100
-    answerer = PlainAnswerer(model, tokenizer, req.task, req.baseline == "standard_rag", max_new_tokens)
-    settings = {"baseline": req.baseline, "max_new_tokens": max_new_tokens, "chat_template": bool(getattr(tokenizer, "chat_template", None))}
+    answerer = PlainAnswerer(model, tokenizer, req.task, req.baseline == "standard_rag", max_new_tokens, req.instruction)
+    settings = {"baseline": req.baseline, "max_new_tokens": max_new_tokens, "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+                "instruction": req.instruction or "the task's"}
     return answerer, settings

@@ -42,6 +42,7 @@ class EvalRequest:
     device: str | None = None
     options: dict = field(default_factory=dict)  # engine options from the flags (mode, threshold, w_use, ...)
     baseline: str | None = None  # standard_rag or closed_book: a plain prompt instead of Open-RAG (eval.baseline)
+    instruction: str | None = None  # with baseline: the plain prompt's instruction instead of the task's
 
     def __post_init__(self) -> None:
         self.task_info = get_task(self.task)
@@ -62,6 +63,8 @@ class EvalRequest:
             engine_only = sorted(k for k in self.options if k != "max_new_tokens")
             if engine_only:
                 raise ValueError(f"--baseline {self.baseline} answers in a plain prompt: drop --{', --'.join(engine_only)} (Open-RAG options)")
+        if self.instruction is not None and self.baseline is None:
+            raise ValueError("--instruction sets the plain prompt of --baseline; Open-RAG prompts are fixed by the task")
         if self.index is None and self.options.get("query", "question") != "question":
             raise ValueError(f"--query {self.options['query']} needs --index INDEX_DIR (it says what the index is asked)")
 
