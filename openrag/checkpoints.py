@@ -200,12 +200,14 @@ def _adapter_tensors_from_state_dict(model: nn.Module, state_dict: dict[str, tor
 
 
 def save_adapter(
-    model: nn.Module, tokenizer, folder: str | Path, base_model: str, num_base_tokens: int, lora_model=None, state_dict=None
+    model: nn.Module, tokenizer, folder: str | Path, base_model: str, num_base_tokens: int, lora_model=None, state_dict=None,
+    prompt_format: str | None = None,
 ) -> Path:
     """Write the adapter layout: expert + router weights, new token rows, tokenizer, and the PEFT LoRA if any.
 
     ``state_dict``: a full state dict of ``lora_model`` (or of ``model`` without LoRA) to take the tensors
-    from instead of the parameters, for sharded training (FSDP, DeepSpeed ZeRO-3). The LoRA folder never
+    from instead of the parameters, for sharded training (FSDP, DeepSpeed ZeRO-3). ``prompt_format``: the
+    prompts the model learned (openrag.prompts.PROMPT_FORMATS), recorded for answering. The LoRA folder never
     holds the embedding matrices: their new rows are in ``adapter.safetensors``, the rest is the base's."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -220,6 +222,7 @@ def save_adapter(
         num_base_tokens=num_base_tokens,
         moe=moe.to_dict() if moe else None,
         lora=lora_model is not None,
+        extra={"prompt_format": prompt_format} if prompt_format else {},
     ).write(folder)
     if lora_model is not None:
         lora_model.save_pretrained(str(folder / "lora"), state_dict=state_dict, save_embedding_layers=False)

@@ -141,6 +141,8 @@ def _load_adapter(folder: Path, dtype, device, base_model: str | None = None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(folder / "lora")).merge_and_unload()
+    if config.extra.get("prompt_format"):
+        model.config.openrag_prompt_format = config.extra["prompt_format"]
     return model.to(device=device, dtype=dtype or model.dtype), tokenizer
 
 

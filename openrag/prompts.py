@@ -22,6 +22,11 @@ INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 PUBHEALTH_INSTRUCTION = "Is the following statement correct or not? Say true if it's correct; otherwise say false."
 ARC_INSTRUCTION = "Given four answer candidates, A, B, C and D, choose the best answer choice."
 
+# released: the released evaluation's strings (above). training: multi-hop questions the way `openrag data build`
+# writes them and `openrag train` learns them: the question alone in the template, evidence as "title\ntext"
+# (the released models were trained that way too, but evaluated in the released format). Other tasks: released.
+PROMPT_FORMATS = ("released", "training")
+
 MULTIHOP_TASKS = ("multihop", "hotpotqa", "2wikimultihopqa", "musique")
 SINGLEHOP_TASKS = ("singlehop", "popqa", "triviaqa")
 CLOSED_TASKS = ("pubhealth", "fever", "arc_c")
@@ -39,9 +44,17 @@ def is_closed(task: str) -> bool:
     return check_task(task) in CLOSED_TASKS
 
 
-def question_prompt(task: str, question: str, choices=None) -> str:
+def check_prompt_format(prompt_format: str) -> str:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+    return prompt_format
+
+
+def question_prompt(task: str, question: str, choices=None, prompt_format: str = "released") -> str:
     """The prompt that precedes any reflection token."""
     check_task(task)
+    if check_prompt_format(prompt_format) == "training" and task in MULTIHOP_TASKS:
+        return INSTRUCTION_TEMPLATE.format(instruction=question)
     if task in MULTIHOP_TASKS:
         return TASK_INSTRUCTION + INSTRUCTION_TEMPLATE.format(instruction=question)
     if task in ("pubhealth", "fever"):
@@ -55,11 +68,13 @@ def question_prompt(task: str, question: str, choices=None) -> str:
     return INSTRUCTION_TEMPLATE.format(instruction=instruction)
 
 
-def evidence_content(task: str, title: str, text: str) -> str:
-    """What goes between ``<paragraph>`` and ``</paragraph>``: multi-hop evidence is the text alone (it may
-    already be a ``Knowledge 1: ...`` chain), single-hop evidence is ``title\\ntext``."""
+def evidence_content(task: str, title: str, text: str, prompt_format: str = "released") -> str:
+    """What goes between ``<paragraph>`` and ``</paragraph>``: in the released format multi-hop evidence is
+    the text alone (it may already be a ``Knowledge 1: ...`` chain); otherwise ``title\\ntext``."""
     if check_task(task) in MULTIHOP_TASKS:
-        return text
+        if check_prompt_format(prompt_format) == "released":
+            return text
+        return f"{title}\n{text}" if title else text
     return f"{title}\n{text}"
 
 

@@ -100,6 +100,11 @@ class AnswerOptions:
     w_sup: float = field(default=1.0, metadata={"help": "weight of the groundedness (support) score"})
     w_use: float = field(default=1.0, metadata={"help": "weight of the utility score"})
     task: str = field(default="multihop", metadata={"choices": prompts.TASKS, "help": "prompt format and answer aggregation"})
+    prompt_format: str | None = field(default=None, metadata={"choices": prompts.PROMPT_FORMATS, "help": "released: the "
+                                      "released evaluation's prompts (multi-hop: task instruction, untitled evidence); "
+                                      "training: multi-hop prompts as `openrag data build` writes them (question alone, "
+                                      "'title\\ntext' evidence); default: the one the model was trained with (its "
+                                      "checkpoint says; released for checkpoints that do not)"})
     closed: bool | None = field(default=None, metadata={"help": "sum the scores of identical answers (default: by task)"})
     batch_size: int = field(default=32, metadata={"help": "the most rows (candidates) generated together"})
     query: str = field(default="question", metadata={"choices": QUERIES, "help": "what the retriever (--index) is "
@@ -113,6 +118,8 @@ class AnswerOptions:
         if self.query not in QUERIES:
             raise ValueError(f"query must be one of {', '.join(QUERIES)}, got {self.query!r}")
         prompts.check_task(self.task)
+        if self.prompt_format is not None:
+            prompts.check_prompt_format(self.prompt_format)
         for name in ("ndocs", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -283,6 +290,8 @@ class OpenRAG:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop))
         self.engine = Engine(model, sorted(stop), {g: [ids[t] for t in toks] for g, toks in WATCH.items()}, pad)
         self.context_window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        # The prompt format the model was trained with, as its checkpoint records it (openrag.loading).
+        self.model_prompt_format = getattr(model.config, "openrag_prompt_format", None) or "released"
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "default", device=None, dtype=None, retriever=None, **options) -> OpenRAG:
@@ -306,6 +315,8 @@ class OpenRAG:
         """Answer many questions, batching the rows of several questions together (``batch_size`` rows).
         ``passages``: one list per question; None (for all, or as one question's entry): the retriever's, else none."""
         opts = replace(self.options, **options)
+        if opts.prompt_format is None:
+            opts = replace(opts, prompt_format=self.model_prompt_format)
         if choices is not None and len(choices) != len(questions):
             raise ValueError(f"{len(choices)} choice lists for {len(questions)} questions")
         passages = [None] * len(questions) if passages is None else list(passages)
@@ -364,7 +375,7 @@ class OpenRAG:
         qs = []
         for i, (question, ps, ch) in enumerate(zip(questions, evidence, choices)):
             answer = Answer(question=question, text="", retrieved=False, mode=opts.mode, notes=list(self.notes))
-            qs.append(_Question(i, question, ps, prompts.question_prompt(opts.task, question, ch), answer))
+            qs.append(_Question(i, question, ps, prompts.question_prompt(opts.task, question, ch, opts.prompt_format), answer))
         prompt_ids = [self._encode(q.prompt) for q in qs]
         for q, ids in zip(qs, prompt_ids):
             self._check_fits(q, len(ids), opts)
@@ -454,7 +465,7 @@ class OpenRAG:
         """One row per passage, each cut from its end (with a note) where it would overflow the context."""
         limit = None if self.context_window is None else self.context_window - opts.max_new_tokens
         for k, passage in enumerate(q.passages):
-            ids = self._evidence_ids(q.prompt, passage, opts.task)
+            ids = self._evidence_ids(q.prompt, passage, opts)
             if limit is not None and len(ids) > limit:
                 passage, ids = self._cut(q, k, passage, ids, opts, limit)
                 if ids is None:
@@ -465,13 +476,12 @@ class OpenRAG:
     def _cut(self, q: _Question, k: int, passage: Passage, ids: list[int], opts: AnswerOptions, limit: int):
         """The passage with its text cut from the end so that its row fits in ``limit`` tokens (a note says
         so), or (passage, None) when not even an empty text fits."""
-        task = opts.task
         text_ids = self.tokenizer(passage.text, add_special_tokens=False).input_ids
         keep = len(text_ids)
         for _ in range(16):  # re-tokenising the cut text can shift a token or two; converge in a few steps
             keep = max(0, keep - (len(ids) - limit))
             cut = replace(passage, text=self.tokenizer.decode(text_ids[:keep]))
-            ids = self._evidence_ids(q.prompt, cut, task)
+            ids = self._evidence_ids(q.prompt, cut, opts)
             if len(ids) <= limit or keep == 0:
                 break
         where = f"passage {k + 1}" + (f" ({passage.title})" if passage.title else "")
@@ -489,8 +499,9 @@ class OpenRAG:
                              f"{opts.max_new_tokens} it exceeds the context window of {self.context_window} tokens. "
                              "Shorten it or lower max_new_tokens.")
 
-    def _evidence_ids(self, prompt: str, passage: Passage, task: str) -> list[int]:
-        return self._encode(prompt + prompts.evidence_suffix(prompts.evidence_content(task, passage.title, passage.text)))
+    def _evidence_ids(self, prompt: str, passage: Passage, opts: AnswerOptions) -> list[int]:
+        content = prompts.evidence_content(opts.task, passage.title, passage.text, opts.prompt_format)
+        return self._encode(prompt + prompts.evidence_suffix(content))
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text).input_ids

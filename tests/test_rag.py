@@ -127,6 +127,12 @@ def test_prompt_formats():
     assert arc.endswith("### Input:\nQ?\nA: x\nB: y\nC: z\nD: \n\n### Response:\n")
     assert prompts.format_choices(["a", "b", "c", "d", "e"]).endswith("\nD: d\nE: e")
     assert prompts.evidence_content("musique", "T", "body") == "body"
+    assert prompts.question_prompt("hotpotqa", "Q?", prompt_format="training") == "### Instruction:\nQ?\n\n### Response:\n"
+    assert prompts.evidence_content("musique", "T", "body", "training") == "T\nbody"
+    assert prompts.evidence_content("musique", "", "body", "training") == "body"
+    assert prompts.question_prompt("pubhealth", "S.", prompt_format="training") == prompts.question_prompt("pubhealth", "S.")
+    with pytest.raises(ValueError, match="prompt format"):
+        prompts.question_prompt("hotpotqa", "Q?", prompt_format="mine")
     assert prompts.evidence_content("triviaqa", "T", "body") == "T\nbody"
     assert prompts.evidence_suffix("x") == "[Retrieval]<paragraph>x</paragraph>"
     with pytest.raises(ValueError, match="unknown task"):
@@ -285,3 +291,47 @@ def test_ask_prints_answer_then_evidence(tiny_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "evidence" in out and "retrieved: token rule" in out
     assert out.index("retrieved: token rule") < out.index("evidence")
+
+
+def test_training_format_is_what_data_build_trains_on(rag):
+    """A row in the training format is, token for token, the start of the training text of a single-passage
+    instance of `openrag data build` (prompt, [Retrieval], the passage)."""
+    from openrag.data.build import instances_for
+    from openrag.data.examples import Passage as DataPassage, QAExample
+    from openrag.data.tokenize import format_prompt
+
+    gold = [DataPassage("Kiss and Tell", "Shirley Temple played Corliss Archer.", is_gold=True),
+            DataPassage("Shirley Temple", "She was Chief of Protocol of the United States.", is_gold=True)]
+    ex = QAExample("q1", "What position was held by the actress who played Corliss Archer?", ["Chief of Protocol"],
+                   [*gold, DataPassage("Corliss Archer", "A radio programme.", is_gold=False)], False, "hotpotqa", "t:1")
+    instance = next(i for i in instances_for(ex) if i.kind == "gold")
+    trained = format_prompt(instance.input) + instance.output
+    shown = []
+    encode = rag._encode
+    rag._encode = lambda text: shown.append(text) or encode(text)
+    try:
+        passage = next(p for p in gold if p.title in instance.passage)
+        rag.answer(ex.question, [{"title": passage.title, "text": passage.text}], mode="always_retrieve", prompt_format="training", task="hotpotqa")
+    finally:
+        rag._encode = encode
+    row = next(t for t in shown if "<paragraph>" in t)
+    assert trained.startswith(row)
+    assert not row.startswith(prompts.TASK_INSTRUCTION)
+
+
+def test_the_models_recorded_format_is_the_default(rag):
+    shown = []
+    encode = rag._encode
+    rag._encode = lambda text: shown.append(text) or encode(text)
+    try:
+        rag.model.config.openrag_prompt_format = "training"
+        rag.model_prompt_format = "training"
+        rag.answer("Q?", [{"title": "T", "text": "body"}], mode="always_retrieve", task="hotpotqa")
+        assert any(t.endswith("### Instruction:\nQ?\n\n### Response:\n[Retrieval]<paragraph>T\nbody</paragraph>") for t in shown)
+        shown.clear()
+        rag.answer("Q?", [{"title": "T", "text": "body"}], mode="always_retrieve", task="hotpotqa", prompt_format="released")
+        assert any(t.startswith(prompts.TASK_INSTRUCTION) and t.endswith("[Retrieval]<paragraph>body</paragraph>") for t in shown)
+    finally:
+        rag._encode = encode
+        rag.model_prompt_format = "released"
+        del rag.model.config.openrag_prompt_format

@@ -248,3 +248,4 @@ def test_no_experts_is_a_lora_only_baseline(tmp_path):
     assert not any(".moe_adapter." in n for n, _ in trainer.setup.model.named_parameters())
     model, _ = load_model(str(tmp_path / "out"), device="cpu")
     assert getattr(model.config, "num_experts", None) is None
+    assert model.config.openrag_prompt_format == "training"  # answered in the format it learned (openrag.prompts)

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="answer as a plain LM instead (no reflection tokens): standard_rag puts the --ndocs passages in one "
                             "prompt before the question; closed_book gives the question alone")
     model.add_argument("--instruction", default=None, help="with --baseline: the instruction of the plain prompt (default: the task's)")
+    model.add_argument("--prompt_format", default=None, choices=("released", "training"),
+                       help="released: the released evaluation's prompts; training: multi-hop prompts as openrag data build "
+                            "writes them; default: the model's own (its checkpoint says; released otherwise)")
     model.add_argument("--mode", default=None, choices=("no_retrieval", "always_retrieve", "adaptive_retrieval"))
     model.add_argument("--retrieval_rule", default=None, help="adaptive rule: token (Self-RAG), minp or meanp (Open-RAG's confidence rule)")
     model.add_argument("--threshold", type=float, default=None, help="token rule: retrieve if p > threshold; confidence rules: if f < threshold")
@@ -73,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--rules", default="token,minp,meanp", help="comma-separated rules to sweep")
 
 
-ENGINE_FLAGS = ("mode", "retrieval_rule", "threshold", "max_new_tokens", "use_seqscore", "use_groundness", "use_utility", "w_rel", "w_sup", "w_use", "query")
+ENGINE_FLAGS = ("prompt_format", "mode", "retrieval_rule", "threshold", "max_new_tokens", "use_seqscore", "use_groundness", "use_utility", "w_rel", "w_sup", "w_use", "query")
 
 
 def _request(args: argparse.Namespace):

@@ -77,6 +77,7 @@ def engine_answerer_factory(req, both: bool):
         retriever = open_index(req.index, device=req.device)
     rag = OpenRAG.from_pretrained(req.model_name, device=req.device, retriever=retriever, **options)
     settings = {k: v for k, v in asdict(rag.options).items() if not (isinstance(v, float) and math.isinf(v))}
+    settings["prompt_format"] = rag.options.prompt_format or rag.model_prompt_format
     if settings.get("threshold", 0.0) is None:
         settings["threshold"] = rag.options.gamma  # the engine's default, written out
     if both:  # the rule settings above are the sweep's device; its summary is the always-retrieve one

@@ -31,7 +31,8 @@ def save_checkpoint(setup: TrainableModel, folder: str | Path, state_dict: dict 
     when the parameters are sharded). ``official`` adds ``adapter_model/`` and ``moe_model.bin``."""
     folder = Path(folder)
     lora_model = setup.model if setup.lora else None
-    save_adapter(setup.inner, setup.tokenizer, folder, setup.base_model, setup.num_base_tokens, lora_model=lora_model, state_dict=state_dict)
+    save_adapter(setup.inner, setup.tokenizer, folder, setup.base_model, setup.num_base_tokens, lora_model=lora_model, state_dict=state_dict,
+                 prompt_format="training")
     if official:
         full = state_dict if state_dict is not None else setup.model.state_dict()
         if lora_model is not None:
