@@ -1,9 +1,10 @@
 """MODEL.md's tables from the held-out runs of scripts/eval_bundled.sh.
 
-    python scripts/model_table.py --openrag runs/eval_moe --dense_lora runs/eval_lora --base runs/eval_base
+    python scripts/model_table.py --openrag "bundled=runs/eval_moe" --openrag "dense LoRA=runs/eval_lora" --base runs/eval_base
 
-Each folder holds TASK.sweep.jsonl (an Open-RAG model: KIND=sweep) or TASK.standard_rag.jsonl and
-TASK.closed_book.jsonl (KIND=standard_rag / closed_book). Adaptive retrieval's threshold is chosen by
+Each --openrag folder holds TASK.sweep.jsonl (an Open-RAG model: KIND=sweep); the --base folder holds
+TASK.standard_rag.jsonl and TASK.closed_book.jsonl (KIND=standard_rag / closed_book), and optionally
+TASK.standard_rag_short.jsonl (the same with a short instruction); a missing file shows as "-". Adaptive retrieval's threshold is chosen by
 two-fold cross-validation over the held-out questions: the threshold that scores best (EM, then F1, then
 less retrieval) on one half is applied to the other half, and the two halves are pooled, so no question is
 answered with a threshold picked on itself.
@@ -97,14 +98,21 @@ def openrag_rows(name: str, folder: Path) -> tuple[list[list[str]], list[list[st
     return list(rows.values()), [quality]
 
 
+BASELINES = (("standard_rag", "standard RAG (plain prompt, task instruction, same 3 passages)"),
+             ("standard_rag_short", "standard RAG (plain prompt, short instruction, same 3 passages)"),
+             ("closed_book", "no passages"))
+
+
 def baseline_rows(name: str, folder: Path) -> list[list[str]]:
     rows = []
-    for kind, label in (("standard_rag", "standard RAG (plain prompt, same 3 passages)"), ("closed_book", "no passages")):
+    for kind, label in BASELINES:
         row = [f"{name}, {label}"]
         for task, _ in TASKS:
-            records = read_records(folder / f"{task}.{kind}.jsonl")
-            row.append(cell(mean(r["metrics"]["em"] for r in records), mean(r["metrics"]["f1"] for r in records)))
-        rows.append(row)
+            path = folder / f"{task}.{kind}.jsonl"
+            records = read_records(path) if path.exists() else []
+            row.append(cell(mean(r["metrics"]["em"] for r in records), mean(r["metrics"]["f1"] for r in records)) if records else "-")
+        if any(c != "-" for c in row[1:]):
+            rows.append(row)
     return rows
 
 
@@ -116,16 +124,15 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--openrag", type=Path, required=True, help="sweep folder of the bundled model")
-    parser.add_argument("--dense_lora", type=Path, help="sweep folder of the same recipe without experts")
+    parser.add_argument("--openrag", action="append", default=[], metavar="NAME=FOLDER", help="sweep folder of an Open-RAG model")
     parser.add_argument("--base", type=Path, help="baseline folder of the untrained base")
     args = parser.parse_args(argv)
     answers, quality = [], []
-    for name, folder in (("Open-RAG (bundled)", args.openrag), ("dense LoRA, same recipe", args.dense_lora)):
-        if folder is not None:
-            rows, q = openrag_rows(name, folder)
-            answers += rows
-            quality += q
+    for spec in args.openrag:
+        name, _, folder = spec.rpartition("=")
+        rows, q = openrag_rows(name or folder, Path(folder))
+        answers += rows
+        quality += q
     if args.base is not None:
         answers += baseline_rows("SmolLM2-135M-Instruct untrained", args.base)
     header = ["system"] + [f"{label} EM / F1" for _, label in TASKS]
