@@ -28,6 +28,7 @@ def test_default_model_is_the_trained_expert_model(default_rag):
     # trained: the up projections start at zero and must have moved
     assert all(a.experts["expert_0"].adapter_up.weight.abs().sum() > 0 for a in moe_adapters(model))
     assert not default_rag.notes  # no "untrained reflection tokens" note
+    assert default_rag.model_prompt_format == "training"  # prompted the way it was trained (README, prompt formats)
 
 
 def test_default_model_answers_the_sample_with_scored_evidence(default_rag):
