@@ -39,8 +39,9 @@ def mean(values) -> float:
 
 def scores(records, use_retrieval) -> tuple[float, float, float]:
     """(EM, F1, retrieval share) when question r is answered with retrieval iff use_retrieval(r)."""
-    chosen = [(r["metrics"] if use_retrieval(r) else r["no_retrieval"]["metrics"], use_retrieval(r)) for r in records]
-    return mean(m["em"] for m, _ in chosen), mean(m["f1"] for m, _ in chosen), mean(float(u) for _, u in chosen)
+    used = [use_retrieval(r) for r in records]
+    chosen = [r["metrics"] if u else r["no_retrieval"]["metrics"] for r, u in zip(records, used)]
+    return mean(m["em"] for m in chosen), mean(m["f1"] for m in chosen), mean(map(float, used))
 
 
 def best_threshold(records, rule: str) -> float:

@@ -86,6 +86,15 @@ def test_baseline_refuses_open_rag_options_and_sweep(hotpot4, tmp_path):
         EvalRequest(task="hotpotqa", dataset=str(hotpot4), baseline="plain")
     with pytest.raises(ValueError, match="no retrieval decision"):
         evaluate_sweep(baseline_request(hotpot4, tmp_path / "s.jsonl", "standard_rag"))
+    with pytest.raises(ValueError, match="drop --index"):
+        EvalRequest(task="hotpotqa", dataset=str(hotpot4), baseline="standard_rag", index=str(tmp_path))
+
+
+def test_a_prompt_over_the_context_window_is_refused_by_name(plain_pair, hotpot4, tmp_path):
+    req = EvalRequest(task="hotpotqa", dataset=str(hotpot4), output_file=tmp_path / "o.jsonl", progress=False, ndocs=2,
+                      options={"max_new_tokens": 4096}, baseline="standard_rag")
+    with pytest.raises(ValueError, match="context window of 4096"):
+        evaluate(req, plain_factory(plain_pair))
 
 
 def test_relevance_accuracy_against_the_gold_flags(tiny_pair, hotpot4, tmp_path):

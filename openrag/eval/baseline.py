@@ -79,6 +79,11 @@ class PlainAnswerer:
         texts = [plain_prompt(self.tokenizer, self.task, q.example.question, q.passages if self.with_passages else None,
                               q.example.choices, self.instruction) for q in batch]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        window = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        for q, n in zip(batch, enc["attention_mask"].sum(dim=1).tolist()):
+            if window is not None and n + self.max_new_tokens > window:
+                raise ValueError(f"question {q.example.id!r}: its plain prompt takes {n} tokens, over the context window of {window} "
+                                 f"with max_new_tokens={self.max_new_tokens}; lower --ndocs or --max_new_tokens")
         out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
         new = out[:, enc["input_ids"].shape[1]:]  # (batch, generated)
@@ -97,14 +102,10 @@ def baseline_answerer_factory(req, both: bool):
     """Load the model as a plain LM; return (answerer, settings to record in the summary)."""
     from ..loading import load_model
 
-    if both:
-        raise ValueError("--baseline answers without reflection tokens: it has no retrieval decision to sweep")
-    if req.index is not None:
-        raise ValueError("--baseline reads the data's own passages; drop --index")
     model, tokenizer = load_model(req.model_name, device=req.device)
     model.eval()
     max_new_tokens = req.options.get("max_new_tokens") or 100
     answerer = PlainAnswerer(model, tokenizer, req.task, req.baseline == "standard_rag", max_new_tokens, req.instruction)
-    settings = {"baseline": req.baseline, "max_new_tokens": max_new_tokens, "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+    settings = {"max_new_tokens": max_new_tokens, "chat_template": bool(getattr(tokenizer, "chat_template", None)),
                 "instruction": req.instruction or "the task's"}
     return answerer, settings

@@ -60,6 +60,8 @@ class EvalRequest:
 
             if self.baseline not in BASELINES:
                 raise ValueError(f"unknown --baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+            if self.index is not None:
+                raise ValueError("--baseline reads the data's own passages; drop --index")
             engine_only = sorted(k for k in self.options if k != "max_new_tokens")
             if engine_only:
                 raise ValueError(f"--baseline {self.baseline} answers in a plain prompt: drop --{', --'.join(engine_only)} (Open-RAG options)")
@@ -155,6 +157,8 @@ def evaluate_sweep(req: EvalRequest, rules: Sequence[str] = RULES, thresholds: S
     """Generate both answers per question once, then score every (rule, threshold); table, JSON and plot."""
     import json
 
+    if req.baseline is not None:
+        raise ValueError("--baseline answers without reflection tokens: it has no retrieval decision to sweep")
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown retrieval rule(s) {unknown}; choose from {', '.join(RULES)}")
