@@ -25,7 +25,8 @@ from pathlib import Path
 
 from openrag.data.examples import QAExample
 from openrag.data.labels import is_closed_class
-from openrag.eval.runner import read_records, relevance_accuracy
+from openrag.eval.critique import relevance_metrics
+from openrag.eval.runner import read_records
 from openrag.eval.sweep import DEFAULT_THRESHOLDS, decide, sweep
 
 TASKS = (("hotpotqa", "HotpotQA"), ("musique", "MuSiQue"), ("2wikimultihopqa", "2Wiki"))
@@ -93,7 +94,7 @@ def openrag_rows(name: str, folder: Path) -> tuple[list[list[str]], list[list[st
         for rule in ("token", "minp", "meanp"):
             em, f1, freq, ts = cross_validated(records, rule)
             rows[rule].append(cell(em, f1, freq) + f" t={ts[0]:g}/{ts[1]:g}")
-        rel = relevance_accuracy(records)
+        rel = relevance_metrics(records)
         by_rule, by_need = retrieval_decisions(records)
         quality += [f"{100 * rel['relevance_accuracy']:.1f} (n={rel['relevance_n']})", f"{100 * by_rule:.1f}", f"{100 * by_need:.1f}"]
     return list(rows.values()), [quality]

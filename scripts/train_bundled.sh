@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the bundled Open-RAG model (openrag/assets/default) from ../shared/data on the CPU.
-# Resumable: run it again after a kill and training continues from the last checkpoint.
+# Resumable: run it again after a kill and training continues from the last checkpoint in $OUT/ckpt.
 # Held out (never trained on): the first 100 rows of each dev file, used for MODEL.md's evaluation.
+# Experts + LoRA by default; the comparisons: --lora_r 0 (experts only), --num_experts 0 (LoRA only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
@@ -11,15 +12,16 @@ mkdir -p "$OUT"
   "$D/hotpotqa/hotpotqa_train100.json" "$D/musique/musique_train100.json" \
   "$D/hotpotqa/hotpotqa_dev_ircot500.jsonl:skip=100" "$D/musique/musique_dev200.jsonl:skip=100" \
   "$D/2wikimultihopqa/2wiki_dev200.jsonl:skip=100" \
-  --output "$OUT/train.jsonl" --seed 0 --max_length 512 \
+  --output "$OUT/train.jsonl" --seed 0 --max_length 320 --no_chain --max_facts 1 \
   --exclude "$D/hotpotqa/hotpotqa_dev_ircot500.jsonl:limit=100" "$D/musique/musique_dev200.jsonl:limit=100" \
             "$D/2wikimultihopqa/2wiki_dev200.jsonl:limit=100"
 RESUME=()
 ls -d "$OUT"/ckpt/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume_from_checkpoint True)
 .venv/bin/openrag train --model_name_or_path smollm2 --data_path "$OUT/train.jsonl" --output_dir "$OUT/ckpt" \
-  --num_experts 8 --topk 2 --adapter_dim 32 --moe_scaling 0.25 --lora_r 0 \
-  --model_max_length 512 --per_device_train_batch_size 8 --gradient_accumulation_steps 1 \
-  --num_train_epochs ${EPOCHS:-1} --learning_rate 1e-3 --lr_scheduler_type constant_with_warmup --warmup_steps 20 \
+  --num_experts 8 --topk 2 --adapter_dim 32 --moe_scaling 0.25 \
+  --lora_r 16 --lora_alpha 16 --lora_dropout 0.1 --lora_target_modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
+  --model_max_length 320 --per_device_train_batch_size 8 --gradient_accumulation_steps 2 \
+  --num_train_epochs ${EPOCHS:-1} --learning_rate 5e-4 --lr_scheduler_type cosine --warmup_steps 20 \
   --adam_beta2 0.999 --weight_decay 0.0 --max_grad_norm 0.3 --train_sampling_strategy group_by_length \
-  --save_strategy steps --save_steps 25 --save_total_limit 2 --logging_steps 5 --report_to tensorboard \
+  --save_strategy steps --save_steps 20 --save_total_limit 2 --logging_steps 5 --report_to tensorboard \
   --seed 0 --dataloader_num_workers 0 "${RESUME[@]}" "$@"

@@ -17,9 +17,18 @@ FIXTURES = Path(__file__).parent / "data_fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def pairs(name: str, index: int = 0) -> list[tuple[str, str]]:
+def made(name: str, index: int = 0, **config) -> list[Instance]:
     ex = list(read_examples(FIXTURES / name, errors=ErrorLog()))[index]
-    return [(i.kind, i.output) for i in instances_for(ex)]
+    return instances_for(ex, BuildConfig(**config))
+
+
+def pairs(name: str, index: int = 0, **config) -> list[tuple[str, str]]:
+    return [(i.kind, i.output) for i in made(name, index, **config)]
+
+
+# Expected outputs below are written by hand from the rules in build.py and labels.py: distractors end at
+# [Irrelevant] and are as many as the question's single gold instances (fewer when the row has fewer
+# candidates); only closed-class questions get [No Retrieval]; facts follow the question's own instances.
 
 
 def test_hotpotqa_bridge():
@@ -31,10 +40,13 @@ def test_hotpotqa_bridge():
         ("gold_chain", f"[Retrieval]<paragraph>{chain}</paragraph>[Relevant]Lyon[Fully supported][Utility:5]"),
         ("gold", "[Retrieval]<paragraph>Blue Fox\nBlue Fox is a novel by Anna Marek. It was published in 1990.</paragraph>[Relevant]Lyon[No support / Contradictory][Utility:3]"),
         ("gold", "[Retrieval]<paragraph>Anna Marek\nAnna Marek is a writer. She was born in Lyon.</paragraph>[Relevant]Lyon[Partially supported][Utility:4]"),
-        # closest non-gold first (shares "fox" with the question and a gold title); "Lyon Station" holds the answer: never a distractor
-        ("distractor", "[Retrieval]<paragraph>Red Fox\nThe red fox is a mammal found in many countries.</paragraph>[Irrelevant]Lyon[Utility:1]"),
-        ("distractor", "[Retrieval]<paragraph>Paris\nParis is the capital city of France.</paragraph>[Irrelevant]Lyon[Utility:1]"),
+        # two gold instances, two distractors; closest non-gold first (shares "fox" with the question and a
+        # gold title); "Lyon Station" holds the answer: never a distractor. Not closed-class: no [No Retrieval].
+        ("distractor", "[Retrieval]<paragraph>Red Fox\nThe red fox is a mammal found in many countries.</paragraph>[Irrelevant]"),
+        ("distractor", "[Retrieval]<paragraph>Paris\nParis is the capital city of France.</paragraph>[Irrelevant]"),
     ]
+    assert all(i.train_decision for i in made("hotpotqa_original.json", 0))
+    assert all("train_decision" not in i.to_row() for i in made("hotpotqa_original.json", 0))
 
 
 def test_hotpotqa_yes_no_comparison():
@@ -43,9 +55,47 @@ def test_hotpotqa_yes_no_comparison():
         ("gold_chain", f"[Retrieval]<paragraph>{chain}</paragraph>[Relevant]yes[Fully supported][Utility:5]"),
         ("gold", "[Retrieval]<paragraph>Blue Fox\nBlue Fox is a novel by Anna Marek.</paragraph>[Relevant]yes[Partially supported][Utility:4]"),
         ("gold", "[Retrieval]<paragraph>Green Owl\nGreen Owl is a novel.</paragraph>[Relevant]yes[Partially supported][Utility:4]"),
+        # two gold instances but only one non-gold passage in the row
+        ("distractor", "[Retrieval]<paragraph>Owl\nOwls are birds.</paragraph>[Irrelevant]"),
+        ("no_retrieval", "[No Retrieval]yes[Utility:2]"),
+    ]
+
+
+def test_closed_class_question_trains_its_decision_once():
+    """Yes/no: the evidence instances do not train their leading [Retrieval]; the [No Retrieval] one does."""
+    made_ = made("hotpotqa_original.json", 1)
+    assert [(i.kind, i.train_decision) for i in made_] == [
+        ("gold_chain", False), ("gold", False), ("gold", False), ("distractor", False), ("no_retrieval", True),
+    ]
+    rows = [i.to_row() for i in made_]
+    assert [r.get("train_decision", "absent") for r in rows] == [False, False, False, False, "absent"]
+    arc = made("arc_ctxs.jsonl")
+    assert [(i.kind, i.train_decision) for i in arc] == [("gold", False), ("distractor", False), ("no_retrieval", True)]
+
+
+def test_distractor_answers_restores_answer_and_utility():
+    assert pairs("hotpotqa_original.json", 0, distractor_answers=True)[3:] == [
+        ("distractor", "[Retrieval]<paragraph>Red Fox\nThe red fox is a mammal found in many countries.</paragraph>[Irrelevant]Lyon[Utility:1]"),
+        ("distractor", "[Retrieval]<paragraph>Paris\nParis is the capital city of France.</paragraph>[Irrelevant]Lyon[Utility:1]"),
+    ]
+    assert pairs("hotpotqa_original.json", 1, distractor_answers=True)[3:] == [
         ("distractor", "[Retrieval]<paragraph>Owl\nOwls are birds.</paragraph>[Irrelevant]yes[Utility:2]"),
         ("no_retrieval", "[No Retrieval]yes[Utility:2]"),
     ]
+
+
+def test_distractor_count_fixed_by_config():
+    def titles(name: str, **config) -> list[str]:
+        return [out.split("<paragraph>")[1].split("\n")[0] for kind, out in pairs(name, **config) if kind == "distractor"]
+
+    assert titles("hotpotqa_original.json", distractors=1) == ["Red Fox"]
+    assert titles("hotpotqa_original.json", distractors=0) == []
+    assert titles("hotpotqa_original.json", distractors=3) == ["Red Fox", "Paris", "Cheese"]
+    # one gold instance by default; a fixed count takes the next in rank order
+    assert titles("popqa_ctxs.jsonl") == ["Bly"]
+    assert titles("popqa_ctxs.jsonl", distractors=2) == ["Bly", "Jo"]
+    # max_gold caps the gold instances, and with them the default distractor count
+    assert [k for k, _ in pairs("hotpotqa_original.json", 0, max_gold=1)] == ["gold_chain", "gold", "distractor"]
 
 
 def test_2wiki():
@@ -53,8 +103,31 @@ def test_2wiki():
         ("gold_chain", "[Retrieval]<paragraph>Knowledge 1: Grey Sky\nGrey Sky is a film directed by Tom Kay. \n[SEP] \nKnowledge 2: Tom Kay\nTom Kay is a film director. His father is Bo Kay.</paragraph>[Relevant]Bo Kay[Fully supported][Utility:5]"),
         ("gold", "[Retrieval]<paragraph>Grey Sky\nGrey Sky is a film directed by Tom Kay.</paragraph>[Relevant]Bo Kay[No support / Contradictory][Utility:3]"),
         ("gold", "[Retrieval]<paragraph>Tom Kay\nTom Kay is a film director. His father is Bo Kay.</paragraph>[Relevant]Bo Kay[Partially supported][Utility:4]"),
-        ("distractor", "[Retrieval]<paragraph>Grey Sea\nGrey Sea is a film.</paragraph>[Irrelevant]Bo Kay[Utility:1]"),
+        ("distractor", "[Retrieval]<paragraph>Grey Sea\nGrey Sea is a film.</paragraph>[Irrelevant]"),
+        # evidences: (Grey Sky, director, Tom Kay) -> its passage; the distractor cannot be "Tom Kay" (it holds
+        # the answer); (Grey Sea, director, Tom Kay) is skipped (not in Grey Sea's passage), and so is
+        # (Bo Kay, occupation, actor) (no passage titled Bo Kay)
+        ("fact_gold", "[Retrieval]<paragraph>Grey Sky\nGrey Sky is a film directed by Tom Kay.</paragraph>[Relevant]Tom Kay[Fully supported][Utility:5]"),
+        ("fact_distractor", "[Retrieval]<paragraph>Grey Sea\nGrey Sea is a film.</paragraph>[Irrelevant]"),
+        # (Tom Kay, father, Bo Kay): the closest other passage is Grey Sky (shares "Tom Kay" with the question)
+        ("fact_gold", "[Retrieval]<paragraph>Tom Kay\nTom Kay is a film director. His father is Bo Kay.</paragraph>[Relevant]Bo Kay[Fully supported][Utility:5]"),
+        ("fact_distractor", "[Retrieval]<paragraph>Grey Sky\nGrey Sky is a film directed by Tom Kay.</paragraph>[Irrelevant]"),
     ]
+    facts = [i for i in made("2wiki.jsonl") if i.kind.startswith("fact")]
+    assert [(i.id, i.input, i.train_decision) for i in facts] == [
+        ("w1/fact0", "Who directed Grey Sky?", True), ("w1/fact0", "Who directed Grey Sky?", True),
+        ("w1/fact1", "Who was the father of Tom Kay?", True), ("w1/fact1", "Who was the father of Tom Kay?", True),
+    ]
+
+
+def test_no_facts():
+    assert [k for k, _ in pairs("2wiki.jsonl", facts=False)] == ["gold_chain", "gold", "gold", "distractor"]
+    assert [k for k, _ in pairs("musique.jsonl", facts=False)] == ["gold_chain", "gold", "gold", "distractor"]
+    # max_facts keeps the first facts in the row's order
+    assert [(i.kind, i.input) for i in made("2wiki.jsonl", max_facts=1) if i.kind.startswith("fact")] == [
+        ("fact_gold", "Who directed Grey Sky?"), ("fact_distractor", "Who directed Grey Sky?"),
+    ]
+    assert not [i for i in made("musique.jsonl", max_facts=0) if i.kind.startswith("fact")]
 
 
 def test_musique_chain_in_decomposition_order():
@@ -62,22 +135,29 @@ def test_musique_chain_in_decomposition_order():
         ("gold_chain", "[Retrieval]<paragraph>Knowledge 1: Zed River\nThe Zed River flows in Norway. \n[SEP] \nKnowledge 2: Norway\nNorway's capital is Oslo.</paragraph>[Relevant]Oslo[Fully supported][Utility:5]"),
         ("gold", "[Retrieval]<paragraph>Zed River\nThe Zed River flows in Norway.</paragraph>[Relevant]Oslo[No support / Contradictory][Utility:3]"),
         ("gold", "[Retrieval]<paragraph>Norway\nNorway's capital is Oslo.</paragraph>[Relevant]Oslo[Partially supported][Utility:4]"),
-        ("distractor", "[Retrieval]<paragraph>Sweden\nSweden's capital is Stockholm.</paragraph>[Irrelevant]Oslo[Utility:1]"),
+        ("distractor", "[Retrieval]<paragraph>Sweden\nSweden's capital is Stockholm.</paragraph>[Irrelevant]"),
+        # hop 1 "Zed River >> country": Norway's passage holds the answer, so Sweden is the distractor
+        ("fact_gold", "[Retrieval]<paragraph>Zed River\nThe Zed River flows in Norway.</paragraph>[Relevant]Norway[Fully supported][Utility:5]"),
+        ("fact_distractor", "[Retrieval]<paragraph>Sweden\nSweden's capital is Stockholm.</paragraph>[Irrelevant]"),
+        # hop 2 "capital of #1": Sweden ("capital") and Zed River ("Norway") tie; Sweden comes first in the row
+        ("fact_gold", "[Retrieval]<paragraph>Norway\nNorway's capital is Oslo.</paragraph>[Relevant]Oslo[Fully supported][Utility:5]"),
+        ("fact_distractor", "[Retrieval]<paragraph>Sweden\nSweden's capital is Stockholm.</paragraph>[Irrelevant]"),
     ]
+    facts = [i for i in made("musique.jsonl") if i.kind == "fact_gold"]
+    assert [(i.id, i.input) for i in facts] == [("2hop__1_2/fact0", "Which country is Zed River in?"), ("2hop__1_2/fact1", "capital of Norway")]
 
 
 def test_ircot_single_gold_is_single_hop():
     assert pairs("ircot.jsonl") == [
         ("gold", "[Retrieval]<paragraph>Moon Film\nMoon Film was directed by Ann Lee.</paragraph>[Relevant]Ann Lee[Fully supported][Utility:5]"),
-        ("distractor", "[Retrieval]<paragraph>Sun Film\nSun Film is a film about the sun.</paragraph>[Irrelevant]Ann Lee[Utility:1]"),
+        ("distractor", "[Retrieval]<paragraph>Sun Film\nSun Film is a film about the sun.</paragraph>[Irrelevant]"),
     ]
 
 
 def test_popqa_gold_by_answer_string_distractors_in_rank_order():
     assert pairs("popqa_ctxs.jsonl") == [
         ("gold", "[Retrieval]<paragraph>Jo Bly\nJo Bly is a singer from Ohio.</paragraph>[Relevant]singer[Fully supported][Utility:5]"),
-        ("distractor", "[Retrieval]<paragraph>Bly\nBly is a surname.</paragraph>[Irrelevant]singer[Utility:1]"),
-        ("distractor", "[Retrieval]<paragraph>Jo\nJo is a given name.</paragraph>[Irrelevant]singer[Utility:1]"),
+        ("distractor", "[Retrieval]<paragraph>Bly\nBly is a surname.</paragraph>[Irrelevant]"),
     ]
 
 
@@ -97,7 +177,7 @@ def test_arc_letter_answer_and_lettered_input():
     )
     assert [(i.kind, i.output) for i in made] == [
         ("gold", "[Retrieval]<paragraph>Photosynthesis\nPlants take in carbon dioxide and release oxygen.</paragraph>[Relevant]C[Fully supported][Utility:5]"),
-        ("distractor", "[Retrieval]<paragraph>Leaves\nLeaves have pores.</paragraph>[Irrelevant]C[Utility:2]"),
+        ("distractor", "[Retrieval]<paragraph>Leaves\nLeaves have pores.</paragraph>[Irrelevant]"),
         ("no_retrieval", "[No Retrieval]C[Utility:2]"),
     ]
 
@@ -105,7 +185,7 @@ def test_arc_letter_answer_and_lettered_input():
 def test_bench_passage_without_title():
     assert pairs("bench_hotpotqa.jsonl") == [
         ("gold", "[Retrieval]<paragraph>Tokyo\nTokyo is the capital of Japan.</paragraph>[Relevant]Tokyo[Fully supported][Utility:5]"),
-        ("distractor", "[Retrieval]<paragraph>Kyoto was the old capital.</paragraph>[Irrelevant]Tokyo[Utility:1]"),
+        ("distractor", "[Retrieval]<paragraph>Kyoto was the old capital.</paragraph>[Irrelevant]"),
     ]
 
 
@@ -115,11 +195,111 @@ ALL_FIXTURES = [str(FIXTURES / n) for n in ("hotpotqa_original.json", "2wiki.jso
 def test_every_reflection_token_but_continue_is_covered():
     result = build(ALL_FIXTURES)
     report = build_report(result)
-    assert {t for t, n in report["per_token"].items() if n == 0} == {"[Continue to Use Evidence]"}
-    assert report["questions"] == 8 and report["instances"] == len(result.instances) == 28
+    # [Utility:1] only ever followed an irrelevant passage's answer: relevance-only distractors drop it
+    assert {t for t, n in report["per_token"].items() if n == 0} == {"[Continue to Use Evidence]", "[Utility:1]"}
+    # per question (by hand): h1 5, h2 5, w1 4 + 4 facts, m1 4 + 4 facts, i1 2, popqa 2, arc 3, bench 2
+    assert report["questions"] == 8 and report["instances"] == len(result.instances) == 35
+    assert report["per_kind"] == {"distractor": 9, "fact_distractor": 4, "fact_gold": 4, "gold": 12, "gold_chain": 4, "no_retrieval": 2}
+    tokens = report["per_token"]
+    assert (tokens["[Retrieval]"], tokens["[No Retrieval]"], tokens["[Relevant]"], tokens["[Irrelevant]"]) == (33, 2, 20, 13)
+    assert tokens["[Utility:2]"] == 2  # the two [No Retrieval] instances only
     # bad rows: 2wiki without context, unanswerable musique, 3 in ircot, popqa empty answers + no gold
     assert report["rows_skipped"] == 7
     assert report["skipped_by_field"] == {"context": 1, "answerable": 1, "json": 1, "answers_objects": 1, "contexts.is_supporting": 1, "answers": 1, "ctxs": 1}
+
+
+def test_distractor_answers_cover_utility_1():
+    report = build_report(build(ALL_FIXTURES, BuildConfig(distractor_answers=True)))
+    assert {t for t, n in report["per_token"].items() if n == 0} == {"[Continue to Use Evidence]"}
+    # closed-class distractors (h2, arc) get 2, the other seven 1
+    assert (report["per_token"]["[Utility:1]"], report["per_token"]["[Utility:2]"]) == (7, 4)
+
+
+def test_questions_per_decision():
+    """One retrieval label per question: closed-class h2 (yes) and arc (choices) need none, the other six do."""
+    result = build(ALL_FIXTURES)
+    assert build_report(result)["questions_per_decision"] == {"[Retrieval]": 6, "[No Retrieval]": 2}
+    # the rows say the same: only those two questions' evidence instances leave the decision untrained
+    untrained = {i.id for i in result.instances if not i.train_decision}
+    assert untrained == {"h2", "arc1"}
+    assert {i.id for i in result.instances if i.kind == "no_retrieval"} == untrained
+    # --no_no_retrieval drops the [No Retrieval] instances, not the questions' label
+    result = build(ALL_FIXTURES, BuildConfig(no_retrieval=False))
+    assert build_report(result)["questions_per_decision"] == {"[Retrieval]": 6, "[No Retrieval]": 2}
+    assert not [i for i in result.instances if i.kind == "no_retrieval"]
+
+
+GOLD_EVIDENCE = str(FIXTURES / "gold_evidence.jsonl")
+
+
+def _by_question(instances: list[Instance]) -> dict[str, list[tuple[str, str]]]:
+    """(kind, output) per question, sorted: build() shuffles the instances."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for i in instances:
+        out.setdefault(i.input, []).append((i.kind, i.output))
+    return {q: sorted(pairs) for q, pairs in out.items()}
+
+
+def test_gold_only_rows_borrow_distractors_from_the_other_rows():
+    """Every other row's passages are candidates (the file is smaller than the sample); the closest to the
+    question that holds no answer and is not one of the row's own paragraphs wins (untitled: no title words)."""
+    result = build([GOLD_EVIDENCE])
+    a1, a2 = "Blue Fox is a novel by Anna Marek.", "Anna Marek is a writer born in Lyon, France."
+    b1, c1 = "Red Door is a painting by Di Fox, who lived in Paris.", "Paris is the capital of France."
+    assert result.questions == {"hotpotqa": 4} and len(result.instances) == 11
+    by_q = _by_question(result.instances)
+    assert by_q["Which city is the birthplace of the author of Blue Fox?"] == sorted([
+        ("gold_chain", f"[Retrieval]<paragraph>Knowledge 1: {a1} \n[SEP] \nKnowledge 2: {a2}</paragraph>[Relevant]Lyon[Fully supported][Utility:5]"),
+        ("gold", f"[Retrieval]<paragraph>{a1}</paragraph>[Relevant]Lyon[No support / Contradictory][Utility:3]"),
+        ("gold", f"[Retrieval]<paragraph>{a2}</paragraph>[Relevant]Lyon[Partially supported][Utility:4]"),
+        # b1 shares "fox" (1/5), c1 nothing; row 4's copy of a1 (2/5) is this row's own paragraph: not a distractor
+        ("distractor", f"[Retrieval]<paragraph>{b1}</paragraph>[Irrelevant]"),
+        ("distractor", f"[Retrieval]<paragraph>{c1}</paragraph>[Irrelevant]"),
+    ])
+    assert by_q["Which painter of Red Door lived in Paris?"] == sorted([  # c1 shares "paris"
+        ("gold", f"[Retrieval]<paragraph>{b1}</paragraph>[Relevant]Di Fox[Fully supported][Utility:5]"),
+        ("distractor", f"[Retrieval]<paragraph>{c1}</paragraph>[Irrelevant]"),
+    ])
+    assert by_q["What is the capital of France?"] == sorted([  # b1 holds "Paris": never a distractor; a2 shares "france"
+        ("gold", f"[Retrieval]<paragraph>{c1}</paragraph>[Relevant]Paris[Fully supported][Utility:5]"),
+        ("distractor", f"[Retrieval]<paragraph>{a2}</paragraph>[Irrelevant]"),
+    ])
+    assert by_q["Who wrote Blue Fox?"] == sorted([  # a1 and a2 hold "Anna Marek"; b1 shares "fox"
+        ("gold", f"[Retrieval]<paragraph>{a1}</paragraph>[Relevant]Anna Marek[Fully supported][Utility:5]"),
+        ("distractor", f"[Retrieval]<paragraph>{b1}</paragraph>[Irrelevant]"),
+    ])
+
+
+def test_borrowed_distractors_are_seeded_and_never_the_rows_own():
+    import random
+
+    from openrag.data.build import borrow_distractors
+
+    def borrowed(seed: int) -> list[list[str]]:
+        examples = list(read_examples(GOLD_EVIDENCE))
+        own = [{p.text for p in ex.passages} for ex in examples]
+        borrow_distractors(examples, random.Random(seed), sample=3)
+        out = []
+        for ex, texts in zip(examples, own):
+            extra = [p for p in ex.passages if not p.is_gold]
+            assert ex.passages[: len(texts)] == [p for p in ex.passages if p.is_gold]  # gold first, unchanged
+            assert all(p.text not in texts for p in extra) and len(extra) <= 3
+            out.append([p.text for p in extra])
+        assert any(out)
+        return out
+
+    assert borrowed(0) == borrowed(0)
+    assert len({json.dumps(borrowed(s)) for s in range(5)}) > 1  # the sample depends on the seed
+    # rows that have non-gold passages already, and ranked lists, are left as they are
+    mixed = list(read_examples(FIXTURES / "hotpotqa_original.json")) + list(read_examples(FIXTURES / "bench_hotpotqa.jsonl"))
+    before = [list(ex.passages) for ex in mixed]
+    borrow_distractors(mixed + list(read_examples(GOLD_EVIDENCE)), random.Random(0), sample=3)
+    assert [ex.passages for ex in mixed] == before
+
+
+def test_gold_evidence_build_is_deterministic_for_a_seed():
+    rows = lambda seed: [i.to_row() for i in build([GOLD_EVIDENCE, *ALL_FIXTURES], BuildConfig(seed=seed)).instances]  # noqa: E731
+    assert rows(5) == rows(5)
 
 
 def test_deterministic_for_a_seed():
@@ -174,14 +354,31 @@ def test_command_writes_conversation_lines_and_stats(tmp_path, capsys):
     out = tmp_path / "train.jsonl"
     assert run_command(["build", *ALL_FIXTURES, "--output", str(out), "--seed", "1", "--tokenizer", "smollm2", "--max_length", "64"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 28
-    assert set(rows[0]) == {"instruction", "conversation", "corpus", "id", "dataset", "kind"}
+    assert len(rows) == 35
+    base = {"instruction", "conversation", "corpus", "id", "dataset", "kind"}
+    assert all(set(r) == base or set(r) == base | {"train_decision"} for r in rows)
+    assert sorted((r["id"], r["kind"]) for r in rows if "train_decision" in r) == [
+        ("arc1", "distractor"), ("arc1", "gold"), ("h2", "distractor"), ("h2", "gold"), ("h2", "gold"), ("h2", "gold_chain"),
+    ]
+    assert all(r["train_decision"] is False for r in rows if "train_decision" in r)
     assert rows[0]["corpus"] == "" and len(rows[0]["conversation"]) == 1
     stats = json.loads((tmp_path / "train.stats.json").read_text())
-    assert stats["instances"] == 28 and set(stats["per_token"]) == set(REFLECTION_TOKENS)
-    assert stats["tokens"]["instances"] == 28 and 0 < stats["tokens"]["truncated"] < 28
+    assert stats["instances"] == 35 and set(stats["per_token"]) == set(REFLECTION_TOKENS)
+    assert stats["questions_per_decision"] == {"[Retrieval]": 6, "[No Retrieval]": 2}
+    assert stats["tokens"]["instances"] == 35 and 0 < stats["tokens"]["truncated"] < 35
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl", "train.stats.json"]
-    assert "instances 28" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "instances 35" in printed and "questions per retrieval label: [Retrieval] 6, [No Retrieval] 2" in printed
+
+
+def test_command_options_reach_the_build(tmp_path):
+    out = tmp_path / "train.jsonl"
+    argv = ["build", *ALL_FIXTURES, "--output", str(out), "--tokenizer", "none"]
+    assert run_command([*argv, "--distractors", "1", "--distractor_answers", "--no_facts"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    kinds = [r["kind"] for r in rows]
+    assert not [k for k in kinds if k.startswith("fact")] and kinds.count("distractor") == 8  # one per question
+    assert all(r["conversation"][0]["output"].endswith("]") and "[Utility:" in r["conversation"][0]["output"] for r in rows if r["kind"] == "distractor")
 
 
 def test_command_strict_stops_and_writes_nothing(tmp_path):

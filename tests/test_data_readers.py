@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from openrag.data import ErrorLog, Passage, RowError, load_training_instances, read_examples
+from openrag.data.examples import SubQuestion
+from openrag.data.facts import fact_question
 
 FIXTURES = Path(__file__).parent / "data_fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -37,6 +41,35 @@ def test_2wiki_sentences_joined_and_missing_context_reported():
     assert (err.line, err.field) == (2, "context") and err.file.endswith("2wiki.jsonl")
 
 
+def test_2wiki_evidence_triples_become_facts():
+    """Passages: Tom Kay 0, Grey Sky 1, Grey Sea 2. (Grey Sea, director, Tom Kay) is left out: Grey Sea's
+    passage does not hold Tom Kay; (Bo Kay, occupation, actor) too: no passage is titled Bo Kay."""
+    (w1,), _ = read("2wiki.jsonl")
+    assert w1.sub_questions == [
+        SubQuestion("Who directed Grey Sky?", "Tom Kay", 1),
+        SubQuestion("Who was the father of Tom Kay?", "Bo Kay", 0),
+    ]
+
+
+def test_2wiki_evidences_as_a_string_and_malformed(tmp_path):
+    row = json.loads((FIXTURES / "2wiki.jsonl").read_text().splitlines()[0])
+    rows = [
+        {**row, "_id": "s", "evidences": "[['Tom Kay', 'father', 'Bo Kay']]"},
+        {**row, "_id": "bad", "evidences": [["Tom Kay", "father"]]},
+        {**row, "_id": "none", "evidences": "[]"},
+    ]
+    (tmp_path / "2wiki_x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (s, none), errors = read(tmp_path / "2wiki_x.jsonl")
+    assert s.sub_questions == [SubQuestion("Who was the father of Tom Kay?", "Bo Kay", 0)] and none.sub_questions == []
+    assert [(e.line, e.field) for e in errors.errors] == [(2, "evidences")]
+
+
+def test_fact_question_wording():
+    assert fact_question("Grey Sky", "director") == "Who directed Grey Sky?"
+    assert fact_question("Ann Lee", "Date_of  Birth") == "When was Ann Lee born?"  # underscores, case, spaces
+    assert fact_question("Zed", "mouth of the watercourse") == "What is the mouth of the watercourse of Zed?"
+
+
 def test_rows_without_paragraphs_are_read_when_a_retriever_supplies_them(tmp_path):
     (w1, w2), errors = read("2wiki.jsonl", passages_required=False)
     assert errors.count == 0 and len(w1.passages) == 3
@@ -54,6 +87,29 @@ def test_musique_aliases_decomposition_order_and_unanswerable():
     assert m1.supporting_titles == ["Zed River", "Norway"]
     assert [p.title for p in m1.gold_passages] == ["Zed River", "Norway"]
     assert [(e.line, e.field) for e in errors.errors] == [(2, "answerable")]
+    # hop 1 "Zed River >> country" worded as a question; hop 2 "capital of #1" with hop 1's answer
+    assert m1.sub_questions == [SubQuestion("Which country is Zed River in?", "Norway", 2), SubQuestion("capital of Norway", "Oslo", 0)]
+
+
+def test_musique_hops_substitute_earlier_answers_and_skip_unheld_ones(tmp_path):
+    paragraphs = [  # idx is not the list position
+        {"idx": 5, "title": "Moon Film", "paragraph_text": "Moon Film was directed by Ann Lee.", "is_supporting": True},
+        {"idx": 3, "title": "Ann Lee", "paragraph_text": "Ann Lee is a director.", "is_supporting": True},
+        {"idx": 7, "title": "Lyon", "paragraph_text": "Lyon is a city in France, south of Paris.", "is_supporting": True},
+    ]
+    hops = [
+        {"id": 1, "question": "Moon Film >> director", "answer": "Ann Lee", "paragraph_support_idx": 5},
+        {"id": 2, "question": "Where was #1 born?", "answer": "Lyon", "paragraph_support_idx": 3},  # not in its passage
+        {"id": 3, "question": "#2 >> country", "answer": "France", "paragraph_support_idx": 7},  # #2 still stands for Lyon
+        {"id": 4, "question": "What is the capital of #5?", "answer": "Paris", "paragraph_support_idx": 7},  # names no earlier hop
+        {"id": 5, "question": "Which river flows through #3?", "answer": "Paris", "paragraph_support_idx": 9},  # no such paragraph
+    ]
+    row = {"id": "3hop__x", "question": "In which country was the director of Moon Film born?", "answer": "France",
+           "answer_aliases": [], "answerable": True, "paragraphs": paragraphs, "question_decomposition": hops}
+    (tmp_path / "musique_x.jsonl").write_text(json.dumps(row) + "\n")
+    (m,), errors = read(tmp_path / "musique_x.jsonl")
+    assert errors.count == 0
+    assert m.sub_questions == [SubQuestion("Who directed Moon Film?", "Ann Lee", 0), SubQuestion("Which country is Lyon in?", "France", 2)]
 
 
 def test_ircot_malformed_line_empty_answer_and_no_gold():
@@ -81,6 +137,33 @@ def test_openrag_bench_answer_and_top_contexts():
     (b,), _ = read("bench_hotpotqa.jsonl")
     assert (b.id, b.dataset, b.answers, b.ranked) == ("hotpotqa-1", "hotpotqa", ["Tokyo"], True)
     assert b.passages == [Passage("", "Kyoto was the old capital."), Passage("Tokyo", "Tokyo is the capital of Japan.")]
+
+
+def test_gold_evidence_rows_are_untitled_gold_passages():
+    rows, errors = read("gold_evidence.jsonl")
+    assert errors.count == 0 and len(rows) == 4
+    a, b = rows[0], rows[1]
+    question = "Which city is the birthplace of the author of Blue Fox?"
+    assert (a.id, a.question, a.answers, a.dataset, a.ranked) == ("q-" + hashlib.sha1(question.encode()).hexdigest()[:12], question, ["Lyon"], "hotpotqa", False)
+    assert a.passages == [
+        Passage("", "Blue Fox is a novel by Anna Marek.", is_gold=True),
+        Passage("", "Anna Marek is a writer born in Lyon, France.", is_gold=True),
+    ]
+    assert b.id == "g2" and a.sub_questions == [] and a.supporting_titles is None
+    assert [p.title for p in a.gold_passages] == ["", ""]
+
+
+def test_gold_evidence_bad_rows(tmp_path):
+    rows = [
+        {"question": "Q one?", "answer": "A", "evidence": []},
+        {"question": "Q two?", "answer": "A", "evidence": ["A is here.", "  "]},
+        {"question": "Q three?", "evidence": ["A is here."]},
+        {"question": "Q four?", "answer": "A", "evidence": ["A is here."]},
+    ]
+    (tmp_path / "gold_x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (ok,), errors = read(tmp_path / "gold_x.jsonl")
+    assert ok.question == "Q four?" and ok.passages == [Passage("", "A is here.", is_gold=True)]
+    assert [(e.line, e.field) for e in errors.errors] == [(1, "evidence"), (2, "evidence"), (3, "answer")]
 
 
 def test_task_names_the_dataset():
@@ -123,6 +206,17 @@ def test_released_training_schema():
         {"input": "Name a colour.", "output": "[No Retrieval]Blue[Utility:4]"},
     ]  # the corpus row and the multi-turn row are left out, as the released loader does
     assert [(e.line, e.field) for e in errors.errors] == [(4, "conversation[0].input/output")]
+
+
+def test_train_decision_false_survives_loading(tmp_path):
+    turn = {"input": "Q?", "output": "[Retrieval]<paragraph>P</paragraph>[Irrelevant]"}
+    rows = [
+        {"instruction": "", "conversation": [turn], "corpus": "", "id": "a", "train_decision": False},
+        {"instruction": "", "conversation": [turn], "corpus": "", "id": "b"},
+        {"instruction": "", "conversation": [turn], "corpus": "", "id": "c", "train_decision": True},
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_training_instances(tmp_path / "train.jsonl") == [{**turn, "train_decision": False}, turn, turn]
 
 
 def test_missing_file_says_so():

@@ -93,3 +93,83 @@ def test_a_target_longer_than_max_length_is_cut(tokenizer):
 def test_tokenizer_without_reflection_tokens_is_refused(smollm2_tokenizer):
     with pytest.raises(ValueError, match="add_reflection_tokens"):
         tokenize_instance(smollm2_tokenizer, "Q", "[No Retrieval]A[Utility:5]", max_length=64)
+
+
+def test_train_decision_false_masks_exactly_the_leading_decision_token(tokenizer):
+    output = "[Retrieval]<paragraph>Delta</paragraph>[Relevant]Paris[Fully supported][Utility:5]"
+    trained = tokenize_instance(tokenizer, "Where is it?", output, max_length=512)
+    untrained = tokenize_instance(tokenizer, "Where is it?", output, max_length=512, train_decision=False)
+    assert untrained.input_ids == trained.input_ids
+    assert trained_tokens(tokenizer, untrained)[-9:] == [
+        ("[Retrieval]", False), ("<paragraph>", True), ("Delta", False), ("</paragraph>", True),
+        ("[Relevant]", True), ("Paris", True), ("[Fully supported]", True), ("[Utility:5]", True), ("<|im_end|>", True),
+    ]
+    differs = [k for k, (a, b) in enumerate(zip(trained.labels, untrained.labels)) if a != b]
+    assert differs == [len(trained.input_ids) - 9] and untrained.labels[differs[0]] == IGNORE_INDEX
+
+
+def test_train_decision_false_masks_no_retrieval_too_and_only_the_first(tokenizer):
+    result = tokenize_instance(tokenizer, "Q", "[No Retrieval]New York[Utility:4]", max_length=64, train_decision=False)
+    assert trained_tokens(tokenizer, result)[-5:] == [
+        ("[No Retrieval]", False), ("New", True), ("ĠYork", True), ("[Utility:4]", True), ("<|im_end|>", True),
+    ]
+    # a second [Retrieval] later in the output is a decision the instance does train
+    output = "[Retrieval]<paragraph>A</paragraph>[Irrelevant][Retrieval]<paragraph>B</paragraph>[Relevant]C[Fully supported][Utility:5]"
+    tokens = trained_tokens(tokenizer, tokenize_instance(tokenizer, "Q", output, max_length=64, train_decision=False))
+    assert [t for t in tokens if t[0] == "[Retrieval]"] == [("[Retrieval]", False), ("[Retrieval]", True)]
+
+
+def test_train_decision_false_leaves_other_leading_tokens_trained(tokenizer):
+    for output in ("Paris[Utility:5]", "[Relevant]Paris[Fully supported][Utility:5]", "[Utility:5]"):
+        a = tokenize_instance(tokenizer, "Q", output, max_length=64)
+        b = tokenize_instance(tokenizer, "Q", output, max_length=64, train_decision=False)
+        assert (a.input_ids, a.labels) == (b.input_ids, b.labels), output
+
+
+def test_relevance_only_output_ends_without_eos(tokenizer):
+    result = tokenize_instance(tokenizer, "Q", "[Retrieval]<paragraph>Alpha beta</paragraph>[Irrelevant]", max_length=64)
+    assert trained_tokens(tokenizer, result)[-6:] == [
+        ("[Retrieval]", True), ("<paragraph>", True), ("Alpha", False), ("Ġbeta", False), ("</paragraph>", True), ("[Irrelevant]", True),
+    ]
+    assert tokenizer.eos_token_id not in result.input_ids
+    relevant = tokenize_instance(tokenizer, "Q", "[Retrieval]<paragraph>Alpha</paragraph>[Relevant]", max_length=64, train_decision=False)
+    assert trained_tokens(tokenizer, relevant)[-5:] == [
+        ("[Retrieval]", False), ("<paragraph>", True), ("Alpha", False), ("</paragraph>", True), ("[Relevant]", True),
+    ]
+
+
+def test_outputs_that_go_on_after_relevance_keep_eos(tokenizer):
+    for output in ("[Retrieval]<paragraph>Alpha</paragraph>[Irrelevant]Lyon[Utility:1]", "[No Retrieval]yes[Utility:2]"):
+        tokens = trained_tokens(tokenizer, tokenize_instance(tokenizer, "Q", output, max_length=64))
+        assert tokens[-1] == ("<|im_end|>", True), output
+    # [Irrelevant] in the middle (the Self-RAG multi-passage form) does not end the target
+    output = "[Retrieval]<paragraph>A</paragraph>[Irrelevant][Retrieval]<paragraph>B</paragraph>[Relevant]C[Fully supported][Utility:5]"
+    assert trained_tokens(tokenizer, tokenize_instance(tokenizer, "Q", output, max_length=64))[-1] == ("<|im_end|>", True)
+
+
+def test_relevance_only_truncation_keeps_the_relevance_token(tokenizer):
+    output = "[Retrieval]<paragraph>" + " ".join(["word"] * 30) + "</paragraph>[Irrelevant]"
+    full = tokenize_instance(tokenizer, "Q?", output, max_length=10_000)
+    cut = tokenize_instance(tokenizer, "Q?", output, max_length=len(full.input_ids) - 10)
+    assert cut.truncated and len(cut.input_ids) == len(full.input_ids) - 10
+    assert tokenizer.decode(cut.input_ids).endswith(" ".join(["word"] * 20) + "</paragraph>[Irrelevant]")
+    assert [x for x in cut.labels if x != IGNORE_INDEX] == [x for x in full.labels if x != IGNORE_INDEX]
+
+
+def test_train_decision_reaches_the_training_arrays(tokenizer, tmp_path):
+    """build row -> load_training_instances -> tokenize_instances: the flagged row's [Retrieval] is not a target."""
+    import json
+
+    from openrag.data import load_training_instances
+    from openrag.training.data import tokenize_instances
+
+    output = "[Retrieval]<paragraph>P</paragraph>[Relevant]yes[Partially supported][Utility:4]"
+    rows = [{"instruction": "", "conversation": [{"input": "Is it?", "output": output}], "corpus": "", **extra} for extra in ({"train_decision": False}, {})]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tokenize_instances(tokenizer, load_training_instances(tmp_path / "train.jsonl"), max_length=64)
+    retrieval = tokenizer.convert_tokens_to_ids("[Retrieval]")
+    first, second = data[0], data[1]
+    assert first["input_ids"].tolist() == second["input_ids"].tolist()
+    k = first["input_ids"].tolist().index(retrieval)
+    assert (first["labels"][k].item(), second["labels"][k].item()) == (IGNORE_INDEX, retrieval)
+    assert (first["labels"] != second["labels"]).sum().item() == 1

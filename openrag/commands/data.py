@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--tokenizer", default="smollm2", help="tokenizer for the length report (checkpoint folder, hub name or 'smollm2'); 'none' to skip")
     build.add_argument("--max_length", type=int, default=4096, help="training max length; the report counts instances it would shorten")
     build.add_argument("--max_per_dataset", type=int, default=None, help="keep at most this many questions per dataset (seeded sample)")
-    build.add_argument("--distractors", type=int, default=2, help="hard distractor instances per question")
+    build.add_argument("--distractors", type=int, default=None, help="hard distractor instances per question (default: as many as its gold instances)")
+    build.add_argument("--distractor_answers", action="store_true", help="distractor instances go on to the answer and utility (default: they end at [Irrelevant])")
+    build.add_argument("--no_facts", action="store_true", help="no single-hop instances from the facts a row names (MuSiQue hops, 2Wiki evidences)")
+    build.add_argument("--max_facts", type=int, default=None, help="single-hop facts used per question at most (default: all)")
     build.add_argument("--max_gold", type=int, default=4, help="single gold-passage instances per question at most (first in reasoning or rank order)")
     build.add_argument("--no_chain", action="store_true", help="no Knowledge 1 [SEP] Knowledge 2 gold-chain instances")
     build.add_argument("--no_no_retrieval", action="store_true", help="no [No Retrieval] instances")
@@ -70,6 +73,9 @@ def run_build(args: argparse.Namespace) -> int:
         max_per_dataset=args.max_per_dataset,
         chain=not args.no_chain,
         no_retrieval=not args.no_no_retrieval,
+        distractor_answers=args.distractor_answers,
+        facts=not args.no_facts,
+        max_facts=args.max_facts,
     )
     exclude = Exclusion.from_files(args.exclude)
     critic = None
@@ -110,6 +116,7 @@ def print_report(report: dict) -> None:
     for name, entry in sorted(report["per_dataset"].items()):
         kinds = ", ".join(f"{k} {v}" for k, v in entry["kinds"].items())
         out.write(f"  {name:<16} questions {entry['questions']:>6}  instances {entry['instances']:>7}  ({kinds})\n")
+    out.write("  questions per retrieval label: " + ", ".join(f"{t} {n}" for t, n in report["questions_per_decision"].items()) + "\n")
     out.write("  per token: " + ", ".join(f"{t} {n}" for t, n in report["per_token"].items()) + "\n")
     if report["skipped_by_field"]:
         out.write("  skipped rows by field: " + ", ".join(f"{f} {n}" for f, n in report["skipped_by_field"].items()) + "\n")

@@ -7,9 +7,18 @@ kind               output
 =================  ===========================================================================
 ``gold_chain``     ``[Retrieval]<paragraph>Knowledge 1: ... [SEP] ... Knowledge 2: ...</paragraph>[Relevant]a[Fully supported][Utility:5]``
 ``gold``           ``[Retrieval]<paragraph>title\\ntext</paragraph>[Relevant]a[<support>][Utility:k]``
-``distractor``     ``[Retrieval]<paragraph>title\\ntext</paragraph>[Irrelevant]a[Utility:k]``
-``no_retrieval``   ``[No Retrieval]a[Utility:k]`` (closed-class questions)
+``distractor``     ``[Retrieval]<paragraph>title\\ntext</paragraph>[Irrelevant]`` (relevance only; with
+                   ``distractor_answers``: ``...[Irrelevant]a[Utility:k]``)
+``no_retrieval``   ``[No Retrieval]a[Utility:k]`` (questions that need no retrieval: labels.py)
+``fact_gold``      a single-hop question from one fact of the row (facts.py), its passage, ``[Fully supported]``
+``fact_distractor``  the same question and a hard distractor, relevance only
 =================  ===========================================================================
+
+The retrieval decision is trained once per question, not once per instance: a question that needs no
+retrieval trains ``[No Retrieval]`` in its ``no_retrieval`` instance, and its evidence instances carry
+``"train_decision": false`` so that their leading ``[Retrieval]`` (there only because evidence follows) is
+not a target. Gold-only rows (``hotpotqa_train_gold500``) borrow their distractors from other rows of the
+same input: the closest of a seeded sample of their passages.
 
 The output is JSON lines in the released ``conversation`` schema (``instruction``, ``conversation:
 [{input, output}]``, ``corpus``) plus ``id``, ``dataset`` and ``kind``; it is written to a temporary file
@@ -39,7 +48,7 @@ from ..reflection import (
     UTILITY,
 )
 from . import labels
-from .examples import ErrorLog, QAExample, RowError, normalize_question
+from .examples import ErrorLog, Passage, QAExample, RowError, normalize_question
 from .readers import iter_rows, read_examples, split_window
 
 
@@ -51,24 +60,25 @@ class Instance:
     dataset: str
     kind: str  # gold_chain | gold | distractor | no_retrieval
     input: str
-    answer: str
+    answer: str | None  # None: relevance only (the output ends after [Irrelevant])
     passage: str | None = None  # None: [No Retrieval]
     relevant: bool | None = None
     support: str | None = None  # after [Relevant] only
     utility: int = 5
+    train_decision: bool = True  # False: the leading [Retrieval] is not a target (the question needs no retrieval)
 
     @property
     def output(self) -> str:
-        tail = f"{self.answer}{UTILITY[self.utility - 1]}"
         if self.passage is None:
-            return NO_RETRIEVAL + tail
+            return f"{NO_RETRIEVAL}{self.answer}{UTILITY[self.utility - 1]}"
         evidence = f"{RETRIEVAL}{PARAGRAPH_START}{self.passage}{PARAGRAPH_END}"
         if not self.relevant:
+            tail = "" if self.answer is None else f"{self.answer}{UTILITY[self.utility - 1]}"
             return f"{evidence}{IRRELEVANT}{tail}"
         return f"{evidence}{RELEVANT}{self.answer}{self.support}{UTILITY[self.utility - 1]}"
 
     def to_row(self) -> dict:
-        return {
+        row = {
             "instruction": "",
             "conversation": [{"input": self.input, "output": self.output}],
             "corpus": "",
@@ -76,16 +86,22 @@ class Instance:
             "dataset": self.dataset,
             "kind": self.kind,
         }
+        if not self.train_decision:
+            row["train_decision"] = False
+        return row
 
 
 @dataclass
 class BuildConfig:
     seed: int = 0
-    distractors: int = 2  # hard distractors per question
+    distractors: int | None = None  # hard distractors per question; None: as many as its gold instances (balanced)
     max_gold: int = 4  # single-gold instances per question (a retrieved list may hold many answer-bearing passages)
     max_per_dataset: int | None = None  # questions kept per dataset (a seeded sample), after exclusion
     chain: bool = True  # a gold_chain instance for multi-hop questions
-    no_retrieval: bool = True  # [No Retrieval] instances for closed-class questions
+    no_retrieval: bool = True  # [No Retrieval] instances for questions that need no retrieval
+    distractor_answers: bool = False  # distractor instances go on to the answer (else they end at [Irrelevant])
+    facts: bool = True  # single-hop instances from the facts a row names (MuSiQue hops, 2Wiki evidences)
+    max_facts: int | None = None  # facts used per question at most (the first ones in the row's order)
 
 
 def instances_for(ex: QAExample, config: BuildConfig = BuildConfig()) -> list[Instance]:
@@ -96,20 +112,50 @@ def instances_for(ex: QAExample, config: BuildConfig = BuildConfig()) -> list[In
         file, _, line = ex.source.rpartition(":")
         raise RowError(file, int(line) if line.isdigit() else None, field_name, "no gold passage (none flagged, none contains an answer)")
     text_in, answer = labels.instance_input(ex), ex.answers[0]
-    base = dict(id=ex.id, dataset=ex.dataset, input=text_in, answer=answer)
+    needs = labels.needs_retrieval(ex)
+    base = dict(id=ex.id, dataset=ex.dataset, input=text_in, train_decision=needs)
     multi = labels.is_multi_hop(ex, gold)
     out = []
     if multi and config.chain:
-        out.append(Instance(kind="gold_chain", passage=labels.render_chain(gold), relevant=True, support=FULLY_SUPPORTED, utility=5, **base))
+        out.append(Instance(kind="gold_chain", answer=answer, passage=labels.render_chain(gold), relevant=True, support=FULLY_SUPPORTED, utility=5, **base))
     for p in gold[: config.max_gold]:
         support = labels.single_support(ex, p, multi)
-        out.append(Instance(kind="gold", passage=labels.render_passage(p), relevant=True, support=support, utility=labels.UTILITY_OF_SUPPORT[support], **base))
+        out.append(Instance(kind="gold", answer=answer, passage=labels.render_passage(p), relevant=True, support=support, utility=labels.UTILITY_OF_SUPPORT[support], **base))
     low = labels.utility_without_support(ex)
-    for p in labels.hard_distractors(ex, gold, config.distractors):
-        out.append(Instance(kind="distractor", passage=labels.render_passage(p), relevant=False, utility=low, **base))
-    if config.no_retrieval and labels.is_closed_class(ex):
-        out.append(Instance(kind="no_retrieval", utility=low, **base))
+    wanted = config.distractors if config.distractors is not None else len(gold[: config.max_gold])
+    shown = answer if config.distractor_answers else None
+    for p in labels.hard_distractors(ex, gold, wanted):
+        out.append(Instance(kind="distractor", answer=shown, passage=labels.render_passage(p), relevant=False, utility=low, **base))
+    if config.no_retrieval and not needs:
+        out.append(Instance(kind="no_retrieval", answer=answer, utility=low, **{**base, "train_decision": True}))
+    if config.facts:
+        out += fact_instances(ex, config.max_facts)
     return out
+
+
+def fact_instances(ex: QAExample, max_facts: int | None = None) -> list[Instance]:
+    """Per fact of the row: its single-hop question with its own passage, and with its hardest distractor."""
+    out = []
+    for k, fact in enumerate(ex.sub_questions[:max_facts]):
+        passages = [Passage(p.title, p.text, is_gold=i == fact.passage) for i, p in enumerate(ex.passages)]
+        single = QAExample(f"{ex.id}/fact{k}", fact.question, [fact.answer], passages, ranked=False, dataset=ex.dataset, source=ex.source)
+        base = dict(id=single.id, dataset=ex.dataset, input=fact.question, train_decision=True)
+        gold = passages[fact.passage]
+        out.append(Instance(kind="fact_gold", answer=fact.answer, passage=labels.render_passage(gold), relevant=True, support=FULLY_SUPPORTED, utility=5, **base))
+        for p in labels.hard_distractors(single, [gold], 1):
+            out.append(Instance(kind="fact_distractor", answer=None, passage=labels.render_passage(p), relevant=False, utility=1, **base))
+    return out
+
+
+def borrow_distractors(examples: list[QAExample], rng: random.Random, sample: int = 40) -> None:
+    """Give each gold-only row non-gold passages: a seeded sample of the other rows' passages (in place)."""
+    pool = [(i, p) for i, ex in enumerate(examples) for p in ex.passages]
+    for i, ex in enumerate(examples):
+        if ex.ranked or any(not p.is_gold for p in ex.passages):
+            continue
+        own = {p.text for p in ex.passages}  # another row may hold the same paragraph: it is gold here
+        picked = [p for j, p in rng.sample(pool, min(sample, len(pool))) if j != i and p.text not in own]
+        ex.passages = ex.passages + [Passage(p.title, p.text, is_gold=False) for p in picked]
 
 
 # ------------------------------------------------------------------------------------------ exclusion
@@ -169,6 +215,7 @@ class BuildResult:
     excluded: Counter  # per dataset
     sampled_out: Counter  # per dataset, dropped by max_per_dataset
     errors: ErrorLog
+    decisions: Counter = field(default_factory=Counter)  # questions labelled [Retrieval] / [No Retrieval]
 
 
 def build(
@@ -185,16 +232,21 @@ def build(
     exclude = exclude or Exclusion()
     by_dataset: dict[str, list[QAExample]] = defaultdict(list)
     excluded: Counter = Counter()
+    rng = random.Random(config.seed)
     for spec in inputs:
+        kept = []
         for ex in read_examples(spec, errors=errors):
             if ex in exclude:
                 excluded[ex.dataset] += 1
             else:
-                by_dataset[ex.dataset].append(ex)
-    rng = random.Random(config.seed)
+                kept.append(ex)
+        borrow_distractors(kept, rng)
+        for ex in kept:
+            by_dataset[ex.dataset].append(ex)
     sampled_out: Counter = Counter()
     instances: list[Instance] = []
     questions: Counter = Counter()
+    decisions: Counter = Counter()
     for dataset in sorted(by_dataset):
         examples = by_dataset[dataset]
         if config.max_per_dataset is not None and len(examples) > config.max_per_dataset:
@@ -208,12 +260,13 @@ def build(
                 errors.report(err)
                 continue
             questions[dataset] += 1
+            decisions[RETRIEVAL if labels.needs_retrieval(ex) else NO_RETRIEVAL] += 1
             instances.extend(made)
     if critic is not None:
         for inst in instances:
             critic.relabel(inst)
     rng.shuffle(instances)
-    return BuildResult(instances, questions, excluded, sampled_out, errors)
+    return BuildResult(instances, questions, excluded, sampled_out, errors, decisions)
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
@@ -297,6 +350,7 @@ def build_report(result: BuildResult, tokenizer=None, tokenizer_name: str | None
         "per_dataset": per_dataset,
         "per_kind": dict(sorted(Counter(i.kind for i in result.instances).items())),
         "per_token": token_counts(i.output for i in result.instances),
+        "questions_per_decision": {t: result.decisions[t] for t in (RETRIEVAL, NO_RETRIEVAL)},
         "excluded": sum(result.excluded.values()),
         "excluded_by_dataset": dict(result.excluded),
         "rows_skipped": result.errors.count,

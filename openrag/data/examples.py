@@ -25,6 +25,15 @@ class Passage:
 
 
 @dataclass
+class SubQuestion:
+    """One single-hop fact inside a multi-hop row: a question, its answer and the passage that holds it."""
+
+    question: str
+    answer: str
+    passage: int  # index into the row's ``passages``
+
+
+@dataclass
 class QAExample:
     id: str
     question: str
@@ -36,6 +45,7 @@ class QAExample:
     choices: list[str] | None = None  # multiple choice (ARC): choice texts, lettered A, B, C, ... in order
     answer_key: str | None = None  # multiple choice: the letter of the correct choice
     supporting_titles: list[str] | None = None  # gold titles in reasoning order, where the data says
+    sub_questions: list[SubQuestion] = field(default_factory=list)  # single-hop facts, where the data names them
 
     @property
     def gold_passages(self) -> list[Passage]:

@@ -23,10 +23,11 @@ Utility: how much of the response is backed by what the model was shown
     names, or a multiple-choice letter), 1 the passage is irrelevant and nothing shown backs the answer.
   The ``[No Retrieval]`` instance (below) gets 2 by the same rule.
 
-Retrieval
-  * Every question gets ``[Retrieval]`` instances (the data's questions are knowledge-intensive).
-  * A closed-class question (its answer form is given by the question itself) also gets
-    ``[No Retrieval]{a}[Utility:2]``: the model may answer it without evidence, at low confidence.
+Retrieval (one decision per question)
+  * A closed-class question (yes/no, or its answer is one of the options the question names) needs no
+    retrieval: it gets ``[No Retrieval]{a}[Utility:2]``, and its evidence instances do not train the
+    leading ``[Retrieval]``. Every other question (the data's questions are knowledge-intensive) trains
+    ``[Retrieval]`` and gets no ``[No Retrieval]`` instance.
 
 Distractor hardness (the passages closest to the question or to the gold titles)
   * unranked candidates: score = share of the question's content words found in the passage +
@@ -75,6 +76,10 @@ def is_closed_class(ex: QAExample) -> bool:
     if ex.choices or is_yes_no(ex):
         return True
     return contains_answer(ex.question, ex.answers)
+
+
+def needs_retrieval(ex: QAExample) -> bool:
+    return not is_closed_class(ex)
 
 
 def gold_passages(ex: QAExample) -> list[Passage]:

@@ -10,7 +10,13 @@ format                  fields                                                  
 ``musique``             ``id, question, answer, answer_aliases, paragraphs[is_supporting]``    unranked
 ``ircot``               ``question_id, question_text, answers_objects, contexts``              unranked
 ``retrieved``           Self-RAG eval / openrag_bench: ``question, answers|answer, ctxs|top_contexts``  ranked
+``gold_evidence``       ``question, answer, evidence[str]``: the gold paragraphs only, untitled  unranked
 ======================  ===================================================================  ========
+
+Single-hop facts inside multi-hop rows become :class:`SubQuestion` s: MuSiQue's ``question_decomposition``
+(a natural question, or ``entity >> relation``, with ``#k`` standing for hop k's answer) and 2Wiki's
+``evidences`` triples ``[subject, relation, object]`` (the passage titled with the subject). A fact whose
+answer is not in its passage is left out.
 
 Rows of the paragraph-list formats without their paragraphs (36 rows of ``2wiki_dev200.jsonl`` have no
 ``context``) are bad rows, unless ``passages_required=False`` (``openrag eval --index``: a retriever supplies the
@@ -25,12 +31,14 @@ are exact complements. A name ``owner/dataset`` that is not a local path is load
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .examples import ErrorLog, Passage, QAExample, RowError
+from .examples import ErrorLog, Passage, QAExample, RowError, SubQuestion
+from .facts import fact_question, passage_holds
 
 _WINDOW = re.compile(r"^(?P<path>.+?)((?::(?:skip|limit)=\d+)+)$")
 _DATASET_HINTS = (
@@ -187,6 +195,8 @@ def detect_format(row: dict) -> str:
         return "musique"
     if "supporting_facts" in row and not ("ctxs" in row or "top_contexts" in row):
         return "original"
+    if "evidence" in row and "question" in row and not ("ctxs" in row or "top_contexts" in row):
+        return "gold_evidence"
     if "question" in row or "instruction" in row:
         return "retrieved"
     if "title" in row and "text" in row:
@@ -204,6 +214,8 @@ def guess_dataset(source: str, fmt: str, row: dict) -> str:
         return "musique"
     if fmt == "original":
         return "2wikimultihopqa" if "evidences" in row else "hotpotqa"
+    if fmt == "gold_evidence":
+        return "hotpotqa"
     if fmt == "ircot":
         qid = str(row.get("question_id", ""))
         if re.match(r"^\dhop", qid):
@@ -287,7 +299,27 @@ def _parse_original(row: dict, passages_required: bool = True) -> dict:
         passages.append(Passage(item[0], _sentences(item[1], "context"), is_gold=item[0] in supporting))
     if not any(p.is_gold for p in passages):
         raise _Bad("supporting_facts", "no supporting fact names a paragraph of the context (a paragraph list without gold)")
-    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
+    facts = _evidence_facts(row.get("evidences"), passages)
+    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting, sub_questions=facts)
+
+
+def _evidence_facts(triples, passages: list[Passage]) -> list[SubQuestion]:
+    """2Wiki ``evidences``: each ``[subject, relation, object]`` whose subject titles a passage holding the object."""
+    if isinstance(triples, str):
+        try:
+            triples = ast.literal_eval(triples)
+        except (ValueError, SyntaxError):
+            raise _Bad("evidences", "a string that is not a list of [subject, relation, object]") from None
+    by_title = {p.title: i for i, p in enumerate(passages)}
+    out = []
+    for triple in triples or []:
+        if not (isinstance(triple, list) and len(triple) == 3 and all(isinstance(x, str) for x in triple)):
+            raise _Bad("evidences", "expected a list of [subject, relation, object]")
+        subject, relation, obj = (x.strip() for x in triple)
+        index = by_title.get(subject)
+        if index is not None and passage_holds(passages[index], obj):
+            out.append(SubQuestion(fact_question(subject, relation), obj, index))
+    return out
 
 
 def _parse_musique(row: dict, passages_required: bool = True) -> dict:
@@ -310,10 +342,32 @@ def _parse_musique(row: dict, passages_required: bool = True) -> dict:
     if not any(p.is_gold for p in passages):
         raise _Bad("paragraphs.is_supporting", "no paragraph is marked supporting (a paragraph list without gold)")
     # Reasoning order from the decomposition (hop 1 first); paragraphs not named there keep list order.
-    steps = [s.get("paragraph_support_idx") for s in row.get("question_decomposition") or [] if isinstance(s, dict)]
+    decomposition = [s for s in row.get("question_decomposition") or [] if isinstance(s, dict)]
+    steps = [s.get("paragraph_support_idx") for s in decomposition]
     supporting = [titles_by_idx[i] for i in steps if i in titles_by_idx]
     supporting += [p.title for p in passages if p.is_gold and p.title not in supporting]
-    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
+    position = {idx: i for i, idx in enumerate(titles_by_idx)}
+    facts = _decomposition_facts(decomposition, passages, position)
+    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting, sub_questions=facts)
+
+
+def _decomposition_facts(steps: list[dict], passages: list[Passage], position: dict) -> list[SubQuestion]:
+    """MuSiQue hops as single-hop questions, ``#k`` replaced by hop k's answer."""
+    answers: list[str] = []
+    out = []
+    for step in steps:
+        answer = str(step.get("answer") or "").strip()
+        text = str(step.get("question") or "").strip()
+        answers.append(answer)
+        index = position.get(step.get("paragraph_support_idx"))
+        text = re.sub(r"#(\d+)", lambda m: answers[int(m.group(1)) - 1] if 0 < int(m.group(1)) <= len(answers) - 1 else m.group(0), text)
+        if not answer or not text or index is None or "#" in text or not passage_holds(passages[index], answer):
+            continue
+        if " >> " in text:
+            subject, _, relation = text.partition(" >> ")
+            text = fact_question(subject.strip(), relation.strip())
+        out.append(SubQuestion(text, answer, index))
+    return out
 
 
 def _parse_ircot(row: dict, passages_required: bool = True) -> dict:
@@ -342,6 +396,16 @@ def _parse_ircot(row: dict, passages_required: bool = True) -> dict:
         raise _Bad("contexts.is_supporting", "no context is marked supporting (a paragraph list without gold)")
     supporting = list(dict.fromkeys(p.title for p in passages if p.is_gold))
     return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
+
+
+def _parse_gold_evidence(row: dict, passages_required: bool = True) -> dict:
+    question = _text(_need(row, "question"), "question")
+    answers = _answers(_need(row, "answer"), "answer")
+    evidence = _paragraph_list(row, "evidence", passages_required, "a non-empty list of paragraph strings")
+    passages = [Passage("", _text(e, "evidence"), is_gold=True) for e in evidence or []]
+    qid = row.get("id", row.get("_id"))
+    qid = str(qid) if qid not in (None, "") else "q-" + hashlib.sha1(question.encode()).hexdigest()[:12]
+    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False)
 
 
 def _parse_choices(row: dict) -> tuple[list[str], str, str]:
@@ -444,7 +508,7 @@ def read_examples(
             if fmt == "retrieved":
                 fields = _parse_retrieved(row, line, ds)
             else:
-                parse = {"original": _parse_original, "musique": _parse_musique, "ircot": _parse_ircot}[fmt]
+                parse = {"original": _parse_original, "musique": _parse_musique, "ircot": _parse_ircot, "gold_evidence": _parse_gold_evidence}[fmt]
                 fields = parse(row, passages_required)
         except _Bad as bad:
             errors.report(RowError(source, line, bad.field, bad.message))

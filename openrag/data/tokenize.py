@@ -11,7 +11,10 @@ retrieved passage:
 * the ``<paragraph>``/``</paragraph>`` tokens themselves are trained, as in the released code and in
   Self-RAG (``labels[start + 1 : end]`` there): the model learns that evidence opens after ``[Retrieval]``
   and where it ends. An unclosed ``<paragraph>`` masks the rest of the output (the EOS stays trained);
-* reflection tokens, answers and the EOS are trained.
+* reflection tokens, answers and the EOS are trained, with two exceptions: an instance marked
+  ``train_decision: false`` does not train its leading ``[Retrieval]``/``[No Retrieval]`` (a question
+  whose retrieval decision is taught by another instance), and an output that ends at a relevance token
+  (a relevance-only instance) gets no EOS: the answer would follow there, not the end.
 
 Too long an instance is shortened where it costs nothing to learn from: passage text first (the longest
 passages lose their tails first), then the end of the instruction text; the answer and the reflection
@@ -24,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..reflection import PARAGRAPH_END, PARAGRAPH_START
+from ..reflection import IRRELEVANT, NO_RETRIEVAL, PARAGRAPH_END, PARAGRAPH_START, RELEVANT, RETRIEVAL
 from .examples import ErrorLog, RowError
 from .readers import is_hub_name, iter_json_rows, split_window, window
 
@@ -111,15 +114,20 @@ def _water_fill(lengths: list[int], excess: int) -> list[int]:
     return keep
 
 
-def tokenize_instance(tokenizer, input: str, output: str, max_length: int) -> TokenizedInstance:
+def tokenize_instance(tokenizer, input: str, output: str, max_length: int, train_decision: bool = True) -> TokenizedInstance:
     """Token ids and labels of one instance (see the module docstring for the masking rules)."""
     start_id, end_id = _marker_ids(tokenizer)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; the target must end with one")
     ids, n_prompt = _tokenize_joint(tokenizer, format_prompt(input), output)
-    ids.append(tokenizer.eos_token_id)
-    n_target_end = len(ids) - 1  # index of EOS
+    relevance_only = output.rstrip().endswith((RELEVANT, IRRELEVANT))
+    if not relevance_only:
+        ids.append(tokenizer.eos_token_id)
+    n_target_end = len(ids) - (0 if relevance_only else 1)  # index of EOS (or the end)
     trained = [False] * n_prompt + [True] * (len(ids) - n_prompt)
+    decision_ids = tokenizer.convert_tokens_to_ids([RETRIEVAL, NO_RETRIEVAL])
+    if not train_decision and n_prompt < len(ids) and ids[n_prompt] in decision_ids:
+        trained[n_prompt] = False
     spans = _paragraph_spans(ids, start_id, end_id, 0, n_target_end)
     for first, last in spans:
         for k in range(first, last):
@@ -167,7 +175,10 @@ def _instance_of(row: dict) -> dict | None:
         turn = turns[0]
         if not isinstance(turn, dict) or "input" not in turn or "output" not in turn:
             raise KeyError("conversation[0].input/output")
-        return {"input": str(turn["input"]), "output": str(turn["output"])}
+        out = {"input": str(turn["input"]), "output": str(turn["output"])}
+        if row.get("train_decision") is False:
+            out["train_decision"] = False
+        return out
     if "output" in row and ("input" in row or "instruction" in row):
         # Self-RAG's own files: instruction (+ optional input) -> output
         parts = [str(row.get("instruction") or "").strip(), str(row.get("input") or "").strip()]

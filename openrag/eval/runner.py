@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..retrieval.metrics import retrieval_recall_at_k
+from .critique import relevance_metrics, retrieval_need_auc
 from .metrics import HEADLINE, score_answer
 from .passages import make_ranker, select_passages
 from .tasks import Task
@@ -142,20 +143,13 @@ def summarize(records: Sequence[dict], metric: str) -> dict:
         values = [r[key] for r in records if r.get(key) is not None]
         summary[key] = sum(values) / len(values) if values else None
         summary["retrieval_recall_n"] = len(values)
-    summary.update(relevance_accuracy(records))
+    summary.update(relevance_metrics(records))
+    if records and all("no_retrieval" in r for r in records):
+        summary.update(retrieval_need_auc(records, HEADLINE[metric]))
     seconds = sum(r.get("seconds", 0.0) for r in records)
     summary["seconds"] = seconds
     summary["questions_per_second"] = n / seconds if seconds > 0 else None
     return summary
-
-
-def relevance_accuracy(records: Sequence[dict]) -> dict:
-    """How often the model's relevance judgement agrees with the data's gold flag, over every candidate
-    whose passage has one: judged relevant when P([Relevant]) / (P([Relevant]) + P([Irrelevant])) > 0.5."""
-    judged = [(c["relevance"] > 0.5, bool(c["passage"]["is_gold"])) for r in records for c in r.get("candidates") or ()
-              if c.get("passage", {}).get("is_gold") is not None and c.get("relevance") is not None]
-    hits = sum(said == gold for said, gold in judged)
-    return {"relevance_accuracy": hits / len(judged) if judged else None, "relevance_n": len(judged)}
 
 
 def prepare_questions(examples: Iterable, config: RunConfig) -> list[Question]:
@@ -333,6 +327,9 @@ def format_summary(summary: dict) -> str:
         parts.append(f"gold recall@{summary.get('ndocs')} {100 * summary['gold_recall']:.1f}")
     if summary.get("relevance_accuracy") is not None:
         parts.append(f"relevance accuracy {100 * summary['relevance_accuracy']:.1f} ({summary['relevance_n']} passages)")
+    for key, name in (("relevance_balanced_accuracy", "balanced"), ("relevance_auc", "relevance AUC"), ("retrieval_need_auc", "retrieval-need AUC")):
+        if summary.get(key) is not None:
+            parts.append(f"{name} {summary[key]:.3f}" if key.endswith("auc") else f"{name} {100 * summary[key]:.1f}")
     for key in (k for k in summary if k.startswith("retrieval_recall@") and summary[k] is not None):
         parts.append(f"{key.replace('_', ' ')} {100 * summary[key]:.1f}")
     qps = summary.get("questions_per_second")

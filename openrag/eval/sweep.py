@@ -8,7 +8,9 @@ the one with retrieval. Every threshold's decision is then a pure function of th
     token rule:       retrieve if p_retrieve > threshold
     confidence rules: retrieve if minp (or meanp) < threshold
 
-so a whole curve costs two generations per question, not one run per threshold.
+so a whole curve costs two generations per question, not one run per threshold. Beside the fixed grid, each
+rule is also scored at the deciles of the values it actually produced (:func:`observed_thresholds`): a
+model whose P([Retrieval]) shares all lie between 0.96 and 0.99 still draws a curve.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .metrics import HEADLINE
 
 RULES = ("token", "minp", "meanp")
 DEFAULT_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+OBSERVED_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _VALUE = {"token": "p_retrieve", "minp": "minp", "meanp": "meanp"}
 
 
@@ -57,15 +60,25 @@ def _point(rule: str, threshold: float | None, records: Sequence[dict], choose) 
     return SweepPoint(rule, threshold, n, retrieved / n if n else 0.0, {k: v / n if n else 0.0 for k, v in sums.items()})
 
 
-def sweep(records: Sequence[dict], rules: Sequence[str] = RULES, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[SweepPoint]:
-    """One point per (rule, threshold), plus the two ends: never and always retrieving."""
+def observed_thresholds(records: Sequence[dict], rule: str, quantiles: Sequence[float] = OBSERVED_QUANTILES) -> list[float]:
+    """The values of ``rule`` at the given quantiles of what the questions produced (rounded to 1e-4)."""
+    values = sorted(v for r in records if (v := r["no_retrieval"].get(_VALUE[rule])) is not None)
+    if not values:
+        return []
+    return sorted({round(values[min(len(values) - 1, int(q * len(values)))], 4) for q in quantiles})
+
+
+def sweep(records: Sequence[dict], rules: Sequence[str] = RULES, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, observed: bool = True) -> list[SweepPoint]:
+    """One point per (rule, threshold), plus the two ends: never and always retrieving. With ``observed``,
+    each rule's thresholds also include the deciles of its own values."""
     missing = [r.get("id") for r in records if "no_retrieval" not in r]
     if missing:
         raise ValueError(f"{len(missing)} answers lack the no-retrieval generation a sweep needs (first id {missing[0]!r}); were they written by `openrag eval sweep`?")
     points = [_point("no_retrieval", None, records, lambda r: False), _point("always_retrieve", None, records, lambda r: True)]
     for rule in rules:
         key = _VALUE[rule] if rule in _VALUE else rule
-        for t in thresholds:
+        grid = sorted(set(thresholds) | set(observed_thresholds(records, rule) if observed else ()))
+        for t in grid:
             points.append(_point(rule, t, records, lambda r, rule=rule, key=key, t=t: decide(rule, r["no_retrieval"].get(key), t)))
     return points
 

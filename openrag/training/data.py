@@ -59,7 +59,7 @@ def tokenize_instances(tokenizer, instances: list[dict], max_length: int) -> Tok
     ids_parts, label_parts, lengths = [], [], []
     truncated = dropped = 0
     for instance in tqdm(instances, desc="tokenising", unit="instance", mininterval=2.0):
-        tok = tokenize_instance(tokenizer, instance["input"], instance["output"], max_length)
+        tok = tokenize_instance(tokenizer, instance["input"], instance["output"], max_length, instance.get("train_decision", True))
         if all(label == IGNORE_INDEX for label in tok.labels):
             dropped += 1
             continue
@@ -84,7 +84,7 @@ def _fingerprint(data_path: str, data_subset: str | None, tokenizer, max_length:
         "subset": data_subset,
         "max_length": max_length,
         "tokenizer": [tokenizer.name_or_path, len(vocab), hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest()],
-        "format": 1,
+        "format": 2,
     }
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 

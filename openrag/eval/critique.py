@@ -1,0 +1,58 @@
+"""Whether the model's critique decides, not only ranks: relevance and retrieval-need metrics.
+
+Pure functions of the per-question records ``openrag eval`` writes:
+
+* relevance, over every shown passage whose data has a gold flag: ``relevance_accuracy`` and
+  ``relevance_balanced_accuracy`` (mean of the accuracies on gold and on non-gold passages) at the model's
+  own decision point, P([Relevant]) share > 0.5, and ``relevance_auc``, how well the share ranks gold
+  above non-gold passages (0.5: no skill);
+* retrieval need, over sweep records (which hold the forced no-retrieval answer): ``retrieval_need_auc``,
+  how well the token rule's P([Retrieval]) share ranks the questions whose no-retrieval answer is wrong
+  above those whose no-retrieval answer is right.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative, ties
+    counting one half (Mann-Whitney U from average ranks). None when either class is empty."""
+    n_pos = sum(bool(p) for p in positive)
+    n_neg = len(positive) - n_pos
+    if not n_pos or not n_neg:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum, i = 0.0, 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        mean_rank = (i + j) / 2 + 1  # ranks i+1 .. j+1 shared by a run of ties
+        rank_sum += mean_rank * sum(bool(positive[order[k]]) for k in range(i, j + 1))
+        i = j + 1
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def relevance_metrics(records: Sequence[dict]) -> dict:
+    """Relevance accuracy, balanced accuracy and AUC against the data's gold flags (see the module doc)."""
+    judged = [(float(c["relevance"]), bool(c["passage"]["is_gold"])) for r in records for c in r.get("candidates") or ()
+              if c.get("passage", {}).get("is_gold") is not None and c.get("relevance") is not None]
+    out: dict = {"relevance_accuracy": None, "relevance_balanced_accuracy": None, "relevance_auc": None, "relevance_n": len(judged)}
+    if not judged:
+        return out
+    out["relevance_accuracy"] = sum((share > 0.5) == gold for share, gold in judged) / len(judged)
+    per_class = [[(share > 0.5) == gold for share, gold in judged if gold == cls] for cls in (True, False)]
+    if all(per_class):
+        out["relevance_balanced_accuracy"] = sum(sum(hits) / len(hits) for hits in per_class) / 2
+    out["relevance_auc"] = auc([s for s, _ in judged], [g for _, g in judged])
+    return out
+
+
+def retrieval_need_auc(records: Sequence[dict], headline: str) -> dict:
+    """AUC of P([Retrieval]) share against "the no-retrieval answer is wrong" (headline metric below 1)."""
+    pairs = [(float(r["no_retrieval"]["p_retrieve"]), r["no_retrieval"]["metrics"][headline] < 1.0) for r in records
+             if isinstance(r.get("no_retrieval"), dict) and r["no_retrieval"].get("p_retrieve") is not None]
+    value = auc([p for p, _ in pairs], [w for _, w in pairs]) if pairs else None
+    return {"retrieval_need_auc": value, "retrieval_need_n": len(pairs)}
