@@ -21,7 +21,7 @@ Two sides, each in a subprocess of its own (so that peak memory is its own), sam
 Scenarios: ``released`` = the published multi-hop setting (adaptive_retrieval, token rule, threshold 0.0,
 ndocs 3, w_use 0.5, seqscore + groundedness + utility); ``always`` = always_retrieve with the same scoring
 (no unforced pass on either side: the gain of batching and prefix sharing alone).
-Answers are compared after the same post-processing (openrag.rag.postprocess), and so is every
+Answers are compared after the same post-processing (openrag.answer.scoring.postprocess), and so is every
 candidate (its text, and its score within float tolerance): the untrained base often ends an evidence row
 at once (an empty candidate), so the candidates are the finer check.
 Throughput counts questions per second of wall time, model loading excluded. FLOPs: 2 x (linear-layer
@@ -85,7 +85,7 @@ def peak_rss_mib() -> float:
 
 class Released:
     def __init__(self, rag, options: dict, max_new_tokens: int):
-        from openrag.reflection import reflection_token_ids
+        from openrag.model.reflection import reflection_token_ids
 
         self.model, self.tok, self.opts, self.max_new = rag.model, rag.tokenizer, options, max_new_tokens
         ids = reflection_token_ids(self.tok)
@@ -109,8 +109,8 @@ class Released:
         return out, generated, seq_logprob, text_out
 
     def answer(self, question: str, passages: list[dict]) -> tuple[str, bool, list]:
-        from openrag.prompts import question_prompt
-        from openrag.rag import postprocess
+        from openrag.answer.prompts import question_prompt
+        from openrag.answer.scoring import postprocess
 
         prompt = question_prompt("multihop", question)
         mode, threshold = self.opts["mode"], self.opts["threshold"]
@@ -156,7 +156,7 @@ class Side:
     """One side loaded once; answers slices of the questions on request and keeps the totals."""
 
     def __init__(self, side: str, scenario: str, n: int, max_new_tokens: int, threads: int, batch_size: int):
-        from openrag.rag import OpenRAG
+        from openrag.answer import OpenRAG
 
         torch.set_num_threads(threads)
         self.side, self.batch_size, self.max_new = side, batch_size, max_new_tokens

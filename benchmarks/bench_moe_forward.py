@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from openrag import inject_moe, load_model
-from openrag.moe import MoEAdapter, moe_adapters
+from openrag.model.experts import MoEAdapter, moe_adapters
 
 
 def loop_forward(self: MoEAdapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

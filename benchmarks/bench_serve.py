@@ -60,8 +60,8 @@ def save_tiny_model(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from openrag.bundled import smollm2_checkpoint
-    from openrag.reflection import add_reflection_tokens
+    from openrag.model.bundled import smollm2_checkpoint
+    from openrag.model.reflection import add_reflection_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_checkpoint())
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from openrag.moe import MoEAdapter, moe_adapters
+from openrag.model.experts import MoEAdapter, moe_adapters
 from openrag.training.args import ModelArguments, MoEArguments
 from openrag.training.setup import build_model, trainable_summary
 from openrag.training.trainer import target_loss

@@ -1,14 +1,23 @@
 """openrag: Open-RAG (sparse mixture of adapter experts + reflection tokens + adaptive retrieval)."""
 
-from .checkpoints import CheckpointError, save_adapter, save_merged
-from .loading import load_model, parameter_counts
-from .moe import MoEConfig, inject_moe, moe_config_of, remove_moe
-from .reflection import REFLECTION_TOKENS, add_reflection_tokens
+from .model import (
+    REFLECTION_TOKENS,
+    CheckpointError,
+    MoEConfig,
+    add_reflection_tokens,
+    inject_moe,
+    load_model,
+    moe_config_of,
+    parameter_counts,
+    remove_moe,
+    save_adapter,
+    save_merged,
+)
 
 __version__ = "0.1.0"
 
 # Loaded on first use: the answering engine imports transformers, which `openrag --help` should not pay for.
-_LAZY = {name: ".rag" for name in ("Answer", "AnswerOptions", "Candidate", "OpenRAG", "Passage")}
+_LAZY = {name: ".answer" for name in ("Answer", "AnswerOptions", "Candidate", "OpenRAG", "Passage")}
 
 
 def __getattr__(name: str):

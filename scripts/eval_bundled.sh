@@ -5,6 +5,7 @@
 #   KIND=sweep (default): an Open-RAG model; one pass gives no_retrieval, always_retrieve and every
 #                         adaptive threshold (openrag eval sweep), in OUT_DIR/TASK.sweep.jsonl
 #   KIND=standard_rag | closed_book: any LM in a plain prompt (openrag eval --baseline), OUT_DIR/TASK.KIND.jsonl
+#   TASKS="hotpotqa musique 2wikimultihopqa" (default): which held-out sets
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-default}; OUT=${2:-runs/eval}; N=${3:-100}; KIND=${KIND:-sweep}
@@ -14,6 +15,7 @@ mkdir -p "$OUT"
 for spec in "hotpotqa:$D/hotpotqa/hotpotqa_dev_ircot500.jsonl" "musique:$D/musique/musique_dev200.jsonl" \
             "2wikimultihopqa:$D/2wikimultihopqa/2wiki_dev200.jsonl"; do
   task=${spec%%:*}; data=${spec#*:}
+  [[ " ${TASKS:-hotpotqa musique 2wikimultihopqa} " == *" $task "* ]] || continue
   common=(--model_name "$MODEL" --dataset "$data" --task "$task" --limit "$N" --ndocs 3 --ranker bm25
           --max_new_tokens 32 --metric hotpotem --resume --no_progress --output_file "$OUT/$task.$KIND.jsonl" "$@")
   if [ "$KIND" = sweep ]; then

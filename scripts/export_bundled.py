@@ -1,5 +1,6 @@
 """Copy a training checkpoint (adapter layout) into openrag/assets/default, the bundled model, with its
-tensors stored in bfloat16 (half the size; they load into float32 parameters on the CPU).
+tensors (experts, routers, new token rows and the LoRA in ``lora/``, if any) stored in bfloat16 (half the
+size; they load into float32 parameters on the CPU).
 
     python scripts/export_bundled.py runs/bundled/ckpt/checkpoint-N
 """
@@ -13,10 +14,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from openrag.bundled import DEFAULT_MODEL_DIR
-from openrag.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from openrag.model.bundled import DEFAULT_MODEL_DIR
+from openrag.model.layouts import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
+LORA_DIR = "lora"  # the PEFT LoRA folder of the adapter layout
 KEEP = (ADAPTER_CONFIG, "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def save_bf16(source: Path, target: Path) -> None:
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(source).items()}, target)
 
 
 def main(checkpoint: str) -> None:
@@ -29,11 +35,17 @@ def main(checkpoint: str) -> None:
     for name in KEEP:
         if (source / name).is_file():
             shutil.copy2(source / name, tmp / name)
-    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(source / ADAPTER_WEIGHTS).items()}
-    save_file(tensors, tmp / ADAPTER_WEIGHTS)
+    save_bf16(source / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
+    if (source / LORA_DIR).is_dir():
+        (tmp / LORA_DIR).mkdir()
+        for f in (source / LORA_DIR).iterdir():
+            if f.suffix == ".safetensors":
+                save_bf16(f, tmp / LORA_DIR / f.name)
+            elif f.suffix == ".json":
+                shutil.copy2(f, tmp / LORA_DIR / f.name)
     shutil.rmtree(DEFAULT_MODEL_DIR, ignore_errors=True)
     tmp.replace(DEFAULT_MODEL_DIR)
-    size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.iterdir()) / 2**20
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file()) / 2**20
     print(f"exported {source} to {DEFAULT_MODEL_DIR} ({size:.1f} MiB)")
 
 

@@ -23,14 +23,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from openrag.answer.scoring import decide, get_rule
 from openrag.data.examples import QAExample
 from openrag.data.labels import is_closed_class
 from openrag.eval.critique import relevance_metrics
 from openrag.eval.runner import read_records
-from openrag.eval.sweep import DEFAULT_THRESHOLDS, decide, sweep
+from openrag.eval.sweep import DEFAULT_THRESHOLDS, sweep
 
 TASKS = (("hotpotqa", "HotpotQA"), ("musique", "MuSiQue"), ("2wikimultihopqa", "2Wiki"))
-VALUE = {"token": "p_retrieve", "minp": "minp", "meanp": "meanp"}
 
 
 def mean(values) -> float:
@@ -61,7 +61,7 @@ def cross_validated(records, rule: str) -> tuple[float, float, float, list[float
         t = best_threshold(folds[1 - k], rule)
         thresholds.append(t)
         for r in fold:
-            decisions[r["index"]] = decide(rule, r["no_retrieval"].get(VALUE[rule]), t)
+            decisions[r["index"]] = decide(rule, r["no_retrieval"].get(get_rule(rule).signal), t)
     em, f1, freq = scores(records, lambda r: decisions[r["index"]])
     return em, f1, freq, thresholds
 

@@ -42,7 +42,7 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def smollm2_folder():
     """Folder of the converted bundled base (converted once per cache)."""
-    from openrag.bundled import smollm2_checkpoint
+    from openrag.model.bundled import smollm2_checkpoint
 
     return smollm2_checkpoint()
 
@@ -79,7 +79,7 @@ def tiny_pair(smollm2_tokenizer):
     """(tiny random Llama, a copy of the real tokenizer with the reflection tokens): junk answers, real ids."""
     import copy
 
-    from openrag.reflection import add_reflection_tokens
+    from openrag.model.reflection import add_reflection_tokens
 
     tokenizer = copy.deepcopy(smollm2_tokenizer)
     add_reflection_tokens(None, tokenizer)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from openrag import CheckpointError, add_reflection_tokens, inject_moe, load_model, save_adapter, save_merged
-from openrag.checkpoints import read_released_moe_bin
+from openrag.model.layouts import read_released_moe_bin
 
 from .conftest import make_tiny_llama_for
 from .test_moe import randomise_experts, reference_logits

@@ -11,7 +11,7 @@ import torch
 
 from openrag.data import ErrorLog, RowError, normalize_question, read_examples
 from openrag.data.build import BuildConfig, Exclusion, Instance, build, build_report, instances_for, write_jsonl_atomic
-from openrag.reflection import GROUNDEDNESS_TOKENS, REFLECTION_TOKENS
+from openrag.model.reflection import GROUNDEDNESS_TOKENS, REFLECTION_TOKENS
 
 FIXTURES = Path(__file__).parent / "data_fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

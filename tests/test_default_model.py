@@ -19,8 +19,8 @@ def default_rag():
 
 def test_default_model_is_the_trained_expert_model(default_rag):
     from openrag import moe_config_of
-    from openrag.moe import moe_adapters
-    from openrag.reflection import reflection_token_ids
+    from openrag.model.experts import moe_adapters
+    from openrag.model.reflection import reflection_token_ids
 
     model = default_rag.model
     assert moe_config_of(model).num_experts == 8 and moe_config_of(model).topk == 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from .conftest import make_tiny_llama
-from openrag.engine import Engine, shared_length
+from openrag.answer.engine import Engine, shared_length
 
 WATCH = {"a": [5, 6], "b": [7, 8, 9]}
 
@@ -136,7 +136,7 @@ def test_bundled_base_batched_equals_hf_generate(smollm2, tmp_path):
     from copy import deepcopy
 
     from openrag import add_reflection_tokens
-    from openrag.prompts import evidence_suffix, question_prompt
+    from openrag.answer.prompts import evidence_suffix, question_prompt
 
     model, tokenizer = deepcopy(smollm2[0]), deepcopy(smollm2[1])
     add_reflection_tokens(model, tokenizer)

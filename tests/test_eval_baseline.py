@@ -112,7 +112,7 @@ def test_relevance_accuracy_against_the_gold_flags(tiny_pair, hotpot4, tmp_path)
 
 
 def test_an_instruction_replaces_the_tasks(plain_pair, hotpot4):
-    from openrag.prompts import TASK_INSTRUCTION
+    from openrag.tasks import MULTIHOP_INSTRUCTION as TASK_INSTRUCTION
 
     _, tokenizer = plain_pair
     mine = "Answer in a few words."

@@ -10,7 +10,7 @@ import pytest
 from openrag.eval.answerer import answer_options, rag_answerer
 from openrag.eval.evaluate import EvalRequest, evaluate
 from openrag.eval.runner import read_records
-from openrag.rag import AnswerOptions, OpenRAG
+from openrag.answer import AnswerOptions, OpenRAG
 from openrag.retrieval import RetrievedPassage, build_index, open_index
 
 

@@ -20,7 +20,7 @@ SPEED = {"seconds", "questions_per_second", "load_seconds", "wall_seconds", "thr
 
 @pytest.fixture(scope="module")
 def tiny_pair(smollm2_tokenizer):
-    from openrag.reflection import add_reflection_tokens
+    from openrag.model.reflection import add_reflection_tokens
 
     tokenizer = copy.deepcopy(smollm2_tokenizer)
     add_reflection_tokens(None, tokenizer)
@@ -38,7 +38,7 @@ def hotpot4(tmp_path):
 
 
 def tiny_factory(tiny_pair, fail_after: int | None = None):
-    from openrag.rag import AnswerOptions, OpenRAG
+    from openrag.answer import AnswerOptions, OpenRAG
 
     model, tokenizer = tiny_pair
 

@@ -8,7 +8,7 @@ import pytest
 
 from openrag.data.examples import Passage, QAExample
 from openrag.eval.runner import RunConfig, combine_shards, metrics_path, prepare_questions, read_records, run_shard, shard_path
-from openrag.eval.tasks import get_task
+from openrag.tasks import get_task
 
 SPEED_KEYS = {"seconds", "questions_per_second", "load_seconds", "wall_seconds", "throughput"}
 

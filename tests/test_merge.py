@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from openrag import CheckpointError, load_model
-from openrag.merge import find_checkpoint, merge
+from openrag.model.layouts import find_checkpoint
+from openrag.model.merge import merge
 
 from .train_helpers import run_train, train_argv, write_base, write_dataset
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from openrag import inject_moe, moe_config_of, remove_moe
-from openrag.moe import MoEFeedForward, moe_adapters
+from openrag.model.experts import MoEFeedForward, moe_adapters
 
 
 def randomise_experts(model, seed=1):
@@ -115,7 +115,7 @@ def test_routing_gates_sum_to_one_over_topk(tiny_llama):
 
 
 def test_expert_gradients_match_a_per_token_reference():
-    from openrag.moe import MoEAdapter, MoEConfig
+    from openrag.model.experts import MoEAdapter, MoEConfig
 
     torch.manual_seed(0)
     adapter = MoEAdapter(6, MoEConfig(num_experts=3, topk=2, adapter_dim=4, moe_scaling=0.5, dropout=0.0))

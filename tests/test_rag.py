@@ -11,18 +11,10 @@ import math
 import pytest
 import torch
 
-from openrag import prompts
-from openrag.engine import RowResult
-from openrag.rag import (
-    Answer,
-    AnswerOptions,
-    Candidate,
-    OpenRAG,
-    candidate_score,
-    choose,
-    postprocess,
-    score_terms,
-)
+from openrag.answer import Answer, AnswerOptions, Candidate, OpenRAG, prompts
+from openrag.answer.engine import RowResult
+from openrag.answer.scoring import candidate_score, choose, postprocess, score_terms
+from openrag.tasks import MULTIHOP_INSTRUCTION, format_choices
 
 from .conftest import make_tiny_llama_for
 
@@ -125,7 +117,7 @@ def test_prompt_formats():
                                                          "if it's correct; otherwise say false.\n\n## Input:\n\nS.\n\n### Response:\n")
     arc = prompts.question_prompt("arc_c", "Q?", {"label": ["1", "2", "3"], "text": ["x", "y", "z"]})
     assert arc.endswith("### Input:\nQ?\nA: x\nB: y\nC: z\nD: \n\n### Response:\n")
-    assert prompts.format_choices(["a", "b", "c", "d", "e"]).endswith("\nD: d\nE: e")
+    assert format_choices(["a", "b", "c", "d", "e"]).endswith("\nD: d\nE: e")
     assert prompts.evidence_content("musique", "T", "body") == "body"
     assert prompts.question_prompt("hotpotqa", "Q?", prompt_format="training") == "### Instruction:\nQ?\n\n### Response:\n"
     assert prompts.evidence_content("musique", "T", "body", "training") == "T\nbody"
@@ -316,22 +308,20 @@ def test_training_format_is_what_data_build_trains_on(rag):
         rag._encode = encode
     row = next(t for t in shown if "<paragraph>" in t)
     assert trained.startswith(row)
-    assert not row.startswith(prompts.TASK_INSTRUCTION)
+    assert not row.startswith(MULTIHOP_INSTRUCTION)
 
 
 def test_the_models_recorded_format_is_the_default(rag):
+    """The loader's prompt_format reaches the pipeline as a value (OpenRAG(prompt_format=...)), not through
+    the model's config."""
+    trained = OpenRAG(rag.model, rag.tokenizer, prompt_format="training")
+    assert trained.model_prompt_format == "training" and rag.model_prompt_format == "released"
+    assert not hasattr(rag.model.config, "openrag_prompt_format")
     shown = []
-    encode = rag._encode
-    rag._encode = lambda text: shown.append(text) or encode(text)
-    try:
-        rag.model.config.openrag_prompt_format = "training"
-        rag.model_prompt_format = "training"
-        rag.answer("Q?", [{"title": "T", "text": "body"}], mode="always_retrieve", task="hotpotqa")
-        assert any(t.endswith("### Instruction:\nQ?\n\n### Response:\n[Retrieval]<paragraph>T\nbody</paragraph>") for t in shown)
-        shown.clear()
-        rag.answer("Q?", [{"title": "T", "text": "body"}], mode="always_retrieve", task="hotpotqa", prompt_format="released")
-        assert any(t.startswith(prompts.TASK_INSTRUCTION) and t.endswith("[Retrieval]<paragraph>body</paragraph>") for t in shown)
-    finally:
-        rag._encode = encode
-        rag.model_prompt_format = "released"
-        del rag.model.config.openrag_prompt_format
+    encode = trained._encode
+    trained._encode = lambda text: shown.append(text) or encode(text)
+    trained.answer("Q?", [{"title": "T", "text": "body"}], mode="always_retrieve", task="hotpotqa")
+    assert any(t.endswith("### Instruction:\nQ?\n\n### Response:\n[Retrieval]<paragraph>T\nbody</paragraph>") for t in shown)
+    shown.clear()
+    trained.answer("Q?", [{"title": "T", "text": "body"}], mode="always_retrieve", task="hotpotqa", prompt_format="released")
+    assert any(t.startswith(MULTIHOP_INSTRUCTION) and t.endswith("[Retrieval]<paragraph>body</paragraph>") for t in shown)

@@ -3,7 +3,7 @@ import copy
 import torch
 
 from openrag import REFLECTION_TOKENS, add_reflection_tokens
-from openrag.reflection import reflection_token_ids
+from openrag.model.reflection import reflection_token_ids
 
 from .conftest import make_tiny_llama_for
 

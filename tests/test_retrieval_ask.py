@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from openrag.rag import AnswerOptions, OpenRAG
+from openrag.answer import AnswerOptions, OpenRAG
 from openrag.retrieval import build_index, open_index
 
 

@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from openrag.serve import ServeSettings, create_app
 from openrag.serve.schemas import MAX_PASSAGE_CHARS, MAX_PASSAGES, MAX_QUESTION_CHARS
 
+LOCAL = "http://localhost"  # the server answers loopback Host names only (DNS rebinding; test_serve_abuse.py)
+
 
 @dataclass
 class FakeAnswer:
@@ -67,7 +69,7 @@ def engine():
 
 @pytest.fixture
 def client(engine):
-    with TestClient(create_app(engine, ServeSettings(model_name="tiny")), raise_server_exceptions=False) as c:
+    with TestClient(create_app(engine, ServeSettings(model_name="tiny")), base_url=LOCAL, raise_server_exceptions=False) as c:
         yield c
 
 
@@ -128,8 +130,8 @@ def test_chat_accepts_content_parts(client, engine):
 
 def test_an_openai_client_works(engine):
     openai = pytest.importorskip("openai")
-    with TestClient(create_app(engine, ServeSettings(model_name="tiny", api_key="k3y"))) as http:
-        client = openai.OpenAI(base_url="http://testserver/v1", api_key="k3y", http_client=http)
+    with TestClient(create_app(engine, ServeSettings(model_name="tiny", api_key="k3y")), base_url=LOCAL) as http:
+        client = openai.OpenAI(base_url=LOCAL + "/v1", api_key="k3y", http_client=http)
         reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
                                                extra_body={"passages": PASSAGES})
     assert reply.choices[0].message.content == "HELLO"
@@ -160,7 +162,7 @@ def test_page_is_served_with_a_policy_that_allows_exactly_its_script(client):
 
 @pytest.fixture
 def locked(engine):
-    with TestClient(create_app(engine, ServeSettings(api_key="s3cret")), raise_server_exceptions=False) as c:
+    with TestClient(create_app(engine, ServeSettings(api_key="s3cret")), base_url=LOCAL, raise_server_exceptions=False) as c:
         yield c
 
 
@@ -270,7 +272,7 @@ def test_a_body_that_is_not_json_gets_422(client):
 
 
 def test_bodies_over_the_limit_get_413_declared_or_streamed(engine):
-    with TestClient(create_app(engine, ServeSettings(max_body_bytes=2_000)), raise_server_exceptions=False) as c:
+    with TestClient(create_app(engine, ServeSettings(max_body_bytes=2_000)), base_url=LOCAL, raise_server_exceptions=False) as c:
         assert c.post("/v1/answer", json={"question": "q" * 1_500}).status_code == 200
         assert c.post("/v1/answer", json={"question": "q" * 2_500}).status_code == 413
         chunks = iter([b'{"question": "', b"q" * 2_500, b'"}'])  # no Content-Length: chunked
@@ -303,7 +305,7 @@ def test_unknown_paths_and_methods_answer_json(client):
 async def _with_app(app, work):
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as http:
             return await work(app, http)
 
 
@@ -385,7 +387,7 @@ def test_one_failing_request_does_not_fail_its_batch():
 def test_every_request_option_is_an_engine_option():
     from dataclasses import fields
 
-    from openrag.rag import AnswerOptions
+    from openrag.answer import AnswerOptions
     from openrag.serve.schemas import OPTION_FIELDS, AnswerFields
 
     assert set(OPTION_FIELDS) <= {f.name for f in fields(AnswerOptions)}

@@ -40,7 +40,7 @@ STARTUP_SECONDS = 180  # imports and model loading on a busy two-core machine
 def tiny_model_folder(tmp_path_factory, smollm2_folder):
     from transformers import AutoTokenizer
 
-    from openrag.reflection import add_reflection_tokens
+    from openrag.model.reflection import add_reflection_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
     model = make_tiny_llama_for(tokenizer, max_position_embeddings=1024)

@@ -8,7 +8,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from openrag.rag import AnswerOptions, OpenRAG
+from openrag.answer import AnswerOptions, OpenRAG
 from openrag.serve import ServeSettings, create_app
 
 from .conftest import make_tiny_llama_for
@@ -21,7 +21,7 @@ PASSAGES = [{"title": "Lyon", "text": "Lyon is a city in France."}, {"title": "R
 
 @pytest.fixture(scope="module")
 def rag(smollm2_tokenizer, tmp_path_factory):
-    from openrag.reflection import add_reflection_tokens
+    from openrag.model.reflection import add_reflection_tokens
     from openrag.retrieval import build_index, open_index
 
     folder = tmp_path_factory.mktemp("serve_index")
@@ -35,7 +35,7 @@ def rag(smollm2_tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(rag):
-    with TestClient(create_app(rag, ServeSettings(model_name="tiny"))) as c:
+    with TestClient(create_app(rag, ServeSettings(model_name="tiny")), base_url="http://localhost") as c:
         yield c
 
 

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from openrag import load_model
-from openrag.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from openrag.model import load_pretrained
+from openrag.model.layouts import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 from .train_helpers import losses, run_train, train_argv, write_base, write_dataset
 
@@ -246,6 +247,6 @@ def test_no_experts_is_a_lora_only_baseline(tmp_path):
     base, data = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl")
     trainer = run_train(train_argv(base, data, tmp_path / "out", "--max_steps", "2", "--num_experts", "0"))
     assert not any(".moe_adapter." in n for n, _ in trainer.setup.model.named_parameters())
-    model, _ = load_model(str(tmp_path / "out"), device="cpu")
-    assert getattr(model.config, "num_experts", None) is None
-    assert model.config.openrag_prompt_format == "training"  # answered in the format it learned (openrag.prompts)
+    loaded = load_pretrained(str(tmp_path / "out"), device="cpu")
+    assert getattr(loaded.model.config, "num_experts", None) is None
+    assert loaded.prompt_format == "training"  # answered in the format it learned (openrag.answer.prompts)

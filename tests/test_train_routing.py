@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from openrag.moe import MoEConfig
+from openrag.model.experts import MoEConfig
 from openrag.training.routing import LoadMeter, expert_counts, load_balancing_loss
 from openrag.training.trainer import format_expert_load, format_log
 

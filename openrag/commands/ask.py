@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..rag import AnswerOptions
+    from ..answer.options import AnswerOptions
 
     parser.add_argument("question", nargs="?", help="the question to answer")
     parser.add_argument("--questions", metavar="FILE", help="answer every question of a QA file (JSON lines or JSON in any "
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default'/'smollm2'")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
-    AnswerOptions.add_arguments(parser)
+    AnswerOptions.add_arguments(parser, "ask")
 
 
 def read_passages(path: str) -> list:
@@ -57,7 +57,9 @@ def print_answer(answer) -> None:
     console = Console()
     console.print(answer.text or "(empty answer)", markup=False, highlight=False)
     if answer.retrieval_rule is not None:
-        side = ">" if answer.retrieval_rule == "token" else "<"
+        from ..answer.scoring import get_rule
+
+        side = get_rule(answer.retrieval_rule).side
         verdict = "retrieved" if answer.retrieved else "did not retrieve"
         console.print(f"[dim]{verdict}: {answer.retrieval_rule} rule, {answer.retrieval_value:.4f} vs threshold "
                       f"{answer.threshold} (retrieve when {side})[/dim]")
@@ -91,7 +93,7 @@ def read_questions(path: str, ndocs: int, with_index: bool) -> tuple[list, list]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..rag import AnswerOptions, OpenRAG
+    from ..answer import AnswerOptions, OpenRAG
 
     if (args.question is None) == (args.questions is None):
         raise ValueError("give a question, or --questions FILE (not both)")
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --passages or --index, not both")
     if args.top_k is not None and not args.index:
         raise ValueError("--top_k needs --index (with --passages, --ndocs says how many are used)")
-    options = AnswerOptions.from_args(args)
+    options = AnswerOptions.from_args(args, "ask")
     if options.query != "question" and not args.index:
         raise ValueError(f"--query {options.query} needs --index (it says what the index is asked)")
     if args.top_k is not None:

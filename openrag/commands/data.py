@@ -48,8 +48,8 @@ def load_tokenizer(name: str):
     """A tokenizer with the reflection tokens added (a copy; nothing is saved)."""
     from transformers import AutoTokenizer
 
-    from ..loading import resolve_folder
-    from ..reflection import add_reflection_tokens
+    from ..model.loading import resolve_folder
+    from ..model.reflection import add_reflection_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_folder(name))
     add_reflection_tokens(None, tokenizer)

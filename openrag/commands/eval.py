@@ -15,7 +15,6 @@ import argparse
 import os
 
 ACTIONS = ("run", "sweep", "combine")
-TASK_NAMES = ("hotpotqa", "2wikimultihopqa", "musique", "popqa", "triviaqa", "pubhealth", "arc_c")  # = eval.tasks.TASKS
 
 
 def _env_int(name: str, default: int) -> int:
@@ -24,12 +23,15 @@ def _env_int(name: str, default: int) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..answer.options import add_option_arguments
+    from ..tasks import EVAL_TASKS
+
     parser.add_argument(
         "action", nargs="?", default="run", choices=ACTIONS,
         help="run (default): answer and score; sweep: one generation pass scored at many thresholds; combine: merge finished shards",
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--task", help=f"one of {', '.join(TASK_NAMES)}")
+    data.add_argument("--task", choices=EVAL_TASKS, help="the task: its data, metric and prompts (openrag.tasks)")
     data.add_argument("--dataset", default=None, help="local file in any supported format, or a hub dataset (default for multi-hop tasks: shayekh/openrag_bench)")
     data.add_argument("--split", default=None, help="hub split (only dev is read)")
     data.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
@@ -38,7 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--index", metavar="INDEX_DIR", default=None, help="an `openrag index` folder: rows without passages are answered from it (and retrieval_recall@K is reported)")
     data.add_argument("--top_k", type=int, metavar="K", default=None, help="with --index: passages retrieved and used (sets --ndocs)")
     data.add_argument("--passages", default="from_data", choices=("from_data", "from_index"), help="with --index: from_data (default) keeps a row's own passages and searches only for rows without; from_index searches for every row")
-    data.add_argument("--query", default=None, choices=("question", "question+answer"), help="with --index: what it is asked: the question (default), or the question plus the model's no-retrieval answer (multi-hop)")
 
     model = parser.add_argument_group("model and answering")
     model.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default' (the bundled model)")
@@ -46,22 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="answer as a plain LM instead (no reflection tokens): standard_rag puts the --ndocs passages in one "
                             "prompt before the question; closed_book gives the question alone")
     model.add_argument("--instruction", default=None, help="with --baseline: the instruction of the plain prompt (default: the task's)")
-    model.add_argument("--prompt_format", default=None, choices=("released", "training"),
-                       help="released: the released evaluation's prompts; training: multi-hop prompts as openrag data build "
-                            "writes them; default: the model's own (its checkpoint says; released otherwise)")
-    model.add_argument("--mode", default=None, choices=("no_retrieval", "always_retrieve", "adaptive_retrieval"))
-    model.add_argument("--retrieval_rule", default=None, help="adaptive rule: token (Self-RAG), minp or meanp (Open-RAG's confidence rule)")
-    model.add_argument("--threshold", type=float, default=None, help="token rule: retrieve if p > threshold; confidence rules: if f < threshold")
-    model.add_argument("--ndocs", type=int, default=3, help="passages per question (one candidate answer each)")
-    model.add_argument("--max_new_tokens", type=int, default=None)
-    model.add_argument("--use_seqscore", action="store_true", default=None, help="add exp(mean token log-prob) to each candidate's score")
-    model.add_argument("--use_groundness", action="store_true", default=None, help="add the support score (spelled as in the seed)")
-    model.add_argument("--use_utility", action="store_true", default=None, help="add the utility score")
-    model.add_argument("--w_rel", type=float, default=None, help="default 1.0")
-    model.add_argument("--w_sup", type=float, default=None, help="default 1.0")
-    model.add_argument("--w_use", type=float, default=None, help="default 1.0")
     model.add_argument("--metric", default=None, choices=("hotpotem", "match", "accuracy"), help="default: the task's")
-    model.add_argument("--batch_size", type=int, default=8, help="questions answered together")
+    model.add_argument("--batch_size", type=int, default=8, help="questions answered together (the engine's rows follow)")
     model.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
 
     out = parser.add_argument_group("output and processes")
@@ -71,26 +58,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--rank", type=int, default=_env_int("RANK", 0), help="this process's share, 0..world_size-1 (default $RANK or 0)")
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
 
+    add_option_arguments(parser, "eval")  # --mode, --threshold, --ndocs, --use_*, ... (openrag.answer.options)
+
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--thresholds", default=None, help="comma-separated thresholds (default 0,0.05,0.1,0.2,...,0.9,0.95,1)")
     sweep.add_argument("--rules", default="token,minp,meanp", help="comma-separated rules to sweep")
 
 
-ENGINE_FLAGS = ("prompt_format", "mode", "retrieval_rule", "threshold", "max_new_tokens", "use_seqscore", "use_groundness", "use_utility", "w_rel", "w_sup", "w_use", "query")
-
-
 def _request(args: argparse.Namespace):
+    from ..answer.options import default_of, given_options
     from ..eval.evaluate import EvalRequest
+    from ..tasks import EVAL_TASKS
 
     if not args.task:
-        raise ValueError("--task is required; choose one of " + ", ".join(TASK_NAMES))
+        raise ValueError("--task is required; choose one of " + ", ".join(EVAL_TASKS))
     if args.top_k is not None and not args.index:
         raise ValueError("--top_k needs --index (with the data's passages, --ndocs says how many are used)")
-    options = {k: getattr(args, k) for k in ENGINE_FLAGS if getattr(args, k) is not None}
+    options = given_options(args, "eval")  # the answering flags given (the others keep eval's defaults)
+    ndocs = options.pop("ndocs", default_of("ndocs"))  # the request's own field: passages per question
     return EvalRequest(
         task=args.task, output_file=args.output_file, dataset=args.dataset, model_name=args.model_name, metric=args.metric,
         split=args.split, limit=args.limit, resume=args.resume, strict=args.strict, world_size=args.world_size, rank=args.rank,
-        batch_size=args.batch_size, ranker=args.ranker, ndocs=args.ndocs if args.top_k is None else args.top_k, progress=not args.no_progress,
+        batch_size=args.batch_size, ranker=args.ranker, ndocs=ndocs if args.top_k is None else args.top_k, progress=not args.no_progress,
         device=args.device, index=args.index, passages=args.passages, options=options, baseline=args.baseline,
         instruction=args.instruction,
     )

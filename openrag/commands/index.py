@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-KIND_CHOICES = ("bm25", "dense", "hybrid")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from openrag.retrieval.index import KINDS
+
     parser.add_argument("--corpus", required=True,
                         help="JSON lines {id, title, text} or {id, contents}, a JSON list, or a folder of .txt/.md files")
     parser.add_argument("--output", required=True, help="the index folder to write")
-    parser.add_argument("--kind", choices=KIND_CHOICES, default="bm25", help="bm25 (default), dense, or hybrid (RRF of both)")
+    parser.add_argument("--kind", choices=tuple(KINDS), default="bm25",
+                        help="; ".join(f"{k.name}: {k.help}" for k in KINDS.values()) + " (default bm25)")
     parser.add_argument("--passage_words", type=int, default=100, help="folder corpora: words per passage (default 100)")
     parser.add_argument("--passage_overlap", type=int, default=20, help="folder corpora: words shared by neighbours (default 20)")
     parser.add_argument("--dense_model", default=None,

@@ -11,9 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(model, tokenizer) -> dict:
-    from ..loading import parameter_counts
-    from ..moe import moe_config_of
-    from ..reflection import REFLECTION_TOKENS
+    from ..model.loading import parameter_counts
+    from ..model.experts import moe_config_of
+    from ..model.reflection import REFLECTION_TOKENS
 
     cfg = model.config
     moe = moe_config_of(model)
@@ -36,7 +36,7 @@ def describe(model, tokenizer) -> dict:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..loading import load_model
+    from ..model.loading import load_model
 
     model, tokenizer = load_model(args.model, device="cpu")
     facts = describe(model, tokenizer)

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..merge import merge
+    from ..model.merge import merge
 
     out = merge(args.model_path, base_model=args.base_model, output_dir=args.output_dir, dtype=args.dtype)
     print(f"merged model written to {out}")

@@ -18,7 +18,7 @@ LOOPBACK_NAMES = ("localhost",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from openrag.rag import AnswerOptions
+    from openrag.answer.options import AnswerOptions
     from openrag.serve.app import API_KEY_ENV, ServeSettings
 
     defaults = ServeSettings()
@@ -38,11 +38,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms,
                         help="how long the first request of a batch waits for others to join it")
     server.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes, help="larger bodies get 413")
+    limits = parser.add_argument_group("limits (README, Security)")
+    limits.add_argument("--max_request_tokens", type=int, default=defaults.max_request_tokens,
+                        help="tokens of work one request may ask for: the prompt of each row it makes (one per passage "
+                             "used, plus the no-retrieval row) and the new tokens of each; more gets 413 (default: %(default)s)")
+    limits.add_argument("--request_timeout_s", type=float, default=defaults.request_timeout_s,
+                        help="seconds from a request read to its answer, queue included; then 504 and its work is "
+                             "stopped, as it is when the client disconnects (default: %(default)s)")
+    limits.add_argument("--allowed_hosts", default=None, metavar="NAMES",
+                        help="comma-separated names the Host header may carry ('*': any; '*.example.org': its "
+                             f"subdomains); others get 400 (DNS rebinding). Default: {','.join(defaults.allowed_hosts)} "
+                             "when --host is a loopback address, else any")
+    limits.add_argument("--header_timeout_s", type=float, default=defaults.header_timeout_s,
+                        help="seconds a connection has to send each request's headers, and then its body; then it "
+                             "is closed (default: %(default)s)")
+    limits.add_argument("--idle_timeout_s", type=float, default=defaults.idle_timeout_s,
+                        help="seconds an idle keep-alive connection stays open (default: %(default)s)")
+    limits.add_argument("--max_connections", type=int, default=defaults.max_connections,
+                        help="open connections; a new one beyond closes the oldest idle one (or one still sending "
+                             "headers), else gets 503; lowered to fit the process's file limit (default: %(default)s)")
     server.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, one per core; on a busy shared machine 1 "
                              "avoids threads spinning against each other)")
     server.add_argument("--log_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    AnswerOptions.add_arguments(parser)
+    AnswerOptions.add_arguments(parser, "serve")
 
 
 def is_loopback(host: str) -> bool:
@@ -54,6 +73,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts(flag: str | None, host: str) -> tuple[str, ...]:
+    """The Host names to answer: the flag's, else the loopback names when bound to loopback, else any."""
+    from openrag.serve.app import LOOPBACK_HOSTS
+
+    if flag is not None:
+        return tuple(name for name in flag.split(",") if name.strip())
+    return LOOPBACK_HOSTS if is_loopback(host) else ("*",)
+
+
 def resolve_api_key(flag: str | None) -> str | None:
     """The key from ``--api_key``, else from the environment variable, else None (no key required)."""
     from openrag.serve.app import API_KEY_ENV
@@ -62,20 +90,23 @@ def resolve_api_key(flag: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from openrag.rag import AnswerOptions, OpenRAG
+    from openrag.answer import AnswerOptions, OpenRAG
     from openrag.serve import API_KEY_ENV, ServeSettings, create_app
+    from openrag.serve.connections import make_server
 
     api_key = resolve_api_key(args.api_key)
     settings = ServeSettings(model_name=args.model_name, api_key=api_key, max_batch=args.max_batch,
-                             queue_size=args.queue_size, max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes)
+                             queue_size=args.queue_size, max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
+                             max_request_tokens=args.max_request_tokens, request_timeout_s=args.request_timeout_s,
+                             allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
+                             header_timeout_s=args.header_timeout_s, idle_timeout_s=args.idle_timeout_s,
+                             max_connections=args.max_connections)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if not is_loopback(args.host) and api_key is None:
         print(f"openrag serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               f"machine can use the model (set ${API_KEY_ENV} or --api_key)", file=sys.stderr)
-    options = AnswerOptions.from_args(args)
+    options = AnswerOptions.from_args(args, "serve")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
@@ -97,5 +128,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"openrag serve: {args.model_name} on http://{args.host}:{args.port}/ "
           f"(batches of up to {settings.max_batch}, queue {settings.queue_size}"
           f"{', API key required' if api_key else ''})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    make_server(app, settings, args.host, args.port, args.log_level).run()
     return 0

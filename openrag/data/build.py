@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..reflection import (
+from ..model.reflection import (
     FULLY_SUPPORTED,
     IRRELEVANT,
     NO_RETRIEVAL,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED
+from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED
 from .tokenize import format_prompt
 
 SUPPORT_ANSWERS = {FULLY_SUPPORTED: "fully supported", PARTIALLY_SUPPORTED: "partially supported", NO_SUPPORT: "not supported"}
@@ -32,7 +32,7 @@ class Critic:
 
     @classmethod
     def load(cls, name_or_path: str, device: str | None = None) -> Critic:
-        from ..loading import load_model
+        from ..model.loading import load_model
 
         model, tokenizer = load_model(name_or_path, device=device)
         return cls(model, tokenizer)

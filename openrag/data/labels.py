@@ -37,7 +37,7 @@ Distractor hardness (the passages closest to the question or to the gold titles)
 
 from __future__ import annotations
 
-from ..reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED, REFLECTION_TOKENS
+from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED, REFLECTION_TOKENS
 from .examples import Passage, QAExample, normalize_text
 
 YES_NO = frozenset({"yes", "no"})

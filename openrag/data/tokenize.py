@@ -27,13 +27,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..reflection import IRRELEVANT, NO_RETRIEVAL, PARAGRAPH_END, PARAGRAPH_START, RELEVANT, RETRIEVAL
+from ..model.reflection import IRRELEVANT, NO_RETRIEVAL, PARAGRAPH_END, PARAGRAPH_START, RELEVANT, RETRIEVAL
+from ..tasks import PROMPT_TEMPLATE, format_prompt
 from .examples import ErrorLog, RowError
 from .readers import is_hub_name, iter_json_rows, split_window, window
 
 log = logging.getLogger(__name__)
 
-PROMPT_TEMPLATE = "### Instruction:\n{input}\n\n### Response:\n"
 _PROMPT_HEAD, _PROMPT_TAIL = PROMPT_TEMPLATE.split("{input}")
 IGNORE_INDEX = -100
 
@@ -43,10 +43,6 @@ class TokenizedInstance:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX (-100) where no loss is taken
     truncated: bool  # True when passages, instruction or target were shortened to fit max_length
-
-
-def format_prompt(input: str) -> str:
-    return _PROMPT_HEAD + input + _PROMPT_TAIL
 
 
 def _marker_ids(tokenizer) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""The model side of ``openrag eval``: an :class:`openrag.rag.OpenRAG` wrapped as the loop's answerer.
+"""The model side of ``openrag eval``: an :class:`openrag.answer.OpenRAG` wrapped as the loop's answerer.
 
 ``both=False`` (``openrag eval``): each question is answered once with the requested options.
 A question whose passages are None is given the ``--index`` folder's (``OpenRAG(retriever=index)``).
@@ -14,18 +14,17 @@ import math
 from dataclasses import asdict, fields
 from typing import Sequence
 
+from ..answer.scoring import RULES, get_rule
 from .runner import Question
 
 
 def answer_options(req, both: bool) -> dict:
-    """Engine options for a request: the flags given, the passage count, and the task's prompt format."""
-    from ..rag import AnswerOptions
+    """Engine options for a request: eval's defaults (answer.options.COMMANDS), the flags given, the passage
+    count, and the task's prompt format."""
+    from ..answer.options import COMMANDS, AnswerOptions
 
     known = {f.name for f in fields(AnswerOptions)}
-    options = {k: v for k, v in req.options.items() if k in known}
-    # The seed's switches are off unless given (store_true), whatever the engine's own defaults are.
-    for switch in ("use_seqscore", "use_groundness", "use_utility"):
-        options.setdefault(switch, False)
+    options = {**COMMANDS["eval"].defaults, **{k: v for k, v in req.options.items() if k in known}}
     options.update(ndocs=req.ndocs, task=req.task, closed=req.task_info.closed, batch_size=max(32, req.batch_size * req.ndocs))
     if both:
         options.update(mode="adaptive_retrieval", retrieval_rule="minp", threshold=math.inf)
@@ -33,7 +32,7 @@ def answer_options(req, both: bool) -> dict:
 
 
 def to_result(answer, both: bool) -> dict:
-    """The JSON-line fields of one engine answer (see openrag.rag.Answer)."""
+    """The JSON-line fields of one engine answer (see openrag.answer.Answer)."""
     data = answer.to_dict()
     data.pop("question", None)
     if data.get("query") is None:  # the index was not searched: nothing to record
@@ -42,12 +41,10 @@ def to_result(answer, both: bool) -> dict:
     result = {"prediction": data.pop("text"), "retrieved": data.pop("retrieved"), **data}
     if both:
         signals = getattr(answer, "signals", None) or {}
-        result["no_retrieval"] = {
-            "prediction": answer.no_retrieval_text or "",
-            "p_retrieve": signals.get("p_retrieve"),
-            "minp": signals.get("minp", answer.retrieval_value),
-            "meanp": signals.get("meanp"),
-        }
+        rule = getattr(answer, "retrieval_rule", None)
+        decided = {get_rule(rule).signal: answer.retrieval_value} if rule else {}
+        result["no_retrieval"] = {"prediction": answer.no_retrieval_text or "",
+                                  **{r.signal: signals.get(r.signal, decided.get(r.signal)) for r in RULES.values()}}
         for key in ("retrieval_rule", "retrieval_value", "threshold"):  # the sweep's device, not a decision
             result.pop(key, None)
     return result
@@ -67,7 +64,7 @@ def rag_answerer(rag, both: bool):
 
 def engine_answerer_factory(req, both: bool):
     """Load the model once; return (answerer, settings to record in the summary)."""
-    from ..rag import OpenRAG
+    from ..answer.pipeline import OpenRAG
 
     options = answer_options(req, both)
     retriever = None

@@ -4,7 +4,7 @@
 before the question, the usual retrieve-then-read setup. ``closed_book``: the question alone. The prompt
 carries the task's instruction (for multi-hop tasks the one Open-RAG is evaluated with) and goes through the
 model's chat template when it has one (an instruction-tuned base such as SmolLM2-Instruct), else the Alpaca
-template of :mod:`openrag.prompts`. ``--instruction TEXT`` replaces the task's instruction (small models
+template of :mod:`openrag.tasks`. ``--instruction TEXT`` replaces the task's instruction (small models
 may copy the multi-hop instruction's example answers). Decoding is greedy; the answer is the first non-empty line, without a
 leading ``Answer:``.
 """
@@ -16,11 +16,10 @@ from typing import Sequence
 
 import torch
 
-from .. import prompts
+from ..tasks import format_choices, format_prompt, get_task
 from .runner import Question
 
 BASELINES = ("standard_rag", "closed_book")
-SINGLEHOP_INSTRUCTION = "Answer the question with the shortest word, phrase or named entity, not a full sentence."
 MAX_PASSAGE_CHARS = 2000  # a passage longer than this is cut (about 500 tokens), so three fit any context
 _ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)
 
@@ -28,16 +27,9 @@ _ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IG
 def task_request(task: str, question: str, choices=None, instruction: str | None = None) -> str:
     """The instruction (the task's, unless one is given) and the question, as one user message."""
     if instruction is not None:
-        return f"{instruction}\n\nQuestion: {question}" + (prompts.format_choices(choices) if choices is not None else "")
-    if task in prompts.MULTIHOP_TASKS:
-        return f"{prompts.TASK_INSTRUCTION}\n\nQuestion: {question}"
-    if task in ("pubhealth", "fever"):
-        return f"{prompts.PUBHEALTH_INSTRUCTION}\n\nStatement: {question}"
-    if task == "arc_c":
-        if choices is None:
-            raise ValueError("arc_c needs the answer choices")
-        return f"{prompts.ARC_INSTRUCTION}\n\nQuestion: {question}{prompts.format_choices(choices)}"
-    return f"{SINGLEHOP_INSTRUCTION}\n\nQuestion: {question}"
+        return f"{instruction}\n\nQuestion: {question}" + (format_choices(choices) if choices is not None else "")
+    t = get_task(task)
+    return f"{t.plain_instruction}\n\n{t.subject}: {t.input_text(question, choices)}"
 
 
 def context_block(passages: Sequence) -> str:
@@ -55,7 +47,7 @@ def plain_prompt(tokenizer, task: str, question: str, passages: Sequence | None,
         message = f"{context_block(passages)}\n\n{message}"
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
-    return prompts.INSTRUCTION_TEMPLATE.format(instruction=message)
+    return format_prompt(message)
 
 
 def first_answer_line(generated: str) -> str:
@@ -100,7 +92,7 @@ class PlainAnswerer:
 
 def baseline_answerer_factory(req, both: bool):
     """Load the model as a plain LM; return (answerer, settings to record in the summary)."""
-    from ..loading import load_model
+    from ..model.loading import load_model
 
     model, tokenizer = load_model(req.model_name, device=req.device)
     model.eval()

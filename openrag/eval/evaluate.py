@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 from .metrics import METRICS
 from .runner import Answerer, Question, RunConfig, combine_shards, metrics_path, prepare_questions, read_records, run_shard, shard_path
 from .sweep import DEFAULT_THRESHOLDS, RULES, plot_sweep, sweep, sweep_json, sweep_table
-from .tasks import get_task
+from ..tasks import get_eval_task
 
 
 @dataclass
@@ -45,7 +45,7 @@ class EvalRequest:
     instruction: str | None = None  # with baseline: the plain prompt's instruction instead of the task's
 
     def __post_init__(self) -> None:
-        self.task_info = get_task(self.task)
+        self.task_info = get_eval_task(self.task)
         self.metric = self.metric or self.task_info.metric
         if self.metric not in METRICS:
             raise ValueError(f"unknown --metric {self.metric!r}; choose one of {', '.join(METRICS)}")

@@ -8,6 +8,8 @@ gold recall at ``ndocs`` of that ranking says how much the ranking, not the mode
 
 Rankers: ``bm25`` (default, over the row's own paragraphs), ``dense`` (cosine similarity with the retrieval
 package's bundled MiniLM encoder), ``hybrid`` (reciprocal-rank fusion of the two), ``given`` (the row's order).
+Each is the retrieval package's retriever of that kind over the row's paragraphs, so a row is ranked here as
+an index of its paragraphs would rank it.
 """
 
 from __future__ import annotations
@@ -27,33 +29,29 @@ class Selection:
 
 
 def bm25_order(query: str, texts: Sequence[str]) -> list[int]:
-    """Indices of ``texts`` from most to least BM25-relevant to ``query``; ties keep the row's order."""
-    import bm25s
+    """Indices of ``texts`` from most to least BM25-relevant to ``query``; ties keep the row's order. The
+    index's BM25 (``openrag index --kind bm25``, default settings) over these texts."""
+    from ..retrieval.bm25 import BM25Retriever
 
-    if len(texts) < 2:
+    if len(texts) < 2 or not BM25Retriever.query_tokens([query])[0]:
         return list(range(len(texts)))
-    corpus = bm25s.tokenize(list(texts), stopwords="en", show_progress=False, return_ids=False)
-    query_tokens = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
-    if not query_tokens:
-        return list(range(len(texts)))
-    retriever = bm25s.BM25()
-    retriever.index(corpus, show_progress=False)
-    scores = retriever.get_scores(query_tokens)  # [len(texts)]
-    return sorted(range(len(texts)), key=lambda i: (-float(scores[i]), i))
+    return BM25Retriever.from_texts(list(texts)).order(query)
 
 
 class DenseOrder:
-    """Orders a row's passages by cosine similarity to the question; the encoder is loaded once."""
+    """Orders a row's passages by cosine similarity to the question with the dense retriever's encoder
+    (loaded once)."""
 
     def __init__(self, device: str | None = None):
-        from ..retrieval.dense import DenseSettings, load_encoder
+        from ..retrieval.dense import DenseRetriever, DenseSettings
 
-        self.encoder = load_encoder(DenseSettings(), device)
+        self.retriever = DenseRetriever(None, DenseSettings(), device=device)
+        self.retriever.encoder  # noqa: B018 - load it now, once, not on the first row
 
     def __call__(self, query: str, texts: Sequence[str]) -> list[int]:
         if len(texts) < 2:
             return list(range(len(texts)))
-        vectors = self.encoder.encode([query, *texts], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)  # [1 + N, D]
+        vectors = self.retriever.encode([query, *texts])  # [1 + N, D], unit vectors
         scores = vectors[1:] @ vectors[0]  # [N]
         return sorted(range(len(texts)), key=lambda i: (-float(scores[i]), i))
 

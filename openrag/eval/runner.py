@@ -36,7 +36,7 @@ from ..retrieval.metrics import retrieval_recall_at_k
 from .critique import relevance_metrics, retrieval_need_auc
 from .metrics import HEADLINE, score_answer
 from .passages import make_ranker, select_passages
-from .tasks import Task
+from ..tasks import Task
 
 
 PASSAGE_SOURCES = ("from_data", "from_index")  # --passages: a row's own passages where it has some, or the index's

@@ -8,7 +8,9 @@ the one with retrieval. Every threshold's decision is then a pure function of th
     token rule:       retrieve if p_retrieve > threshold
     confidence rules: retrieve if minp (or meanp) < threshold
 
-so a whole curve costs two generations per question, not one run per threshold. Beside the fixed grid, each
+so a whole curve costs two generations per question, not one run per threshold. The decision is the
+pipeline's own (:func:`openrag.answer.scoring.decide`, over the rule registry), so a threshold here means
+what it means in ``openrag eval --threshold``. Beside the fixed grid, each
 rule is also scored at the deciles of the values it actually produced (:func:`observed_thresholds`): a
 model whose P([Retrieval]) shares all lie between 0.96 and 0.99 still draws a curve.
 """
@@ -19,22 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..answer.scoring import RULES, decide, get_rule
 from .metrics import HEADLINE
 
-RULES = ("token", "minp", "meanp")
 DEFAULT_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 OBSERVED_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-_VALUE = {"token": "p_retrieve", "minp": "minp", "meanp": "meanp"}
-
-
-def decide(rule: str, value: float | None, threshold: float) -> bool:
-    """Whether ``rule`` retrieves for a question whose rule value is ``value``. A missing value (an empty
-    no-retrieval answer has no token probabilities) counts as no confidence: the question retrieves."""
-    if rule not in RULES:
-        raise ValueError(f"unknown retrieval rule {rule!r}; choose one of {', '.join(RULES)}")
-    if value is None:
-        return True
-    return value > threshold if rule == "token" else value < threshold
 
 
 @dataclass
@@ -62,7 +53,7 @@ def _point(rule: str, threshold: float | None, records: Sequence[dict], choose) 
 
 def observed_thresholds(records: Sequence[dict], rule: str, quantiles: Sequence[float] = OBSERVED_QUANTILES) -> list[float]:
     """The values of ``rule`` at the given quantiles of what the questions produced (rounded to 1e-4)."""
-    values = sorted(v for r in records if (v := r["no_retrieval"].get(_VALUE[rule])) is not None)
+    values = sorted(v for r in records if (v := r["no_retrieval"].get(get_rule(rule).signal)) is not None)
     if not values:
         return []
     return sorted({round(values[min(len(values) - 1, int(q * len(values)))], 4) for q in quantiles})
@@ -76,7 +67,7 @@ def sweep(records: Sequence[dict], rules: Sequence[str] = RULES, thresholds: Seq
         raise ValueError(f"{len(missing)} answers lack the no-retrieval generation a sweep needs (first id {missing[0]!r}); were they written by `openrag eval sweep`?")
     points = [_point("no_retrieval", None, records, lambda r: False), _point("always_retrieve", None, records, lambda r: True)]
     for rule in rules:
-        key = _VALUE[rule] if rule in _VALUE else rule
+        key = get_rule(rule).signal
         grid = sorted(set(thresholds) | set(observed_thresholds(records, rule) if observed else ()))
         for t in grid:
             points.append(_point(rule, t, records, lambda r, rule=rule, key=key, t=t: decide(rule, r["no_retrieval"].get(key), t)))

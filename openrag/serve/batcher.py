@@ -8,23 +8,39 @@ batches grow by themselves, with no lock serialising requests one at a time.
 
 A full queue is refused at once (:class:`QueueFull`, the API's 503) rather than letting waits grow without
 bound. If a batch fails, its requests are retried one by one, so one bad request fails alone.
+
+A request whose waiter is cancelled (its client disconnected, or its deadline passed) is dropped from the
+queue; once no request of the engine call in progress waits for it, the call is stopped at the model's next
+forward (:class:`limits.Interrupter`). After a large or stopped call the freed memory is handed back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .limits import Interrupted, Interrupter, release_memory
+
 log = logging.getLogger(__name__)
 
 
+RELEASE_AFTER_TOKENS = 8_192  # engine calls with at least this many tokens of work hand their memory back
+STOP_WAIT_S = 10.0  # how long stop() waits for the engine call in progress to stop
+
+
 class AnsweringEngine(Protocol):
-    """What the server needs of an engine (``openrag.rag.OpenRAG`` is one): answers with ``to_dict()``."""
+    """What the server needs of an engine (``openrag.OpenRAG`` is one): answers with ``to_dict()``.
+
+    Used when present: ``model`` (a torch module: cancelled calls stop at its next forward), ``tokenizer``
+    (counts the token budget; else UTF-8 bytes) and ``options`` (the defaults of the options a request
+    leaves out)."""
 
     def answer_batch(self, questions: Sequence[str], passages: Sequence[Sequence] | None = None,
                      choices: Sequence | None = None, **options) -> list[Any]: ...
@@ -49,10 +65,18 @@ class Job:
     choices: list[str] | None
     options: dict
     future: asyncio.Future
+    tokens: int = 0  # the work it asked for (limits.request_tokens)
 
     @property
     def group(self) -> tuple:
         return tuple(sorted(self.options.items())), self.passages is None
+
+
+@dataclass
+class _Call:
+    jobs: list[Job]
+    stop: threading.Event  # set: the call is stopped at the model's next forward
+    thread: asyncio.Future  # the engine call, in a worker thread
 
 
 @dataclass
@@ -61,8 +85,12 @@ class BatcherStats:
     engine_calls: int = 0
     answered: int = 0
     failed: int = 0
-    rejected: int = 0
+    rejected: int = 0  # queue full
+    over_budget: int = 0  # more tokens of work than max_request_tokens
+    timed_out: int = 0  # no answer before the request's deadline
+    disconnected: int = 0  # the client left before its answer
     largest_batch: int = 0
+    interrupted: int = 0  # engine calls stopped because none of their requests waited any more
     busy_seconds: float = 0.0
     recent_call_seconds: float = 0.0  # moving average of one engine call
     sizes: dict[int, int] = field(default_factory=dict)  # engine call size -> count
@@ -77,36 +105,58 @@ class Batcher:
         self.stats = BatcherStats()
         self._queue: asyncio.Queue[Job] | None = None
         self._worker: asyncio.Task | None = None
+        self._interrupter: Interrupter | None = None
+        self._current: _Call | None = None  # the engine call in progress
 
     @property
     def waiting(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    @property
+    def running(self) -> int:
+        """Requests in the engine call in progress."""
+        return len(self._current.jobs) if self._current is not None else 0
+
     async def start(self) -> None:
         if self._worker is None:
             self._queue = asyncio.Queue(self.queue_size)
+            self._interrupter = Interrupter.for_engine(self.engine)
             self._worker = asyncio.create_task(self._work(), name="openrag-batcher")
 
     async def stop(self) -> None:
-        """Stop taking work; requests still waiting are failed with :class:`ShuttingDown`."""
+        """Stop taking work: the engine call in progress is stopped (at most ``STOP_WAIT_S`` waited for), and
+        its requests and those still waiting are failed with :class:`ShuttingDown`."""
         if self._worker is None:
             return
+        current = self._current
+        if current is not None:
+            current.stop.set()
         self._worker.cancel()
         try:
             await self._worker
         except asyncio.CancelledError:
             pass
         self._worker = None
+        jobs = list(current.jobs) if current is not None else []
+        if current is not None:  # its thread stops at the model's next forward, while the hook is still there
+            await asyncio.wait([current.thread], timeout=STOP_WAIT_S)
+            if current.thread.done() and not current.thread.cancelled():
+                current.thread.exception()  # retrieved: nobody else will
+        if self._interrupter is not None:
+            self._interrupter.close()
+            self._interrupter = None
         while not self._queue.empty():
-            job = self._queue.get_nowait()
+            jobs.append(self._queue.get_nowait())
+        for job in jobs:
             if not job.future.done():
                 job.future.set_exception(ShuttingDown("the server is shutting down"))
 
     async def submit(self, question: str, passages: list[dict] | None = None, choices: list[str] | None = None,
-                     options: dict | None = None):
-        """Queue one question and wait for its answer (the engine's answer object)."""
+                     options: dict | None = None, tokens: int = 0):
+        """Queue one question and wait for its answer (the engine's answer object). Cancelling the wait
+        withdraws the question, and stops the engine call it is in once no other question of it waits."""
         await self.start()
-        job = Job(question, passages, choices, dict(options or {}), asyncio.get_running_loop().create_future())
+        job = Job(question, passages, choices, dict(options or {}), asyncio.get_running_loop().create_future(), tokens)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -143,8 +193,14 @@ class Batcher:
         return jobs
 
     async def _answer(self, jobs: list[Job]) -> None:
+        jobs = [j for j in jobs if not j.future.done()]  # withdrawn while an earlier group was answered
+        if not jobs:
+            return
         try:
             answers = await self._call(jobs)
+        except Interrupted:
+            self.stats.interrupted += 1
+            return  # nobody waits for these answers
         except Exception as err:  # noqa: BLE001 - handed to the waiting requests, never swallowed
             if len(jobs) == 1:
                 self._settle(jobs[0], error=err)
@@ -160,11 +216,24 @@ class Batcher:
     async def _call(self, jobs: list[Job]) -> list:
         passages = None if jobs[0].passages is None else [j.passages for j in jobs]
         choices = [j.choices for j in jobs] if any(j.choices for j in jobs) else None
+        stop = threading.Event()
+
+        def withdrawn(_future) -> None:
+            if all(j.future.done() for j in jobs):
+                stop.set()
+
+        for job in jobs:
+            job.future.add_done_callback(withdrawn)
         start = time.perf_counter()
+        thread = asyncio.ensure_future(asyncio.to_thread(self._run, stop, sum(j.tokens for j in jobs),
+                                                         [j.question for j in jobs], passages, choices, jobs[0].options))
+        self._current = _Call(jobs, stop, thread)
         try:
-            answers = await asyncio.to_thread(self.engine.answer_batch, [j.question for j in jobs], passages,
-                                              choices, **jobs[0].options)
+            answers = await asyncio.shield(thread)  # cancelling the worker leaves the thread to stop()
         finally:
+            self._current = None
+            for job in jobs:
+                job.future.remove_done_callback(withdrawn)
             seconds = time.perf_counter() - start
             self.stats.busy_seconds += seconds
             self.stats.engine_calls += 1
@@ -174,6 +243,18 @@ class Batcher:
         if len(answers) != len(jobs):
             raise RuntimeError(f"the engine returned {len(answers)} answers for {len(jobs)} questions")
         return answers
+
+    def _run(self, stop: threading.Event, tokens: int, questions, passages, choices, options: dict) -> list:
+        """In the worker thread: one engine call, stopped when ``stop`` is set; then the memory handed back."""
+        try:
+            with self._interrupter.watching(stop) if self._interrupter else contextlib.nullcontext():
+                return self.engine.answer_batch(questions, passages, choices, **options)
+        except Interrupted:
+            pass  # raised afresh below: this one's traceback holds the call's frames, and their tensors
+        finally:
+            if stop.is_set() or tokens >= RELEASE_AFTER_TOKENS:
+                release_memory()
+        raise Interrupted("the engine call was stopped: none of its requests waits for it any more")
 
     def _settle(self, job: Job, answer=None, error: Exception | None = None) -> None:
         if job.future.done():

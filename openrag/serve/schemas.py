@@ -1,18 +1,18 @@
 """Request bodies of the HTTP API, with the limits that keep one request from monopolising the server.
 
 Every field is validated before a request reaches the queue; a bad one is answered 422 naming it.
-The answering options mirror :class:`openrag.rag.AnswerOptions`; a field left out keeps the server's default
-(the flags ``openrag serve`` was started with).
+The answering options are :class:`openrag.answer.AnswerOptions`' fields (the ``request`` entry of its
+per-command table), with this file's limits; a field left out keeps the server's default (the flags
+``openrag serve`` was started with).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
 
-from ..prompts import TASKS
-from ..rag import MODES, QUERIES, RULES
+from ..answer.options import field_kind, option_fields
 
 MAX_QUESTION_CHARS = 4_000
 MAX_TITLE_CHARS = 500
@@ -26,9 +26,23 @@ MAX_MESSAGE_CHARS = 20_000
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION_CHARS)]
 Choice = Annotated[str, StringConstraints(max_length=MAX_CHOICE_CHARS)]
-OPTION_FIELDS = ("mode", "retrieval_rule", "threshold", "ndocs", "max_new_tokens", "use_seqscore", "use_groundness",
-                 "use_utility", "w_rel", "w_sup", "w_use", "task", "query")
-Weight = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+WEIGHT = dict(ge=-100, le=100, allow_inf_nan=False)
+# Per option, the bounds a request must respect (the others: the option's type and choices).
+OPTION_LIMITS = {"threshold": dict(ge=-1e6, le=1e6, allow_inf_nan=False), "ndocs": dict(ge=1, le=MAX_PASSAGES),
+                 "max_new_tokens": dict(ge=1, le=MAX_NEW_TOKENS), "w_rel": WEIGHT, "w_sup": WEIGHT, "w_use": WEIGHT}
+
+
+def _option_model() -> type[BaseModel]:
+    """Every request option of AnswerOptions as an optional field: None means "the server's default"."""
+    specs = {}
+    for f in option_fields("request"):
+        kind = Literal[tuple(f.metadata["choices"])] if "choices" in f.metadata else field_kind(f)
+        specs[f.name] = (kind | None, Field(default=None, description=f.metadata["help"], **OPTION_LIMITS.get(f.name, {})))
+    return create_model("AnswerOptionFields", **specs)
+
+
+AnswerOptionFields = _option_model()
+OPTION_FIELDS = tuple(AnswerOptionFields.model_fields)
 
 
 class PassageIn(BaseModel):
@@ -38,27 +52,13 @@ class PassageIn(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_PASSAGE_CHARS)
 
 
-class AnswerFields(BaseModel):
+class AnswerFields(AnswerOptionFields):
     """The per-request answering options (all optional) and the evidence, shared by both endpoints."""
 
     passages: list[PassageIn] | None = Field(default=None, max_length=MAX_PASSAGES, description=
                                              "evidence; left out, the server's index (if any) is searched")
     choices: list[Choice] | None = Field(default=None, min_length=2, max_length=MAX_CHOICES,
                                          description="answer choices, for task arc_c")
-    mode: Literal[MODES] | None = None
-    retrieval_rule: Literal[RULES] | None = None
-    threshold: float | None = Field(default=None, ge=-1e6, le=1e6, allow_inf_nan=False)
-    ndocs: int | None = Field(default=None, ge=1, le=MAX_PASSAGES)
-    max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
-    use_seqscore: bool | None = None
-    use_groundness: bool | None = None
-    use_utility: bool | None = None
-    w_rel: Weight | None = None
-    w_sup: Weight | None = None
-    w_use: Weight | None = None
-    task: Literal[TASKS] | None = None
-    query: Literal[QUERIES] | None = Field(default=None, description="what the index is asked: the question, or "
-                                           "the question followed by the no-retrieval answer")
 
     def options(self) -> dict:
         """The answering options this request sets (the engine's defaults stand for the others)."""

@@ -63,7 +63,7 @@ class MoEArguments:
 
     def __post_init__(self):
         if self.num_experts > 0:
-            from ..moe import MoEConfig
+            from ..model.experts import MoEConfig
 
             MoEConfig(self.num_experts, self.topk, self.adapter_dim, self.moe_scaling, self.expert_dropout)  # validates
         elif self.num_experts < 0:

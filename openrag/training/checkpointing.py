@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import (
+from ..model.experts import moe_config_of
+from ..model.layouts import (
     ADAPTER_CONFIG,
+    ADAPTER_LORA_DIR,
     ADAPTER_WEIGHTS,
     AdapterConfig,
     CheckpointError,
@@ -20,9 +22,8 @@ from ..checkpoints import (
     load_new_token_rows,
     read_tensors,
     save_adapter,
+    save_released_training,
 )
-from ..merge import OFFICIAL_LORA_DIR, OFFICIAL_MOE_FILE
-from ..moe import moe_config_of
 from .setup import TrainableModel
 
 
@@ -35,11 +36,7 @@ def save_checkpoint(setup: TrainableModel, folder: str | Path, state_dict: dict 
                  prompt_format="training")
     if official:
         full = state_dict if state_dict is not None else setup.model.state_dict()
-        if lora_model is not None:
-            lora_model.save_pretrained(str(folder / OFFICIAL_LORA_DIR), state_dict=state_dict)
-            _use_released_names(folder / OFFICIAL_LORA_DIR / "adapter_model.safetensors")
-        # The released trainer kept every state key containing "adapter": the routers and experts.
-        torch.save({k: v.detach().cpu() for k, v in full.items() if "adapter" in k}, folder / OFFICIAL_MOE_FILE)
+        save_released_training(folder, full, lora_model, state_dict)
     return folder
 
 
@@ -64,7 +61,7 @@ def load_checkpoint(setup: TrainableModel, folder: str | Path) -> None:
     load_moe_state_dict(setup.inner, {k: v for k, v in tensors.items() if ".moe_adapter." in k}, where)
     load_new_token_rows(setup.inner, {k: v for k, v in tensors.items() if k.startswith("new_token_rows.")}, setup.num_base_tokens, where)
     if setup.lora:
-        _load_lora(setup.model, folder / "lora")
+        _load_lora(setup.model, folder / ADAPTER_LORA_DIR)
 
 
 def _load_lora(peft_model, folder: Path) -> None:
@@ -81,11 +78,3 @@ def _load_lora(peft_model, folder: Path) -> None:
         key = (unexpected or missing)[0]
         raise CheckpointError(f"{path}: LoRA tensor {key!r} does not fit this run (different --lora_r or --lora_target_modules?)")
 
-
-def _use_released_names(path: Path) -> None:
-    """The released model had the dense FFN's projections at ``mlp.gate_proj``; ours wraps them in
-    ``mlp.dense_mlp``. Rename, so that the released merge code finds its keys."""
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(path))
-    save_file({k.replace(".mlp.dense_mlp.", ".mlp."): v for k, v in tensors.items()}, str(path), metadata={"format": "pt"})

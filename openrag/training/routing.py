@@ -1,6 +1,6 @@
 """Router statistics of a forward pass: per-layer expert load and the optional load-balancing loss.
 
-Both read the router logits each :class:`~openrag.moe.MoEAdapter` keeps from its last forward and
+Both read the router logits each :class:`~openrag.model.experts.MoEAdapter` keeps from its last forward and
 count only real tokens (``attention_mask == 1``), never padding.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..moe import MoEAdapter
+from ..model.experts import MoEAdapter
 
 
 def _tokens(logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import ADAPTER_CONFIG, released_moe_config
-from ..loading import resolve_folder
-from ..moe import inject_moe, moe_adapters
-from ..reflection import add_reflection_tokens
+from ..model.layouts import ADAPTER_CONFIG, released_moe_config
+from ..model.loading import resolve_folder
+from ..model.experts import inject_moe, moe_adapters
+from ..model.reflection import add_reflection_tokens
 from .args import ModelArguments, MoEArguments
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback, Tra
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..data.tokenize import IGNORE_INDEX
-from ..moe import moe_adapters
+from ..model.experts import moe_adapters
 from .checkpointing import load_checkpoint, save_checkpoint
 from .data import TokenizedDataset
 from .routing import LoadMeter, load_balancing_loss

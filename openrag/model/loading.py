@@ -1,17 +1,22 @@
-"""``load_model``: one entry point for every checkpoint a user brings (see checkpoints.py for layouts)."""
+"""``load_model``: one entry point for every checkpoint a user brings (layouts.py names the layouts).
+
+``load_pretrained`` returns the model with what its checkpoint says about it (the prompt format it was
+trained with) as an explicit value; ``load_model`` is the ``(model, tokenizer)`` pair of it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import checkpoints as ckpt
+from . import layouts as ckpt
 from .bundled import DEFAULT_NAME, SMOLLM2_NAME, default_model_dir, smollm2_checkpoint
-from .moe import inject_moe
+from .experts import inject_moe
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +56,41 @@ def default_dtype(device: torch.device, config_dtype) -> torch.dtype:
     return config_dtype if isinstance(config_dtype, torch.dtype) else torch.bfloat16
 
 
-def load_model(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
-    """Load ``(model, tokenizer)`` from a dense HF checkpoint, a released/merged Open-RAG checkpoint,
-    an openrag adapter folder, ``"smollm2"`` (the bundled base) or ``"default"`` (the bundled trained
-    Open-RAG model). The model is in eval mode."""
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint: the model, its tokenizer, and what the checkpoint records about how to use it."""
+
+    model: nn.Module
+    tokenizer: object
+    prompt_format: str | None = None  # the prompts it was trained with ("training"), when recorded; None: unknown
+
+    @property
+    def pair(self) -> tuple[nn.Module, object]:
+        return self.model, self.tokenizer
+
+
+def load_pretrained(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype | str | None = None,
+                    device: str | torch.device | None = None) -> LoadedModel:
+    """Load a dense HF checkpoint, a released/merged Open-RAG checkpoint, an openrag adapter folder,
+    ``"smollm2"`` (the bundled base) or ``"default"`` (the bundled trained Open-RAG model), in eval mode."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     folder = resolve_folder(str(name_or_path))
     if (folder / ckpt.ADAPTER_CONFIG).is_file():
-        model, tokenizer = _load_adapter(folder, dtype, device)
+        loaded = load_adapter(folder, dtype, device)
     else:
-        model, tokenizer = _load_dense_or_merged(folder, dtype, device)
-    model.eval()
-    return model, tokenizer
+        loaded = LoadedModel(*_load_dense_or_merged(folder, dtype, device))
+    loaded.model.eval()
+    return loaded
 
 
-def _read_config(folder: Path):
+def load_model(name_or_path: str = DEFAULT_NAME, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
+    """Load ``(model, tokenizer)`` from any checkpoint :func:`load_pretrained` reads. The model is in eval mode."""
+    return load_pretrained(name_or_path, dtype, device).pair
+
+
+def read_config(folder: Path):
     from transformers import AutoConfig, LlamaConfig
 
     config_path = folder / "config.json"
@@ -94,7 +117,7 @@ def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
 def _load_dense_or_merged(folder: Path, dtype, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = _read_config(folder)
+    config = read_config(folder)
     moe = ckpt.released_moe_config(config)
     files = ckpt.safetensors_files(folder)
     if files:
@@ -120,7 +143,7 @@ def _load_dense_or_merged(folder: Path, dtype, device):
     return model.to(device), tokenizer
 
 
-def _load_adapter(folder: Path, dtype, device, base_model: str | None = None):
+def load_adapter(folder: Path, dtype, device, base_model: str | None = None) -> LoadedModel:
     """``base_model``: the base to load under the adapter, if not the one the checkpoint names (moved or renamed)."""
     from transformers import AutoTokenizer
 
@@ -140,10 +163,8 @@ def _load_adapter(folder: Path, dtype, device, base_model: str | None = None):
     if config.lora:  # last: a LoRA on embed_tokens/lm_head adds its delta to the new rows just loaded, as in training
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(folder / "lora")).merge_and_unload()
-    if config.extra.get("prompt_format"):
-        model.config.openrag_prompt_format = config.extra["prompt_format"]
-    return model.to(device=device, dtype=dtype or model.dtype), tokenizer
+        model = PeftModel.from_pretrained(model, str(folder / ckpt.ADAPTER_LORA_DIR)).merge_and_unload()
+    return LoadedModel(model.to(device=device, dtype=dtype or model.dtype), tokenizer, config.prompt_format)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

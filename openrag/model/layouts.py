@@ -1,4 +1,4 @@
-"""Reading and writing the three checkpoint layouts openrag knows.
+"""Every checkpoint layout openrag reads or writes, in one place: names, config fields, read and write.
 
 * dense: an ordinary Hugging Face folder (``config.json`` + safetensors).
 * merged: the released Open-RAG layout: a dense folder whose ``config.json`` also has
@@ -6,6 +6,10 @@
   ``model.layers.{i}.mlp.moe_adapter.*`` tensors (in any of its files). ``openrag merge`` writes it.
 * adapter: this project's small layout (``openrag_config.json`` + ``adapter.safetensors``
   + tokenizer, optional ``lora/`` in PEFT format): the weights that training changed, over a named base.
+  ``openrag train`` writes one per save; its ``extra.prompt_format`` says how the model was prompted.
+* released training: the released trainer's ``checkpoint-N/`` (``adapter_model/`` PEFT LoRA over the dense
+  projections + ``moe_model.bin``, expert settings in a ``config.json`` beside them); ``openrag train
+  --save_official`` writes it too, ``openrag merge`` reads it.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .moe import MoEConfig, decoder_layers, moe_config_of
+from .experts import MoEConfig, decoder_layers, moe_config_of
 
 ADAPTER_CONFIG = "openrag_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_LORA_DIR = "lora"  # the adapter layout's PEFT LoRA, if it has one
 MERGED_MOE_WEIGHTS = "moe_adapter.safetensors"
 NEW_EMBED_KEY = "new_token_rows.embed_tokens"  # [n_new, D] rows of the input embedding from num_base_tokens on
 NEW_LM_HEAD_KEY = "new_token_rows.lm_head"  # [n_new, D] rows of an untied output embedding
 MOE_KEYS_FIELDS = ("num_experts", "topk", "adapter_dim", "moe_scaling")
+RELEASED_LORA_DIR = "adapter_model"  # released training checkpoint: PEFT LoRA over the dense projections
+RELEASED_MOE_FILE = "moe_model.bin"  # released training checkpoint: every state key containing "adapter"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
 
 class CheckpointError(ValueError):
@@ -45,6 +53,11 @@ class AdapterConfig:
     format: str = "openrag-adapter"
     version: int = 1
     extra: dict = field(default_factory=dict)
+
+    @property
+    def prompt_format(self) -> str | None:
+        """The prompts the model learned (``training``), when the checkpoint records them."""
+        return self.extra.get("prompt_format") or None
 
     @classmethod
     def read(cls, folder: Path) -> "AdapterConfig":
@@ -207,7 +220,7 @@ def save_adapter(
 
     ``state_dict``: a full state dict of ``lora_model`` (or of ``model`` without LoRA) to take the tensors
     from instead of the parameters, for sharded training (FSDP, DeepSpeed ZeRO-3). ``prompt_format``: the
-    prompts the model learned (openrag.prompts.PROMPT_FORMATS), recorded for answering. The LoRA folder never
+    prompts the model learned (openrag.answer.prompts.PROMPT_FORMATS), recorded for answering. The LoRA folder never
     holds the embedding matrices: their new rows are in ``adapter.safetensors``, the rest is the base's."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,14 +238,14 @@ def save_adapter(
         extra={"prompt_format": prompt_format} if prompt_format else {},
     ).write(folder)
     if lora_model is not None:
-        lora_model.save_pretrained(str(folder / "lora"), state_dict=state_dict, save_embedding_layers=False)
+        lora_model.save_pretrained(str(folder / ADAPTER_LORA_DIR), state_dict=state_dict, save_embedding_layers=False)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def save_merged(model: nn.Module, tokenizer, folder: str | Path) -> Path:
     """Write the released merged layout: dense weights, MoE fields in config.json, expert tensors beside."""
-    from .moe import remove_moe
+    from .experts import remove_moe
 
     folder = Path(folder)
     moe = moe_config_of(model)
@@ -264,3 +277,58 @@ def read_released_moe_bin(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors (key -> tensor)")
     return state
+
+
+# --- the released training layout ----------------------------------------------------------------
+
+
+def is_training_checkpoint(folder: Path) -> bool:
+    """An adapter folder, or a released-layout training checkpoint."""
+    return (folder / ADAPTER_CONFIG).is_file() or (folder / RELEASED_MOE_FILE).is_file()
+
+
+def find_checkpoint(model_path: str | Path) -> Path:
+    """The training checkpoint in ``model_path``: the folder itself, else its newest ``checkpoint-N``."""
+    folder = Path(model_path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder at {model_path}; give a training output folder or one of its checkpoint-N folders")
+    if is_training_checkpoint(folder):
+        return folder
+    steps = sorted(
+        (int(m.group(1)), sub) for sub in folder.iterdir() if (m := _CHECKPOINT_DIR.match(sub.name)) and is_training_checkpoint(sub)
+    )
+    if not steps:
+        raise FileNotFoundError(f"{folder} holds no training checkpoint ({ADAPTER_CONFIG}, or {RELEASED_MOE_FILE} with {RELEASED_LORA_DIR}/)")
+    return steps[-1][1]
+
+
+def released_training_moe_config(folder: Path) -> dict:
+    """Expert settings of a released training checkpoint, from a ``config.json`` beside ``moe_model.bin``
+    (or in its parent): never from defaults."""
+    for candidate in (folder / "config.json", folder.parent / "config.json"):
+        if candidate.is_file():
+            data = json.loads(candidate.read_text())
+            if all(k in data for k in MOE_KEYS_FIELDS):
+                return data
+    raise CheckpointError(
+        f"{folder} does not record its expert settings: put a config.json with num_experts, topk, adapter_dim "
+        "and moe_scaling beside moe_model.bin (the released training wrote them in its model config)"
+    )
+
+
+def save_released_training(folder: Path, full_state_dict: dict[str, torch.Tensor], lora_model=None, state_dict=None) -> None:
+    """Add the released trainer's files to a checkpoint folder: ``adapter_model/`` (the LoRA, keys named as
+    the released model named them) and ``moe_model.bin`` (every state key containing "adapter")."""
+    if lora_model is not None:
+        lora_model.save_pretrained(str(folder / RELEASED_LORA_DIR), state_dict=state_dict)
+        _use_released_names(folder / RELEASED_LORA_DIR / "adapter_model.safetensors")
+    torch.save({k: v.detach().cpu() for k, v in full_state_dict.items() if "adapter" in k}, folder / RELEASED_MOE_FILE)
+
+
+def _use_released_names(path: Path) -> None:
+    """The released model had the dense FFN's projections at ``mlp.gate_proj``; ours wraps them in
+    ``mlp.dense_mlp``. Rename, so that the released merge code finds its keys."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    save_file({k.replace(".mlp.dense_mlp.", ".mlp."): v for k, v in tensors.items()}, str(path), metadata={"format": "pt"})

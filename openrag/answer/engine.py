@@ -16,7 +16,8 @@ Rows are right-aligned, so every row's newest token sits in the last column and 
 ``[B, 1]`` forward. Position ids are per row (RoPE sees each row as if it were alone) and padded slots are
 masked out. The suffixes are computed in groups of similar length (little padding), each group in a cache
 of its own laid out ``| pad | prefix | pad | suffix |``, then moved into place. A row that stops is
-dropped from the batch, with any leading slots no remaining row attends to.
+dropped from the batch, with any leading slots no remaining row attends to. The cache is the engine's own
+(kvcache.py: plain tensors, nothing of transformers' cache classes).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import Cache, DynamicLayer
+
+from .kvcache import KVCache, cache_keyword
 
 
 @dataclass
@@ -61,50 +63,6 @@ class EngineStats:
     logit_rows: int = 0  # positions projected onto the vocabulary
 
 
-class _SlotLayer(DynamicLayer):
-    """One layer's KV cache in a preallocated buffer [B, Hkv, capacity, Dh]: appends write in place."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-        B, H, _, D = key_states.shape
-        self.set(key_states.new_zeros(B, H, self.capacity, D), value_states.new_zeros(B, H, self.capacity, D), 0)
-
-    def set(self, kbuf: Tensor, vbuf: Tensor, length: int) -> None:
-        self.kbuf, self.vbuf, self.length, self.capacity = kbuf, vbuf, length, kbuf.shape[2]
-        self.device, self.is_initialized = kbuf.device, True
-        self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n, t = self.length, key_states.shape[2]
-        if n + t > self.capacity:
-            raise RuntimeError(f"KV buffer overflow: {n} + {t} slots > capacity {self.capacity}")
-        self.kbuf[:, :, n : n + t] = key_states
-        self.vbuf[:, :, n : n + t] = value_states
-        self.length = n + t
-        self.keys, self.values = self.kbuf[:, :, : n + t], self.vbuf[:, :, : n + t]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def select(self, rows: Tensor, start: int) -> None:
-        """Keep batch rows ``rows`` and drop the first ``start`` slots."""
-        self.set(self.kbuf[rows][:, :, start:], self.vbuf[rows][:, :, start:], self.length - start)
-
-
-def _slot_cache(n_layers: int, capacity: int) -> Cache:
-    return Cache(layers=[_SlotLayer(capacity) for _ in range(n_layers)])
-
-
 def shared_length(prefix: Sequence[int], row: Sequence[int]) -> int:
     """How many leading tokens ``row`` can take from ``prefix``'s cache: their common prefix, leaving the
     row at least one token of its own (its first generated token needs a forward of its own)."""
@@ -127,6 +85,7 @@ class Engine:
         self.model = model
         self.device = next(model.parameters()).device
         self.n_layers = model.config.get_text_config().num_hidden_layers
+        self.cache_keyword = cache_keyword(model)  # "cache" (transformers >= 5.24) or "past_key_values"
         self.stop_ids = set(int(t) for t in stop_ids)
         self.pad_id = int(pad_id)
         watch = dict(watch or {})
@@ -149,12 +108,13 @@ class Engine:
         for ids in prompts:
             if not ids:
                 raise ValueError("cannot prefill an empty prompt")
-            cache = _slot_cache(self.n_layers, len(ids))
+            cache = KVCache(self.n_layers, len(ids))
             x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # [1, P]
             logits = self._forward(x, None, None, cache)  # [1, V]
             self._count(real=len(ids), padded=0, pairs=len(ids) * (len(ids) + 1) // 2, logit_rows=1)
             _, _, watched = self._pick(logits)
-            prefixes.append(Prefix(list(ids), [(l.keys, l.values) for l in cache.layers], self._split(watched[0].tolist())))
+            kv = [cache.held(l) for l in range(self.n_layers)]
+            prefixes.append(Prefix(list(ids), kv, self._split(watched[0].tolist())))
         return prefixes
 
     @torch.inference_mode()
@@ -173,9 +133,9 @@ class Engine:
         lengths = [c + len(s) for c, s in zip(shared, suffixes)]
         B, S = len(rows), max(lengths)
         k0, v0 = prefixes[rows[0][0]].kv[0]  # [1, Hkv, P0, Dh]
-        cache = _slot_cache(self.n_layers, S + max_new_tokens)
-        for layer in cache.layers:  # every row right-aligned in its first S slots
-            layer.set(k0.new_zeros(B, k0.shape[1], S + max_new_tokens, k0.shape[3]),
+        cache = KVCache(self.n_layers, S + max_new_tokens)
+        for l in range(self.n_layers):  # every row right-aligned in its first S slots
+            cache.set(l, k0.new_zeros(B, k0.shape[1], S + max_new_tokens, k0.shape[3]),
                       v0.new_zeros(B, v0.shape[1], S + max_new_tokens, v0.shape[3]), S)
         mask = torch.zeros((B, S + max_new_tokens), dtype=torch.bool, device=self.device)  # [B, S + new]
         for b, n in enumerate(lengths):
@@ -208,7 +168,7 @@ class Engine:
             padding = 0
         return buckets
 
-    def _extend(self, prefixes, rows, shared, suffixes, bucket: list[int], cache: Cache, S: int) -> Tensor:
+    def _extend(self, prefixes, rows, shared, suffixes, bucket: list[int], cache: KVCache, S: int) -> Tensor:
         """Run the suffixes of the rows in ``bucket`` over their shared prefixes, in a cache of their own,
         then move each row's prefix + suffix into ``cache``, right-aligned at slot S. Returns [b, V] logits."""
         sub_rows = [rows[b] for b in bucket]
@@ -226,22 +186,22 @@ class Engine:
         real = sum(len(s) for s in sub_suffixes)
         pairs = sum(len(s) * c + len(s) * (len(s) + 1) // 2 for c, s in zip(sub_shared, sub_suffixes))
         self._count(real=real, padded=n * T - real, pairs=pairs, logit_rows=n)
-        for src, dst in zip(sub_cache.layers, cache.layers):
+        for l in range(self.n_layers):
             for i, (b, c, s) in enumerate(zip(bucket, sub_shared, sub_suffixes)):
                 t = len(s)
-                for a, z in ((src.kbuf, dst.kbuf), (src.vbuf, dst.vbuf)):  # [n, Hkv, P + T, Dh] -> [B, Hkv, S', Dh]
+                for a, z in ((sub_cache.k[l], cache.k[l]), (sub_cache.v[l], cache.v[l])):  # [n, Hkv, P + T, Dh] -> [B, Hkv, S', Dh]
                     z[b, :, S - t - c : S - t] = a[i, :, P - c : P]
                     z[b, :, S - t : S] = a[i, :, P + T - t :]
         return logits
 
-    def _fan_out(self, prefixes, rows, shared, P: int, extra: int) -> tuple[Cache, Tensor]:
+    def _fan_out(self, prefixes, rows, shared, P: int, extra: int) -> tuple[KVCache, Tensor]:
         """A cache of n rows whose first P slots hold each row's shared prefix, right-aligned."""
         n, capacity = len(rows), P + extra
-        cache = _slot_cache(self.n_layers, capacity)
+        cache = KVCache(self.n_layers, capacity)
         mask = torch.zeros((n, capacity), dtype=torch.bool, device=self.device)
         for i, c in enumerate(shared):
             mask[i, P - c : P] = True
-        for l, layer in enumerate(cache.layers):
+        for l in range(self.n_layers):
             k0, v0 = prefixes[rows[0][0]].kv[l]  # [1, Hkv, P0, Dh]
             kbuf = k0.new_zeros(n, k0.shape[1], capacity, k0.shape[3])  # [n, Hkv, P + extra, Dh]
             vbuf = v0.new_zeros(n, v0.shape[1], capacity, v0.shape[3])
@@ -249,10 +209,10 @@ class Engine:
                 k, v = prefixes[q].kv[l]
                 kbuf[i, :, P - c : P] = k[0, :, :c]
                 vbuf[i, :, P - c : P] = v[0, :, :c]
-            layer.set(kbuf, vbuf, P)
+            cache.set(l, kbuf, vbuf, P)
         return cache, mask
 
-    def _decode(self, logits: Tensor, cache: Cache, mask: Tensor, next_pos: Tensor, B: int,
+    def _decode(self, logits: Tensor, cache: KVCache, mask: Tensor, next_pos: Tensor, B: int,
                 max_new_tokens: int) -> list[RowResult]:
         results = [RowResult() for _ in range(B)]
         alive = list(range(B))  # result index of each batch row
@@ -276,25 +236,25 @@ class Engine:
             if len(keep) < len(alive):
                 mask, tok, next_pos = self._compact(cache, mask, keep, tok, next_pos)
                 alive = [alive[i] for i in keep]
-            n = cache.layers[0].length
+            n = cache.lengths[0]
             mask[:, n] = True
             logits = self._forward(tok[:, None], next_pos[:, None], mask[:, : n + 1], cache)  # [B', V]
             self._count(real=len(alive), padded=0, pairs=int(mask[:, : n + 1].sum()), logit_rows=len(alive))
             next_pos = next_pos + 1
         return results
 
-    def _compact(self, cache: Cache, mask: Tensor, keep: list[int], tok: Tensor, next_pos: Tensor):
+    def _compact(self, cache: KVCache, mask: Tensor, keep: list[int], tok: Tensor, next_pos: Tensor):
         """Drop stopped rows, and the leading slots no remaining row attends to."""
         idx = torch.tensor(keep, device=self.device)
         mask = mask[idx]  # [B', S]
         start = int(mask.any(0).nonzero()[0])
-        for layer in cache.layers:
-            layer.select(idx, start)
+        cache.select(idx, start)
         return mask[:, start:], tok[idx], next_pos[idx]
 
-    def _forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: Cache) -> Tensor:
+    def _forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: KVCache) -> Tensor:
         self.stats.forwards += 1
-        out = self.model(input_ids=x, position_ids=pos, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=x, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                         **{self.cache_keyword: cache})
         return out.logits[:, -1]  # [B, V]
 
     def _pick(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -13,39 +13,15 @@ then the question's no-retrieval answer too: the confidence rules do not generat
 
 from __future__ import annotations
 
-import argparse
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
+from ..model.reflection import NO_RETRIEVAL, reflection_token_ids
 from . import prompts
 from .engine import Engine, RowResult
-from .reflection import (
-    GROUNDEDNESS_TOKENS,
-    NO_RETRIEVAL,
-    REFLECTION_TOKENS,
-    RELEVANCE_TOKENS,
-    RETRIEVAL_TOKENS,
-    UTILITY_TOKENS,
-    reflection_token_ids,
-)
-
-MODES = ("no_retrieval", "always_retrieve", "adaptive_retrieval")
-RULES = ("token", "minp", "meanp")
-QUERIES = ("question", "question+answer")  # what a retriever is asked
-# Used when no threshold is given: "retrieve when [Retrieval] is likelier than [No Retrieval]", and the
-# same neutral point for the confidence rules. Tune per task (the published multi-hop run used 0.0).
-DEFAULT_THRESHOLD = 0.5
-UTILITY_VALUES = (-1.0, -0.5, 0.0, 0.5, 1.0)  # [Utility:1] .. [Utility:5]
-GROUNDEDNESS_VALUES = (1.0, 0.5, 0.0)  # fully, partially, not supported
-# Token groups the engine reports, each in the order its log-probs come back.
-WATCH = {
-    "retrieval": RETRIEVAL_TOKENS,  # [Retrieval], [No Retrieval]
-    "relevance": RELEVANCE_TOKENS,  # [Relevant], [Irrelevant]
-    "groundedness": GROUNDEDNESS_TOKENS,
-    "utility": UTILITY_TOKENS,
-}
+from .options import AnswerOptions
+from .scoring import ANSWER_SIGNALS, WATCH, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
 
 
 @dataclass
@@ -83,72 +59,6 @@ def as_passage(item) -> Passage:
 
 
 @dataclass
-class AnswerOptions:
-    """How to answer; every field is also an ``openrag ask`` / ``openrag eval`` flag of the same name."""
-
-    mode: str = field(default="adaptive_retrieval", metadata={"choices": MODES, "help": "when to retrieve"})
-    retrieval_rule: str = field(default="token", metadata={"choices": RULES, "help": "adaptive rule: token = P([Retrieval]) "
-                                "at the first position > threshold; minp/meanp = min/mean token probability of the "
-                                "[No Retrieval] answer < threshold"})
-    threshold: float | None = field(default=None, metadata={"help": f"the adaptive rule's threshold (default {DEFAULT_THRESHOLD})"})
-    ndocs: int = field(default=3, metadata={"help": "use the first NDOCS passages, one candidate each"})
-    max_new_tokens: int = field(default=100, metadata={"help": "the most tokens generated per candidate"})
-    use_seqscore: bool = field(default=True, metadata={"help": "add exp(mean token log-prob) to the score"})
-    use_groundness: bool = field(default=True, metadata={"help": "add w_sup * the groundedness score"})
-    use_utility: bool = field(default=True, metadata={"help": "add w_use * the utility score"})
-    w_rel: float = field(default=1.0, metadata={"help": "weight of the relevance score"})
-    w_sup: float = field(default=1.0, metadata={"help": "weight of the groundedness (support) score"})
-    w_use: float = field(default=1.0, metadata={"help": "weight of the utility score"})
-    task: str = field(default="multihop", metadata={"choices": prompts.TASKS, "help": "prompt format and answer aggregation"})
-    prompt_format: str | None = field(default=None, metadata={"choices": prompts.PROMPT_FORMATS, "help": "released: the "
-                                      "released evaluation's prompts (multi-hop: task instruction, untitled evidence); "
-                                      "training: multi-hop prompts as `openrag data build` writes them (question alone, "
-                                      "'title\\ntext' evidence); default: the one the model was trained with (its "
-                                      "checkpoint says; released for checkpoints that do not)"})
-    closed: bool | None = field(default=None, metadata={"help": "sum the scores of identical answers (default: by task)"})
-    batch_size: int = field(default=32, metadata={"help": "the most rows (candidates) generated together"})
-    query: str = field(default="question", metadata={"choices": QUERIES, "help": "what the retriever (--index) is "
-                       "asked: the question, or the question plus the model's no-retrieval answer (multi-hop)"})
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.retrieval_rule not in RULES:
-            raise ValueError(f"retrieval_rule must be one of {', '.join(RULES)}, got {self.retrieval_rule!r}")
-        if self.query not in QUERIES:
-            raise ValueError(f"query must be one of {', '.join(QUERIES)}, got {self.query!r}")
-        prompts.check_task(self.task)
-        if self.prompt_format is not None:
-            prompts.check_prompt_format(self.prompt_format)
-        for name in ("ndocs", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-    @property
-    def gamma(self) -> float:
-        return DEFAULT_THRESHOLD if self.threshold is None else self.threshold
-
-    @property
-    def is_closed(self) -> bool:
-        return prompts.is_closed(self.task) if self.closed is None else self.closed
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("answering")
-        for f in fields(cls):
-            kw = {"default": f.default, "help": f.metadata["help"]}
-            if f.type.startswith("bool"):
-                group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
-            else:
-                kind = {"int": int, "float | None": float, "float": float}.get(f.type, str)
-                group.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("choices"), **kw)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> AnswerOptions:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
-
-
-@dataclass
 class Candidate:
     """One evidence row: the passage, what the model answered from it, and the terms of its score."""
 
@@ -174,8 +84,8 @@ class Answer:
     threshold: float | None = None
     candidates: list[Candidate] = field(default_factory=list)
     no_retrieval_text: str | None = None  # the answer after a forced [No Retrieval], when one was generated
-    signals: dict[str, float] = field(default_factory=dict)  # every rule's value that came for free: p_retrieve
-    # (always), minp and meanp (when a no-retrieval answer was generated)
+    signals: dict[str, float] = field(default_factory=dict)  # every rule's value that came for free (scoring.RULES):
+    # p_retrieve (always), minp and meanp (when a no-retrieval answer was generated)
     query: str | None = None  # what the retriever was asked, when the passages came from it
     retrieved_passages: list[dict] = field(default_factory=list)  # what it returned ({title, text, id, score})
     notes: list[str] = field(default_factory=list)
@@ -183,72 +93,6 @@ class Answer:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# -- scoring (pure functions of the engine's log-probs) ----------------------------------------------
-
-
-def group_shares(logprobs: Sequence[float]) -> list[float]:
-    """p_i / sum_j p_j from log-probs, computed stably."""
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
-def retrieval_probability(first: dict[str, list[float]]) -> float:
-    """Token rule: P([Retrieval]) / (P([Retrieval]) + P([No Retrieval])) at the first generated position."""
-    return group_shares(first["retrieval"])[0]
-
-
-def confidence(row: RowResult, rule: str) -> float:
-    """Confidence rules: min or mean of the generated tokens' probabilities (stop token included)."""
-    probs = [math.exp(lp) for lp in row.logprobs]
-    return min(probs) if rule == "minp" else sum(probs) / len(probs)
-
-
-def score_terms(row: RowResult) -> dict[str, float]:
-    """Each term of SPEC's score, unweighted; a term whose token never appears is 0."""
-    seq = math.exp(sum(row.logprobs) / len(row.logprobs)) if row.logprobs else 0.0
-    relevance = group_shares(row.first["relevance"])[0] if "relevance" in row.first else 0.0
-    groundedness = utility = 0.0
-    if "groundedness" in row.on_use:
-        groundedness = sum(v * p for v, p in zip(GROUNDEDNESS_VALUES, group_shares(row.on_use["groundedness"][1])))
-    if "utility" in row.on_use:
-        utility = sum(v * p for v, p in zip(UTILITY_VALUES, group_shares(row.on_use["utility"][1])))
-    return {"seq_score": seq, "relevance": relevance, "groundedness": groundedness, "utility": utility}
-
-
-def candidate_score(terms: dict[str, float], opts: AnswerOptions) -> float:
-    score = opts.w_rel * terms["relevance"]
-    if opts.use_seqscore:
-        score += terms["seq_score"]
-    if opts.use_groundness:
-        score += opts.w_sup * terms["groundedness"]
-    if opts.use_utility:
-        score += opts.w_use * terms["utility"]
-    return score
-
-
-def choose(candidates: Sequence[Candidate], closed: bool) -> str:
-    """The best candidate's text; closed tasks sum the scores of identical answers first. Ties go to the
-    earlier candidate."""
-    if not closed:
-        return max(candidates, key=lambda c: c.score).text  # max keeps the first of equals
-    totals: dict[str, float] = {}
-    for c in candidates:
-        totals[c.text] = totals.get(c.text, 0.0) + c.score
-    return max(totals, key=totals.get)
-
-
-def postprocess(text: str, extra_tokens: Sequence[str] = ()) -> str:
-    """Remove reflection tokens, end-of-sequence markers and newlines, then a leading ``#`` or ``:``."""
-    for token in (*REFLECTION_TOKENS, "</s>", "<|endoftext|>", *extra_tokens):
-        text = text.replace(token, "")
-    text = text.replace("\n", "").strip()
-    if len(text) > 1 and text[0] in "#:":
-        text = text[1:].strip()
-    return text
 
 
 # -- the pipeline -------------------------------------------------------------------------------------
@@ -272,10 +116,14 @@ class OpenRAG:
     """An Open-RAG model ready to answer: ``OpenRAG.from_pretrained(name).answer(question, passages)``.
 
     ``retriever``: optional object with ``search(queries, top_k) -> list[list[passage]]``, used when a
-    question comes without passages (``options.query`` says what it is asked).
+    question comes without passages (``options.query`` says what it is asked). ``prompt_format``: the prompts
+    the model was trained with, as its checkpoint records them (``openrag.model.load_pretrained``); None:
+    released. ``options.prompt_format`` overrides it. ``engine``: a generation backend in place of the built-in
+    :class:`~openrag.answer.engine.Engine` (same ``prefill``/``generate`` contract).
     """
 
-    def __init__(self, model, tokenizer, options: AnswerOptions | None = None, retriever=None, notes: Sequence[str] = ()):
+    def __init__(self, model, tokenizer, options: AnswerOptions | None = None, retriever=None, notes: Sequence[str] = (),
+                 prompt_format: str | None = None, engine=None):
         self.model, self.tokenizer = model, tokenizer
         self.options = options or AnswerOptions()
         self.retriever = retriever
@@ -288,25 +136,26 @@ class OpenRAG:
         if not stop:
             raise ValueError("the tokenizer has no EOS token and the model's generation config names none")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop))
-        self.engine = Engine(model, sorted(stop), {g: [ids[t] for t in toks] for g, toks in WATCH.items()}, pad)
+        # Another generation backend may stand in: the pipeline uses only prefill() and generate() (engine.py).
+        self.engine = engine or Engine(model, sorted(stop), {g: [ids[t] for t in toks] for g, toks in WATCH.items()}, pad)
         self.context_window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        # The prompt format the model was trained with, as its checkpoint records it (openrag.loading).
-        self.model_prompt_format = getattr(model.config, "openrag_prompt_format", None) or "released"
+        self.model_prompt_format = prompt_format or "released"
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "default", device=None, dtype=None, retriever=None, **options) -> OpenRAG:
         """Load any checkpoint ``openrag.load_model`` reads (``default``: the bundled trained model).
         A model without reflection tokens gets them (untrained), with a note."""
-        from .loading import load_model
-        from .reflection import add_reflection_tokens
+        from ..model.loading import load_pretrained
+        from ..model.reflection import add_reflection_tokens
 
         name = name_or_path
-        model, tokenizer = load_model(name, dtype=dtype, device=device)
+        loaded = load_pretrained(name, dtype=dtype, device=device)
         notes = []
-        if add_reflection_tokens(model, tokenizer):
+        if add_reflection_tokens(loaded.model, loaded.tokenizer):
             notes.append(f"{name} had no reflection tokens: untrained ones were added, so its retrieval decisions "
                          "and critique scores carry no meaning")
-        return cls(model, tokenizer, AnswerOptions(**options), retriever=retriever, notes=notes)
+        return cls(loaded.model, loaded.tokenizer, AnswerOptions(**options), retriever=retriever, notes=notes,
+                   prompt_format=loaded.prompt_format)
 
     def answer(self, question: str, passages: Sequence | None = None, choices=None, **options) -> Answer:
         return self.answer_batch([question], None if passages is None else [passages], None if choices is None else [choices], **options)[0]
@@ -387,7 +236,7 @@ class OpenRAG:
         for q, draft in zip(qs, drafts):
             if draft is not None:
                 q.answer.no_retrieval_text = draft.no_retrieval_text
-                q.answer.signals.update(minp=draft.signals["minp"], meanp=draft.signals["meanp"])
+                q.answer.signals.update({k: draft.signals[k] for k in ANSWER_SIGNALS})
         first = [q for q in qs if not (q.wants and q.rows)]
         fresh = [q for q in first if q.answer.no_retrieval_text is None]
         results = self._run(prefixes, fresh, [q for q in qs if q.wants and q.rows], opts)
@@ -396,10 +245,10 @@ class OpenRAG:
             if q.answer.no_retrieval_text is None:
                 row = results[(q.index, "no_retrieval")]
                 q.answer.no_retrieval_text = self._text(row)[0]
-                q.answer.signals.update(minp=confidence(row, "minp"), meanp=confidence(row, "meanp"))
-            if q.wants is None:  # a confidence rule decides on the no-retrieval answer
-                q.answer.retrieval_value = q.answer.signals[opts.retrieval_rule]
-                q.wants = q.answer.retrieval_value < opts.gamma
+                q.answer.signals.update(answer_signals(row))
+            if q.wants is None:  # a rule on the no-retrieval answer decides now
+                q.answer.retrieval_value = q.answer.signals[get_rule(opts.retrieval_rule).signal]
+                q.wants = decide(opts.retrieval_rule, q.answer.retrieval_value, opts.gamma)
                 if q.wants and q.rows:
                     later.append(q)
         if later:
@@ -415,12 +264,13 @@ class OpenRAG:
         """Every decision that needs no generation (``q.wants``; None = wait for a confidence rule), and the
         evidence rows of the questions that may retrieve."""
         a = q.answer
-        a.signals["p_retrieve"] = retrieval_probability(prefix.first)
+        a.signals.update(prefill_signals(prefix.first))
         if opts.mode == "adaptive_retrieval":
             a.retrieval_rule, a.threshold = opts.retrieval_rule, opts.gamma
-            if opts.retrieval_rule == "token":
-                a.retrieval_value = a.signals["p_retrieve"]
-                q.wants = a.retrieval_value > opts.gamma
+            rule = get_rule(opts.retrieval_rule)
+            if not rule.from_answer:
+                a.retrieval_value = a.signals[rule.signal]
+                q.wants = decide(rule.name, a.retrieval_value, opts.gamma)
         else:
             q.wants = opts.mode == "always_retrieve"
         if q.wants is not False:

@@ -1,0 +1,145 @@
+"""How to answer: :class:`AnswerOptions` is the one declaration of every answering option.
+
+``openrag ask``, ``openrag eval`` and ``openrag serve`` build their flags from it, and the HTTP API its
+request fields (openrag.serve.schemas): a new option is one field here. What differs per command is stated
+once, in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, dataclass, field, fields
+
+from ..tasks import TASKS, get_task
+from .prompts import PROMPT_FORMATS, check_prompt_format
+from .scoring import RULES
+
+MODES = ("no_retrieval", "always_retrieve", "adaptive_retrieval")
+QUERIES = ("question", "question+answer")  # what a retriever is asked
+# Used when no threshold is given: "retrieve when [Retrieval] is likelier than [No Retrieval]", and the
+# same neutral point for the confidence rules. Tune per task (the published multi-hop run used 0.0).
+DEFAULT_THRESHOLD = 0.5
+
+
+def _rules_help() -> str:
+    return "adaptive rule; " + "; ".join(f"{r.name}: retrieve when {r.help} {r.side} threshold" for r in RULES.values())
+
+
+@dataclass
+class AnswerOptions:
+    """How to answer; every field is also a flag of ``openrag ask``/``eval``/``serve`` and a request field."""
+
+    mode: str = field(default="adaptive_retrieval", metadata={"choices": MODES, "help": "when to retrieve"})
+    retrieval_rule: str = field(default="token", metadata={"choices": tuple(RULES), "help": _rules_help()})
+    threshold: float | None = field(default=None, metadata={"help": f"the adaptive rule's threshold (default {DEFAULT_THRESHOLD})"})
+    ndocs: int = field(default=3, metadata={"help": "use the first NDOCS passages, one candidate each"})
+    max_new_tokens: int = field(default=100, metadata={"help": "the most tokens generated per candidate"})
+    use_seqscore: bool = field(default=True, metadata={"help": "add exp(mean token log-prob) to the score"})
+    use_groundness: bool = field(default=True, metadata={"help": "add w_sup * the groundedness (support) score (spelled as in the seed)"})
+    use_utility: bool = field(default=True, metadata={"help": "add w_use * the utility score"})
+    w_rel: float = field(default=1.0, metadata={"help": "weight of the relevance score"})
+    w_sup: float = field(default=1.0, metadata={"help": "weight of the groundedness (support) score"})
+    w_use: float = field(default=1.0, metadata={"help": "weight of the utility score"})
+    task: str = field(default="multihop", metadata={"choices": tuple(TASKS), "help": "prompt format and answer aggregation"})
+    prompt_format: str | None = field(default=None, metadata={"choices": PROMPT_FORMATS, "help": "released: the "
+                                      "released evaluation's prompts (multi-hop: task instruction, untitled evidence); "
+                                      "training: multi-hop prompts as `openrag data build` writes them (question alone, "
+                                      "'title\\ntext' evidence); default: the one the model was trained with (its "
+                                      "checkpoint says; released for checkpoints that do not)"})
+    closed: bool | None = field(default=None, metadata={"help": "sum the scores of identical answers (default: by task)"})
+    batch_size: int = field(default=32, metadata={"help": "the most rows (candidates) generated together"})
+    query: str = field(default="question", metadata={"choices": QUERIES, "help": "what the retriever (--index) is "
+                       "asked: the question, or the question plus the model's no-retrieval answer (multi-hop)"})
+
+    def __post_init__(self):
+        for name in ("mode", "retrieval_rule", "query"):
+            choices = _FIELDS[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        get_task(self.task)
+        if self.prompt_format is not None:
+            check_prompt_format(self.prompt_format)
+        for name in ("ndocs", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def gamma(self) -> float:
+        return DEFAULT_THRESHOLD if self.threshold is None else self.threshold
+
+    @property
+    def is_closed(self) -> bool:
+        return get_task(self.task).closed if self.closed is None else self.closed
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, command: str = "ask") -> None:
+        add_option_arguments(parser, command)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, command: str = "ask") -> AnswerOptions:
+        return cls(**{**COMMANDS[command].defaults, **given_options(args, command)})
+
+
+_FIELDS = {f.name: f for f in fields(AnswerOptions)}
+
+
+@dataclass(frozen=True)
+class CommandOptions:
+    """How one command takes the options: which fields it sets itself (no flag), and the defaults in which
+    it differs from AnswerOptions'. ``given_only``: its flags default to None, so that only the options
+    given are passed on (and recorded); the defaults then apply where the options are used."""
+
+    excluded: tuple[str, ...] = ()
+    defaults: dict = field(default_factory=dict)
+    given_only: bool = False
+
+
+# The one table of per-command differences.
+COMMANDS: dict[str, CommandOptions] = {
+    "ask": CommandOptions(),
+    "serve": CommandOptions(),  # the flags set the server's defaults; a request may override the `request` fields
+    # The seed's evaluation: its --use_* switches are store_true, off unless given. The task comes from its own
+    # --task (evaluation tasks) and sets `closed`; its --batch_size counts questions per call (the runner's), and
+    # the engine's rows follow from it (eval.answerer.answer_options).
+    "eval": CommandOptions(excluded=("task", "closed", "batch_size"), given_only=True,
+                           defaults={"use_seqscore": False, "use_groundness": False, "use_utility": False}),
+    # The HTTP request fields (openrag.serve.schemas): the prompt format and batching stay the server's.
+    "request": CommandOptions(excluded=("prompt_format", "closed", "batch_size"), given_only=True),
+}
+
+
+def option_fields(command: str) -> list:
+    """The dataclass fields ``command`` takes as flags (or request fields), in declaration order."""
+    excluded = COMMANDS[command].excluded
+    return [f for f in fields(AnswerOptions) if f.name not in excluded]
+
+
+def field_kind(f) -> type:
+    """bool, int, float or str: the Python type of a field's values (None aside)."""
+    return {"bool": bool, "bool | None": bool, "int": int, "float": float, "float | None": float}.get(f.type, str)
+
+
+def default_of(name: str):
+    f = _FIELDS[name]
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """The ``answering`` flags of ``command``: one per field, choices from the registries."""
+    spec = COMMANDS[command]
+    group = parser.add_argument_group("answering")
+    for f in option_fields(command):
+        default = None if spec.given_only else spec.defaults.get(f.name, f.default)
+        kw = {"default": default, "help": f.metadata["help"]}
+        if field_kind(f) is bool:
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
+        else:
+            group.add_argument(f"--{f.name}", type=field_kind(f), choices=f.metadata.get("choices"), **kw)
+
+
+def given_options(args: argparse.Namespace, command: str) -> dict:
+    """The options ``command``'s flags set: all of them, or (``given_only``) those given."""
+    values = {f.name: getattr(args, f.name) for f in option_fields(command)}
+    if COMMANDS[command].given_only:
+        values = {k: v for k, v in values.items() if v is not None}
+    return values

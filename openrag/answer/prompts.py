@@ -1,0 +1,53 @@
+"""The prompts the model answers from (SPEC section 5), built from the task registry (openrag.tasks).
+
+released: the released evaluation's strings. training: multi-hop questions the way ``openrag data build``
+writes them and ``openrag train`` learns them: the question alone in the template, evidence as
+``title\\ntext`` (the released models were trained that way too, but evaluated in the released format).
+Other families are prompted the same way in both formats.
+"""
+
+from __future__ import annotations
+
+from ..model.reflection import PARAGRAPH_END, PARAGRAPH_START, RETRIEVAL
+from ..tasks import TASKS, format_prompt, get_task
+
+PROMPT_FORMATS = ("released", "training")
+
+
+def check_prompt_format(prompt_format: str) -> str:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+    return prompt_format
+
+
+def is_closed(task: str) -> bool:
+    """Closed tasks (a fixed answer set) sum the scores of identical answers before choosing."""
+    return get_task(task).closed
+
+
+def question_prompt(task: str, question: str, choices=None, prompt_format: str = "released") -> str:
+    """The prompt that precedes any reflection token."""
+    t = get_task(task)
+    check_prompt_format(prompt_format)
+    body = t.input_text(question, choices)
+    if t.family == "multihop":  # the instruction goes before the template, and only in the released format
+        return ("" if prompt_format == "training" else t.instruction) + format_prompt(body)
+    return format_prompt(f"{t.instruction}{t.input_header}{body}" if t.instruction else body)
+
+
+def evidence_content(task: str, title: str, text: str, prompt_format: str = "released") -> str:
+    """What goes between ``<paragraph>`` and ``</paragraph>``: in the released format multi-hop evidence is
+    the text alone (it may already be a ``Knowledge 1: ...`` chain); otherwise ``title\\ntext``."""
+    if get_task(task).family == "multihop":
+        if check_prompt_format(prompt_format) == "released":
+            return text
+        return f"{title}\n{text}" if title else text
+    return f"{title}\n{text}"
+
+
+def evidence_suffix(content: str) -> str:
+    return f"{RETRIEVAL}{PARAGRAPH_START}{content}{PARAGRAPH_END}"
+
+
+__all__ = ["PROMPT_FORMATS", "TASKS", "check_prompt_format", "evidence_content", "evidence_suffix", "is_closed",
+           "question_prompt"]

@@ -1,0 +1,124 @@
+"""The task registry: every task openrag answers, prompts, evaluates and builds data for, declared once.
+
+One row per task says its prompt family (SPEC section 5), its metric (SPEC section 6; None for a family name
+that is not an evaluation task), whether it has a closed answer set, the released evaluation's instruction,
+and how its input is written. Prompts (``openrag.answer.prompts``), the evaluation, the plain-prompt
+baselines, the training-data prompt and the CLI's ``choices=`` all read this table: a new task is one row.
+
+The strings are the ones the released checkpoints were trained and evaluated with; a different wording
+changes their answers, so keep them byte for byte. This module imports nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# The one instruction template (Alpaca's), for training instances, answering and the baselines alike.
+PROMPT_TEMPLATE = "### Instruction:\n{input}\n\n### Response:\n"
+
+# The multi-hop evaluation's task instruction, put before the template with no separator.
+MULTIHOP_INSTRUCTION = (
+    "You are a question answering agent. Given a context and a question, your task is to answer the question "
+    "based on the context. Instead of a full sentence, your answer must be the shortest word or phrase or named "
+    "entity. Some example outputs 'answer' are: yes; no; Ibn Sina; Doha, Qatar; 2,132 seats, Los Angeles, "
+    "California etc."
+)
+PUBHEALTH_INSTRUCTION = "Is the following statement correct or not? Say true if it's correct; otherwise say false."
+ARC_INSTRUCTION = "Given four answer candidates, A, B, C and D, choose the best answer choice."
+# What the plain-prompt baselines ask of a task whose released prompt has no instruction.
+SHORT_ANSWER_INSTRUCTION = "Answer the question with the shortest word, phrase or named entity, not a full sentence."
+
+BENCH = "shayekh/openrag_bench"
+FAMILIES = ("multihop", "singlehop", "closed")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    family: str  # multihop: instruction before the template; singlehop and closed: inside it
+    metric: str | None  # hotpotem | match | accuracy (eval.metrics); None: a prompt family, not an eval task
+    closed: bool  # answers from a fixed label set: candidates' scores are summed per identical answer
+    instruction: str | None = None  # the released evaluation's instruction; None: the question alone
+    input_header: str = ""  # between the instruction and the question, inside the template
+    subject: str = "Question"  # what the baselines' plain prompt calls the input
+    needs_choices: bool = False  # lettered answer choices follow the question
+    hub_config: str | None = None  # config of shayekh/openrag_bench that holds it, if any
+
+    @property
+    def default_dataset(self) -> str | None:
+        return BENCH if self.hub_config else None
+
+    @property
+    def evaluated(self) -> bool:
+        return self.metric is not None
+
+    @property
+    def plain_instruction(self) -> str:
+        """The instruction of the plain-prompt baselines (the released one, else a short-answer request)."""
+        return self.instruction or SHORT_ANSWER_INSTRUCTION
+
+    def input_text(self, question: str, choices=None) -> str:
+        """The question, with its lettered choices when the task has them."""
+        if not self.needs_choices:
+            return question
+        if choices is None:
+            raise ValueError(f"{self.name} needs the answer choices (a list of texts or {{'label': [...], 'text': [...]}})")
+        return question + format_choices(choices)
+
+
+_MULTIHOP = dict(family="multihop", metric="hotpotem", closed=False, instruction=MULTIHOP_INSTRUCTION)
+_PUBHEALTH = dict(family="closed", closed=True, instruction=PUBHEALTH_INSTRUCTION, input_header="\n\n## Input:\n\n", subject="Statement")
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("multihop", **{**_MULTIHOP, "metric": None}),
+        Task("hotpotqa", **_MULTIHOP, hub_config="hotpotqa"),
+        Task("2wikimultihopqa", **_MULTIHOP, hub_config="2wikimultihopqa"),
+        Task("musique", **_MULTIHOP, hub_config="musique"),
+        Task("singlehop", "singlehop", None, False),
+        Task("popqa", "singlehop", "match", False),
+        Task("triviaqa", "singlehop", "match", False),
+        Task("pubhealth", metric="accuracy", **_PUBHEALTH),
+        Task("fever", metric=None, **_PUBHEALTH),
+        Task("arc_c", "closed", "accuracy", True, ARC_INSTRUCTION, "\n\n### Input:\n", needs_choices=True),
+    )
+}
+EVAL_TASKS = tuple(name for name, t in TASKS.items() if t.evaluated)
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+
+
+def get_eval_task(name: str) -> Task:
+    task = TASKS.get(name)
+    if task is None or not task.evaluated:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(EVAL_TASKS)}")
+    return task
+
+
+def format_prompt(text: str) -> str:
+    """``text`` in the instruction template."""
+    return PROMPT_TEMPLATE.format(input=text)
+
+
+def format_choices(choices) -> str:
+    """Choices as ``\\nA: ...\\nB: ...\\nC: ...\\nD: ...`` (numeric labels 1-4 read as A-D; D always
+    shown, empty when missing; E only when present)."""
+    if isinstance(choices, Mapping):
+        numeric = dict(zip("1234", "ABCD"))
+        by_label = {numeric.get(str(l), str(l)): t for l, t in zip(choices["label"], choices["text"])}
+    elif isinstance(choices, Sequence) and not isinstance(choices, str):
+        by_label = dict(zip("ABCDE", choices))
+    else:
+        raise ValueError(f"choices must be a list of texts or {{'label': [...], 'text': [...]}}, got {type(choices).__name__}")
+    by_label.setdefault("D", "")
+    lines = [f"\n{label}: {by_label.get(label, '')}" for label in "ABCD"]
+    if "E" in by_label:
+        lines.append(f"\nE: {by_label['E']}")
+    return "".join(lines)
