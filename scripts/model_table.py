@@ -9,12 +9,13 @@ two-fold cross-validation over the held-out questions: the threshold that scores
 less retrieval) on one half is applied to the other half, and the two halves are pooled, so no question is
 answered with a threshold picked on itself.
 
-Reflection-token quality:
-* relevance: over every passage shown with a gold flag, (P([Relevant]) share > 0.5) == gold;
-* retrieval decision, training rule: the training data labels every question [Retrieval] (closed-class
-  questions may also answer without), so over the non-closed-class questions, the share whose token rule
-  value P([Retrieval]) share > 0.5;
-* retrieval decision, need: retrieve (p > 0.5) exactly when the no-retrieval answer is wrong (EM 0).
+Reflection-token quality, one row per model and dataset (openrag.eval.critique):
+* relevance over every passage shown with a gold flag: accuracy and balanced accuracy of
+  P([Relevant]) share > 0.5 against the flag, and the AUC of the share;
+* retrieval = label: how often the token rule at its default threshold (P([Retrieval]) share > 0.5) agrees
+  with the training labels (retrieve unless the question is closed-class, openrag.data.labels);
+* retrieval-need AUC: P([Retrieval]) share against "the no-retrieval answer is wrong" (EM 0);
+* the token rule at its default threshold, 0.5 (no threshold chosen on any question), beside always retrieving.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from openrag.answer.scoring import decide, get_rule
 from openrag.data.examples import QAExample
-from openrag.data.labels import is_closed_class
-from openrag.eval.critique import relevance_metrics
+from openrag.data.labels import needs_retrieval
+from openrag.eval.critique import relevance_metrics, retrieval_need_auc
 from openrag.eval.runner import read_records
 from openrag.eval.sweep import DEFAULT_THRESHOLDS, sweep
 
@@ -66,15 +67,12 @@ def cross_validated(records, rule: str) -> tuple[float, float, float, list[float
     return em, f1, freq, thresholds
 
 
-def retrieval_decisions(records) -> tuple[float, float]:
-    """(agreement with the training rule on non-closed-class questions, agreement with need)."""
-    def wants(r):
-        return decide("token", r["no_retrieval"].get("p_retrieve"), 0.5)
+def label_agreement(records) -> float:
+    """Share of questions where the token rule at 0.5 retrieves exactly when the training labels say to."""
+    def labelled(r):
+        return needs_retrieval(QAExample(str(r["id"]), r["question"], r["answers"], [], False, "", ""))
 
-    open_class = [r for r in records if not is_closed_class(QAExample(str(r["id"]), r["question"], r["answers"], [], False, "", ""))]
-    rule = mean(float(wants(r)) for r in open_class)
-    need = mean(float(wants(r) == (r["no_retrieval"]["metrics"]["em"] == 0.0)) for r in records)
-    return rule, need
+    return mean(float(decide("token", r["no_retrieval"].get("p_retrieve"), 0.5) == labelled(r)) for r in records)
 
 
 def cell(em: float, f1: float, freq: float | None = None) -> str:
@@ -82,22 +80,34 @@ def cell(em: float, f1: float, freq: float | None = None) -> str:
     return text if freq is None else f"{text} ({100 * freq:.0f}%)"
 
 
+def percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
 def openrag_rows(name: str, folder: Path) -> tuple[list[list[str]], list[list[str]]]:
     rows = {key: [f"{name}, {label}"] for key, label in (
         ("no", "no_retrieval"), ("always", "always_retrieve"), ("token", "adaptive, token rule"),
         ("minp", "adaptive, minp rule"), ("meanp", "adaptive, meanp rule"))}
-    quality = [f"{name}"]
-    for task, _ in TASKS:
-        records = read_records(folder / f"{task}.sweep.jsonl")
+    quality = []
+    for task, label in TASKS:
+        path = folder / f"{task}.sweep.jsonl"
+        if not path.exists():
+            for row in rows.values():
+                row.append("-")
+            continue
+        records = read_records(path)
         rows["no"].append(cell(*scores(records, lambda r: False)))
         rows["always"].append(cell(*scores(records, lambda r: True)))
         for rule in ("token", "minp", "meanp"):
             em, f1, freq, ts = cross_validated(records, rule)
             rows[rule].append(cell(em, f1, freq) + f" t={ts[0]:g}/{ts[1]:g}")
         rel = relevance_metrics(records)
-        by_rule, by_need = retrieval_decisions(records)
-        quality += [f"{100 * rel['relevance_accuracy']:.1f} (n={rel['relevance_n']})", f"{100 * by_rule:.1f}", f"{100 * by_need:.1f}"]
-    return list(rows.values()), [quality]
+        need = retrieval_need_auc(records, "em")["retrieval_need_auc"]
+        default = cell(*scores(records, lambda r: decide("token", r["no_retrieval"].get("p_retrieve"), 0.5)))
+        quality.append([name, label, f"{percent(rel['relevance_accuracy'])} (n={rel['relevance_n']})", percent(rel["relevance_balanced_accuracy"]),
+                        "-" if rel["relevance_auc"] is None else f"{rel['relevance_auc']:.3f}", percent(label_agreement(records)),
+                        "-" if need is None else f"{need:.3f}", default, cell(*scores(records, lambda r: True))])
+    return list(rows.values()), quality
 
 
 BASELINES = (("standard_rag", "standard RAG (plain prompt, task instruction, same 3 passages)"),
@@ -139,7 +149,8 @@ def main(argv=None) -> int:
         answers += baseline_rows("SmolLM2-135M-Instruct untrained", args.base)
     header = ["system"] + [f"{label} EM / F1" for _, label in TASKS]
     print(markdown(header, answers))
-    qheader = ["model"] + [f"{label} {what}" for _, label in TASKS for what in ("relevance acc.", "retrieval = rule", "retrieval = need")]
+    qheader = ["model", "dataset", "relevance acc.", "relevance bal. acc.", "relevance AUC", "retrieval = label",
+               "retrieval-need AUC", "token rule at 0.5: EM / F1 (retrieval)", "always retrieve: EM / F1"]
     print(markdown(qheader, quality))
     return 0
 

@@ -35,8 +35,26 @@ def test_two_fold_thresholds_are_chosen_on_the_other_half(table):
     assert (em, freq) == (pytest.approx(0.75), pytest.approx(0.75))
 
 
-def test_retrieval_decision_accuracies(table):
+def test_agreement_with_the_retrieval_labels(table):
     records = [record(0, 0.9, 1, 0), record(1, 0.2, 0, 1), record(2, 0.4, 1, 0, question="Is it red or blue?", answers=("red",))]
-    by_rule, by_need = table.retrieval_decisions(records)
-    assert by_rule == pytest.approx(1 / 2)  # question 2 names its answer: closed-class, not counted
-    assert by_need == pytest.approx(2 / 3)  # 0 retrieves and needed to; 1 did not and did not need to; 2 needed to
+    # 0: open question, retrieves (agrees); 1: open question, does not retrieve (disagrees);
+    # 2: names its answer, closed-class, labelled [No Retrieval], does not retrieve (agrees)
+    assert table.label_agreement(records) == pytest.approx(2 / 3)
+
+
+def test_quality_rows_and_missing_tasks(table, tmp_path):
+    import json
+
+    records = [record(0, 0.9, 1, 0), record(1, 0.2, 0, 1)]
+    for r, gold in zip(records, (True, False)):
+        r.update(retrieved=True, candidates=[{"relevance": 0.8 if gold else 0.3, "passage": {"is_gold": gold}},
+                                             {"relevance": 0.6, "passage": {"is_gold": not gold}}])
+    (tmp_path / "hotpotqa.sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    answers, quality = table.openrag_rows("m", tmp_path)
+    assert [row[2] for row in answers] == ["-"] * 5 and [row[3] for row in answers] == ["-"] * 5  # MuSiQue, 2Wiki missing
+    (row,) = quality
+    # passages: (0.8 gold), (0.6 non-gold), (0.3 non-gold), (0.6 gold): > 0.5 right for 0.8, 0.3, 0.6 gold -> 3/4
+    assert row[:3] == ["m", "HotpotQA", "75.0 (n=4)"] and row[3] == "75.0"  # gold 2/2, non-gold 1/2
+    assert row[4] == f"{(1 + 0.5 + 1 + 1) / 4:.3f}"  # gold 0.8, 0.6 vs non-gold 0.6, 0.3
+    assert row[6] == "1.000"  # q0 (p .9) is wrong without retrieval, q1 (p .2) right
+    assert row[7] == "100.0 / 100.0 (50%)" and row[8] == "50.0 / 50.0 (100%)"
