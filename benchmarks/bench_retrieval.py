@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from openrag.retrieval import Index, IndexSettings, build_index, open_index, retrieval_recall_at_k
-from openrag.retrieval.dense import DenseRetriever
+from openrag.retrieval import dense as dense_module
+from openrag.retrieval.dense import DenseWriter
 from openrag.retrieval.hybrid import HybridRetriever
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "2wikimultihopqa" / "2wiki_dev200.jsonl"
@@ -82,28 +83,30 @@ def generate_corpus(path: Path, size: int, vocabulary: Counter, seed: int = 0, w
 
 @contextmanager
 def sampled_encoding(sample: int, timings: dict):
-    """Encode the first ``sample`` texts for real (timed) and give the rest random unit vectors."""
-    real_encode = DenseRetriever.encode
+    """While building, encode the first ``sample`` passages for real (timed) and give the rest random unit vectors
+    (the build embeds chunk by chunk through DenseWriter.add; queries are always encoded for real)."""
+    real_add = DenseWriter.add
+    timings.update(real_seconds=0.0, real_passages=0, synthetic_seconds=0.0)
 
-    def encode(self, texts, batch_size=64, show_progress=False):
-        if len(texts) <= sample:
-            return real_encode(self, texts, batch_size, show_progress)
+    def add(self, chunks, k, texts):
         started = time.perf_counter()
-        head = real_encode(self, texts[:sample], batch_size, show_progress)  # [S, D]
-        timings["real_seconds"] = time.perf_counter() - started
-        timings["real_passages"] = sample
+        real = max(0, min(len(texts), sample - timings["real_passages"]))
+        head = dense_module.encode(self.encoder, texts[:real], self.settings, self.batch_size) if real else None
+        timings["real_seconds"] += time.perf_counter() - started
+        timings["real_passages"] += real
         started = time.perf_counter()
-        rest = np.random.default_rng(0).standard_normal((len(texts) - sample, head.shape[1]), dtype=np.float32)
+        dimension = dense_module.encoder_dimension(self.encoder)
+        rest = np.random.default_rng(k).standard_normal((len(texts) - real, dimension), dtype=np.float32)
         rest /= np.linalg.norm(rest, axis=1, keepdims=True)
-        vectors = np.concatenate([head, rest])
-        timings["synthetic_seconds"] = time.perf_counter() - started
-        return vectors
+        vectors = rest if head is None else np.concatenate([head, rest])
+        np.save(chunks / f"dense-{k:06d}.npy", vectors, allow_pickle=False)
+        timings["synthetic_seconds"] += time.perf_counter() - started
 
-    DenseRetriever.encode = encode
+    DenseWriter.add = add
     try:
         yield
     finally:
-        DenseRetriever.encode = real_encode
+        DenseWriter.add = real_add
 
 
 def percentiles(seconds: list[float]) -> dict:

@@ -1,14 +1,18 @@
 """The ``openrag`` command: one table from subcommand to the module that implements it.
 
 Each module has ``add_arguments(parser)`` and ``run(args) -> int``; heavy imports stay inside ``run``
-so that ``openrag --help`` is instant. Errors the user can fix are printed as one line, not a traceback.
+so that ``openrag --help`` is instant. Errors the user can fix are printed as one line, not a traceback; so is
+any other error, with a note that it is a bug to report (``OPENRAG_TRACEBACK=1`` shows where it happened).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from .outputs import OutputBusy
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("openrag.commands.info", "print a model's architecture, expert settings and parameter counts"),
@@ -22,8 +26,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("openrag.commands.merge", "fold a trained checkpoint's LoRA into its base: one standalone model"),
 }
 
-# Errors that come from the user's input (a path, a checkpoint, a flag), reported without a traceback.
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError, PermissionError)
+# Errors that come from the user's input or machine (a path, a checkpoint, a flag, a full disk, a missing
+# optional package, another run writing the same output), reported as one line.
+USER_ERRORS = (OSError, ValueError, KeyError, ImportError, OutputBusy)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line: an OSError of the system as ``file: reason`` (not ``[Errno 21] ...``), others as raised."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        names = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
+        return f"{names}: {err.strerror}"
+    return str(err) or type(err).__name__
 
 
 def build_parser(with_flags: list[str] | None = None) -> argparse.ArgumentParser:
@@ -62,9 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = module.run(args)
     except USER_ERRORS as err:
-        print(f"openrag {args.command}: error: {err}", file=sys.stderr)
+        print(f"openrag {args.command}: error: {describe_error(err)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print(f"openrag {args.command}: interrupted", file=sys.stderr)
         code = 130
+    except Exception as err:
+        if os.environ.get("OPENRAG_TRACEBACK"):
+            raise
+        print(f"openrag {args.command}: internal error: {type(err).__name__}: {err} (a bug, or an input openrag does "
+              "not check: please report it; OPENRAG_TRACEBACK=1 shows where it happened)", file=sys.stderr)
+        code = 1
     sys.exit(code or 0)

@@ -204,25 +204,34 @@ def test_future_format_is_refused(tmp_path, animals):
 
 
 def test_failed_build_leaves_no_index_and_keeps_the_old_one(tmp_path, animals, monkeypatch):
-    from openrag.retrieval.bm25 import BM25Retriever
+    from openrag.retrieval.bm25 import BM25Writer
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     output = tmp_path / "idx"
-    monkeypatch.setattr(BM25Retriever, "build", killed)
+    monkeypatch.setattr(BM25Writer, "finish", killed)
     with pytest.raises(KeyboardInterrupt):
         build_index(animals, output, show_progress=False)
-    assert not output.exists() and list(tmp_path.iterdir()) == [animals]
+    assert not output.exists()  # only the resumable build folder beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.building", "animals.jsonl"]
     monkeypatch.undo()
+    build_index(animals, output, show_progress=False)  # resumed, then cleaned up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["animals.jsonl", "idx"]
 
-    build_index(animals, output, show_progress=False)
-    monkeypatch.setattr(BM25Retriever, "build", killed)
+    monkeypatch.setattr(BM25Writer, "finish", killed)
     write_jsonl(animals, ANIMALS[:2])
     with pytest.raises(KeyboardInterrupt):
         build_index(animals, output, overwrite=True, show_progress=False)
     assert len(open_index(output)) == 4  # the old index, whole
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["animals.jsonl", "idx"]
+
+
+def test_bad_corpus_leaves_nothing_behind(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\nnot json\n')
+    with pytest.raises(ValueError, match="line 3 is not JSON"):
+        build_index(bad, tmp_path / "idx", show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
 
 def test_index_command(tmp_path, animals, capsys):

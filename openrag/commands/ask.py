@@ -32,22 +32,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_passages(path: str) -> list:
     """Passages from a file: JSON (a list, or an object with ``passages``/``ctxs``), JSON lines, or plain
-    text with blank lines between passages."""
+    text with blank lines between passages. A problem is reported with the file and the line or passage."""
+    from ..data.readers import read_utf8
+
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no passages file at {path}")
-    text = file.read_text(encoding="utf-8")
+    text = read_utf8(file)
     if file.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        items = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append((f"{path}:{number}", json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: not a JSON line ({err.msg} at column {err.colno})") from None
+        return [_passage(where, item) for where, item in items]
     if file.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not JSON ({err.msg} at column {err.colno})") from None
+        where = str(path)
         if isinstance(data, dict):
-            for key in ("passages", "ctxs", "contexts"):
-                if key in data:
-                    return data[key]
-            raise ValueError(f"{path}: a JSON object needs a 'passages' (or 'ctxs') list")
-        return data
+            key = next((k for k in ("passages", "ctxs", "contexts") if k in data), None)
+            if key is None:
+                raise ValueError(f"{path}: a JSON object needs a 'passages' (or 'ctxs') list")
+            data, where = data[key], f"{path}: field {key!r}"
+        if not isinstance(data, list):
+            raise ValueError(f"{where}: expected a list of passages ({{title, text}} objects or strings), got {type(data).__name__}")
+        return [_passage(f"{where}: passage {i}", item) for i, item in enumerate(data, start=1)]
     return [block.strip() for block in text.split("\n\n") if block.strip()]
+
+
+def _passage(where: str, item):
+    """A passage as the pipeline takes it (a string, or an object with a text), or ValueError naming where it is."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        text = item.get("text", item.get("paragraph_text"))
+        title = item.get("title")
+        if isinstance(text, str) and (title is None or isinstance(title, str)):
+            return item
+        if text is None:
+            raise ValueError(f"{where}: a passage needs a 'text' field; got the fields {sorted(item)}")
+        field, value = ("text", text) if not isinstance(text, str) else ("title", title)
+        raise ValueError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+    raise ValueError(f"{where}: a passage is a {{\"title\", \"text\"}} object or a string, got {type(item).__name__}")
 
 
 def print_answer(answer) -> None:
@@ -110,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         options = replace(options, ndocs=args.top_k)
     if args.questions:
         examples, passages = read_questions(args.questions, options.ndocs, bool(args.index))
+    else:
+        passages = read_passages(args.passages) if args.passages else None  # read before the model loads
     retriever = None
     if args.index:
         from ..retrieval import open_index
@@ -129,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
         hits = sum(max(exact_match(a.text, g) for g in ex.answers) for a, ex in zip(answers, examples))
         print(f"\nexact match with a gold answer: {hits:.0f} of {len(examples)}")
         return 0
-    passages = read_passages(args.passages) if args.passages else None
     answer = rag.answer(args.question, passages, choices=args.choices, **vars(options))
     if args.json:
         print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))

@@ -46,12 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_tokenizer(name: str):
     """A tokenizer with the reflection tokens added (a copy; nothing is saved)."""
-    from transformers import AutoTokenizer
-
-    from ..model.loading import resolve_folder
+    from ..model.loading import read_tokenizer, resolve_folder
     from ..model.reflection import add_reflection_tokens
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_folder(name))
+    tokenizer = read_tokenizer(resolve_folder(name))
     add_reflection_tokens(None, tokenizer)
     return tokenizer
 
@@ -65,7 +63,9 @@ def stats_path(output: str | Path) -> Path:
 def run_build(args: argparse.Namespace) -> int:
     from ..data.build import BuildConfig, Exclusion, build, build_report, write_json_atomic, write_jsonl_atomic
     from ..data.examples import ErrorLog
+    from ..outputs import check_output_path
 
+    check_output_path(args.output, "--output")  # before the work, not after it
     config = BuildConfig(
         seed=args.seed,
         distractors=args.distractors,

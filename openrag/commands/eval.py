@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     out = parser.add_argument_group("output and processes")
     out.add_argument("--output_file", default=None, help="JSON lines, one per question (default ./eval/TASK.jsonl); summary in .metrics.json beside it")
-    out.add_argument("--resume", action="store_true", help="keep the answers already in --output_file and answer the rest")
+    out.add_argument("--resume", action="store_true", help="keep the answers already in --output_file and answer the rest "
+                     "(refused when they were made with other settings)")
+    out.add_argument("--overwrite", action="store_true", help="replace the answers already in --output_file "
+                     "(without --resume or --overwrite, a file that holds answers is refused)")
     out.add_argument("--world_size", type=int, default=_env_int("WORLD_SIZE", 1), help="processes sharing the dataset (default $WORLD_SIZE or 1)")
     out.add_argument("--rank", type=int, default=_env_int("RANK", 0), help="this process's share, 0..world_size-1 (default $RANK or 0)")
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -78,7 +81,7 @@ def _request(args: argparse.Namespace):
     ndocs = options.pop("ndocs", default_of("ndocs"))  # the request's own field: passages per question
     return EvalRequest(
         task=args.task, output_file=args.output_file, dataset=args.dataset, model_name=args.model_name, metric=args.metric,
-        split=args.split, limit=args.limit, resume=args.resume, strict=args.strict, world_size=args.world_size, rank=args.rank,
+        split=args.split, limit=args.limit, resume=args.resume, overwrite=args.overwrite, strict=args.strict, world_size=args.world_size, rank=args.rank,
         batch_size=args.batch_size, ranker=args.ranker, ndocs=ndocs if args.top_k is None else args.top_k, progress=not args.no_progress,
         device=args.device, index=args.index, passages=args.passages, options=options, baseline=args.baseline,
         instruction=args.instruction,

@@ -25,7 +25,8 @@ passages); they are read then with no passages and the gold titles the row names
 A path may carry a row window: ``dev.jsonl:skip=100`` (all but the first 100 rows) or
 ``dev.jsonl:limit=100`` (the first 100), counted over raw rows, bad ones included, so that the two
 are exact complements. A name ``owner/dataset`` that is not a local path is loaded with
-``datasets.load_dataset(name, task)``.
+``datasets.load_dataset(name, task)``; one that looks like a path (``./``, ``../``, ``/``, ``~``, a data file
+extension, or a first folder that exists here) and names no file is an error, never a hub request.
 """
 
 from __future__ import annotations
@@ -80,8 +81,31 @@ def split_window(spec: str | Path) -> tuple[str, int, int | None]:
     return match.group("path"), skip, limit
 
 
+_DATA_SUFFIXES = (".json", ".jsonl", ".jsonlines", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".bz2", ".xz", ".zst")
+
+
+def looks_local(name: str) -> bool:
+    """A path rather than a hub name: it starts like one, ends in a data file extension, or its first folder is here."""
+    if name.startswith((".", "/", "~")) or name.lower().endswith(_DATA_SUFFIXES):
+        return True
+    first = name.split("/", 1)[0]
+    return "/" in name and Path(first).exists()
+
+
 def is_hub_name(name: str) -> bool:
-    return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    return not Path(name).exists() and name.count("/") == 1 and not looks_local(name)
+
+
+def read_utf8(path: Path) -> str:
+    """A file's text, or ValueError naming the file and the line of its first byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        column = err.start - raw.rfind(b"\n", 0, err.start)
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {column}); "
+                         "convert the file first, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
 # ------------------------------------------------------------------------------------------- raw rows
@@ -96,7 +120,7 @@ def iter_json_rows(path: str | Path) -> Iterator[tuple[int, dict | RowError]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no data file at {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     start = len(text) - len(text.lstrip())
     if text[start : start + 1] == "[":
         yield from _iter_json_list(text, start, str(path))
@@ -176,6 +200,8 @@ def iter_rows(path_or_name: str | Path, task: str | None = None) -> tuple[str, I
         return name, iter_json_rows(Path(name).expanduser())
     if is_hub_name(name):
         return _hub_rows(name, task)
+    if looks_local(name):
+        raise FileNotFoundError(f"no data file at {name}: no such file (a local path, never looked up on the hub)")
     raise FileNotFoundError(f"no data file at {name}, and it is not a hub dataset name (owner/name)")
 
 

@@ -6,6 +6,7 @@ The command-line module only parses flags into :class:`EvalRequest` and calls :f
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .metrics import METRICS
-from .runner import Answerer, Question, RunConfig, combine_shards, metrics_path, prepare_questions, read_records, run_shard, shard_path
+from .runner import (Answerer, Question, RunConfig, check_output, combine_shards, metrics_path, prepare_questions, read_records,
+                     run_shard, shard_path)
 from .sweep import DEFAULT_THRESHOLDS, RULES, plot_sweep, sweep, sweep_json, sweep_table
 from ..tasks import get_eval_task
 
@@ -30,6 +32,7 @@ class EvalRequest:
     split: str | None = None
     limit: int | None = None  # the first N questions of the dataset (before sharding)
     resume: bool = False
+    overwrite: bool = False  # replace the answers already in output_file (else: refuse unless resume)
     strict: bool = False  # stop at the first bad row instead of skipping and counting it
     world_size: int = 1
     rank: int = 0
@@ -53,8 +56,8 @@ class EvalRequest:
         if self.dataset is None:
             raise ValueError(f"--task {self.task} has no official dataset on the hub; pass --dataset with a local file (e.g. ../shared/data/...)")
         self.output_file = Path(self.output_file or Path("eval") / f"{self.task}.jsonl")
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--limit must be a positive number, got {self.limit}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {self.limit}")
         if self.baseline is not None:
             from .baseline import BASELINES
 
@@ -76,6 +79,7 @@ class Loaded:
     questions: list[Question]
     skipped: int
     skipped_by_field: dict[str, int]
+    rows: int = 0  # good rows of the dataset read (all shards')
 
 
 def load_questions(req: EvalRequest, config: RunConfig) -> Loaded:
@@ -90,8 +94,19 @@ def load_questions(req: EvalRequest, config: RunConfig) -> Loaded:
     errors = ErrorLog(strict=req.strict)
     examples = read_examples(req.dataset, task=req.task_info.hub_config or req.task, strict=req.strict, errors=errors,
                              dataset=req.task, passages_required=req.index is None)
-    questions = prepare_questions(examples, config)
-    return Loaded(questions, errors.count, errors.by_field())
+    rows = 0
+
+    def counted():
+        nonlocal rows
+        for example in examples:
+            rows += 1
+            yield example
+
+    questions = prepare_questions(counted(), config)
+    if not rows:
+        bad = f"; {errors.count} bad rows skipped (see the messages above)" if errors.count else ""
+        raise ValueError(f"{req.dataset}: no question to answer{bad}; check the file, or --task and --split")
+    return Loaded(questions, errors.count, errors.by_field(), rows)
 
 
 def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
@@ -109,6 +124,7 @@ def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
         passages=req.passages,
         limit=req.limit,
         resume=req.resume,
+        overwrite=req.overwrite,
         world_size=req.world_size,
         rank=req.rank,
         batch_size=req.batch_size,
@@ -118,6 +134,18 @@ def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
 
 
 AnswererFactory = Callable[[EvalRequest, bool], tuple[Answerer, dict]]  # (request, both answers?) -> answerer, settings
+
+
+@contextlib.contextmanager
+def _writing(config: RunConfig):
+    """Hold this shard's output file: checked, locked against a second run, and (before any loading) refused
+    when it holds answers this run may not replace or add to (runner.check_output)."""
+    from ..outputs import check_output_path, output_lock
+
+    path = check_output_path(shard_path(config.output_file, config.rank, config.world_size), "--output_file")
+    with output_lock(path, "openrag eval"):
+        check_output(config, loaded=False)
+        yield
 
 
 def _answer_all(req: EvalRequest, config: RunConfig, make_answerer: AnswererFactory | None, both: bool) -> dict:
@@ -145,7 +173,9 @@ def _answer_all(req: EvalRequest, config: RunConfig, make_answerer: AnswererFact
 
 def evaluate(req: EvalRequest, make_answerer: AnswererFactory | None = None) -> dict:
     """Answer every question of the task (this rank's share), write the JSON lines and the summary."""
-    return _answer_all(req, run_config(req), make_answerer, both=False)
+    config = run_config(req)
+    with _writing(config):
+        return _answer_all(req, config, make_answerer, both=False)
 
 
 def sweep_paths(output_file: Path) -> dict[str, Path]:
@@ -162,17 +192,19 @@ def evaluate_sweep(req: EvalRequest, rules: Sequence[str] = RULES, thresholds: S
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown retrieval rule(s) {unknown}; choose from {', '.join(RULES)}")
-    summary = _answer_all(req, run_config(req), make_answerer, both=True)
-    if not summary.get("complete") or (req.world_size > 1 and "wall_seconds" not in summary):
-        return summary, None
-    records = read_records(req.output_file)
-    points = sweep(records, rules, thresholds)
-    paths = sweep_paths(req.output_file)
-    table = sweep_table(points, req.metric)
-    paths["md"].write_text(f"# {req.task}: accuracy against retrieval frequency ({len(records)} questions)\n\n{table}")
-    paths["json"].write_text(json.dumps(sweep_json(points), indent=2) + "\n")
-    plot_sweep(points, req.metric, paths["png"], title=f"{req.task}: {req.model_name}, {len(records)} questions")
-    return summary, paths
+    config = run_config(req)
+    with _writing(config):
+        summary = _answer_all(req, config, make_answerer, both=True)
+        if not summary.get("complete") or (req.world_size > 1 and "wall_seconds" not in summary):
+            return summary, None
+        records = read_records(req.output_file)
+        points = sweep(records, rules, thresholds)
+        paths = sweep_paths(req.output_file)
+        table = sweep_table(points, req.metric)
+        paths["md"].write_text(f"# {req.task}: accuracy against retrieval frequency ({len(records)} questions)\n\n{table}")
+        paths["json"].write_text(json.dumps(sweep_json(points), indent=2) + "\n")
+        plot_sweep(points, req.metric, paths["png"], title=f"{req.task}: {req.model_name}, {len(records)} questions")
+        return summary, paths
 
 
 def combine(output_file: Path, world_size: int) -> dict:

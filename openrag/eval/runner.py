@@ -13,7 +13,9 @@ holds ``retrieval_recall@K``: the share of the row's gold titles among the K tit
 names no gold title), averaged over the rows that have one into the summary's ``retrieval_recall@K``.
 
 Resume. ``--resume`` reads the lines already in the file (dropping a last line cut off by a kill), checks
-that they belong to the same data (index and id of each question), and answers only the rest.
+that they belong to the same data (index and id of each question) and were made with the same settings (the
+metrics file, written when a run starts and again when it ends, records them), and answers only the rest.
+Without ``--resume`` a file that holds answers is replaced only with ``--overwrite``.
 
 Shards. With ``--world_size N --rank R`` (or torchrun's ``WORLD_SIZE``/``RANK``), rank R answers the
 questions whose dataset index i (after ``--limit``) has ``i % N == R``: interleaved, so long and short
@@ -70,6 +72,7 @@ class RunConfig:
     passages: str = "from_data"  # PASSAGE_SOURCES
     limit: int | None = None
     resume: bool = False
+    overwrite: bool = False  # replace the answers already in the file (without it, and without resume, refuse)
     world_size: int = 1
     rank: int = 0
     batch_size: int = 1
@@ -86,6 +89,8 @@ class RunConfig:
             raise ValueError(f"--passages must be one of {', '.join(PASSAGE_SOURCES)}, got {self.passages!r}")
         if self.passages == "from_index" and self.index is None:
             raise ValueError("--passages from_index needs --index INDEX_DIR")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume keeps the answers already written and --overwrite replaces them: give one")
 
     @property
     def recall_key(self) -> str:
@@ -216,16 +221,74 @@ def _check_resumed(records: list[dict], questions: list[Question], path: Path) -
             )
 
 
+# The summary fields that say how its answers were made and scored; a resumed run must agree on all of them.
+# Those known before the model is loaded are checked then; the rest (a checkpoint's prompt format, the defaults
+# of options not given) once it is. Not here: batch sizes (they group the work), limit/world_size/rank (the
+# questions themselves are checked), timings.
+SETTINGS_BEFORE_LOADING = ("task", "metric", "model", "dataset", "baseline", "ndocs", "ranker", "index", "passages")
+
+
+def resume_keys() -> dict:
+    """Each field a resume compares, with the value its absence stands for: None, or for an answering option its
+    default (a summary written before the option existed was answered as the default answers)."""
+    from dataclasses import fields
+
+    from ..answer.options import default_of, AnswerOptions
+
+    keys = dict.fromkeys([*SETTINGS_BEFORE_LOADING, "instruction", "chat_template"])
+    keys.update({f.name: default_of(f.name) for f in fields(AnswerOptions) if f.name not in keys and f.name != "batch_size"})
+    return keys
+
+
+def run_settings(config: RunConfig) -> dict:
+    """What the summary records about how the run answers (see :func:`_summary`)."""
+    settings = {"task": config.task.name, "metric": config.metric, "ndocs": config.ndocs, "ranker": config.ranker}
+    if config.index is not None:
+        settings.update(index=config.index, passages=config.passages)
+    return {**settings, **config.settings}
+
+
+def check_output(config: RunConfig, loaded: bool = True) -> None:
+    """Before writing this shard's file: refuse to replace the answers in it unless ``overwrite``, and to add to
+    answers made with other settings (``loaded``: all settings are known; else only SETTINGS_BEFORE_LOADING)."""
+    path = shard_path(config.output_file, config.rank, config.world_size)
+    if not (path.is_file() and path.stat().st_size):
+        return
+    if config.overwrite:
+        return
+    if not config.resume:
+        n = path.read_bytes().count(b"\n")
+        raise ValueError(f"{path} already holds {n} answers; pass --resume to keep them and answer the rest, "
+                         "--overwrite to replace them, or another --output_file")
+    mpath = metrics_path(path)
+    try:
+        stored = json.loads(mpath.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        raise ValueError(f"cannot resume {path}: {mpath} (which records the settings its answers were made with) is "
+                         "missing or unreadable; pass --overwrite to start again, or use another --output_file") from None
+    current = run_settings(config)
+    keys = resume_keys() if loaded else dict.fromkeys(SETTINGS_BEFORE_LOADING)
+    differ = [f"{k}: {stored.get(k, absent)!r} there, {current.get(k, absent)!r} now" for k, absent in keys.items()
+              if (k in stored or k in current) and stored.get(k, absent) != current.get(k, absent)]
+    if differ:
+        raise ValueError(f"cannot resume {path}: its answers were made with other settings ({'; '.join(differ)}); "
+                         "resume with the same settings, pass --overwrite to start again, or use another --output_file")
+
+
 def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, load_seconds: float = 0.0, skipped: dict[str, int] | None = None) -> dict:
     """Answer this shard's questions not yet in its file; write its metrics file; return its summary."""
     path = shard_path(config.output_file, config.rank, config.world_size)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_output(config)
     done: list[dict] = []
     if config.resume:
         done = read_records(path, repair=True)
         _check_resumed(done, questions, path)
+        done.sort(key=lambda r: r["index"])
     elif path.exists() and path.stat().st_size:
-        print(f"openrag eval: overwriting {path} (pass --resume to keep its answers)", file=sys.stderr)
+        print(f"openrag eval: overwriting {path} (--overwrite)", file=sys.stderr)
+    # Written first: the settings the answers below are made with (a resume checks them), and no stale summary.
+    _write_json(metrics_path(path), _summary(done, config, load_seconds, skipped or {}, complete=False))
     answered = {r["index"] for r in done}
     todo = [q for q in questions if q.index not in answered]
     headline = HEADLINE[config.metric]

@@ -53,8 +53,8 @@ def smollm2_checkpoint() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = smollm2_gguf_dir()
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, trust_remote_code=False)
     # A GGUF-loaded model remembers its quantisation, which save_pretrained refuses; the weights are float now.
     model.config.quantization_config = None
     del model.config.quantization_config

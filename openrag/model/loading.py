@@ -2,6 +2,9 @@
 
 ``load_pretrained`` returns the model with what its checkpoint says about it (the prompt format it was
 trained with) as an explicit value; ``load_model`` is the ``(model, tokenizer)`` pair of it.
+
+No Python from a checkpoint folder ever runs: every config, tokenizer and model is read with
+``trust_remote_code=False`` (an ``auto_map`` naming the folder's own classes is refused, never prompted for).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def read_config(folder: Path):
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json; it is not a Hugging Face or openrag checkpoint")
     try:
-        return AutoConfig.from_pretrained(folder)
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except ValueError:
         # A released config whose model_type only its remote code knows: read it as the Llama it is.
         data = json.loads(config_path.read_text())
@@ -106,16 +109,30 @@ def read_config(folder: Path):
         return LlamaConfig.from_dict(data)
 
 
+def read_tokenizer(folder: Path):
+    """The folder's tokenizer, read without running any code of the folder's own."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(f"{folder}: its tokenizer is a class of the folder's own Python code (auto_map in "
+                         "tokenizer_config.json), and openrag runs no code from a checkpoint; give a folder whose "
+                         "tokenizer transformers itself knows") from None
+
+
 def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
 
 
 def _load_dense_or_merged(folder: Path, dtype, device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     config = read_config(folder)
     moe = ckpt.released_moe_config(config)
@@ -127,6 +144,9 @@ def _load_dense_or_merged(folder: Path, dtype, device):
         ckpt.check_shapes(expected, found, str(folder), optional=tied)
     elif moe is not None:
         raise ckpt.CheckpointError(f"{folder}: the expert weights must be in safetensors files; none found")
+    elif not any(folder.glob("pytorch_model*.bin")):
+        raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or pytorch_model*.bin): "
+                                "give the whole checkpoint folder")
     dtype = dtype or default_dtype(device, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
     quiet = logging.getLogger("transformers.modeling_utils")
     level = quiet.level
@@ -135,7 +155,7 @@ def _load_dense_or_merged(folder: Path, dtype, device):
         model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, trust_remote_code=False)
     finally:
         quiet.setLevel(level)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = read_tokenizer(folder)
     if moe is not None:
         inject_moe(model, moe.num_experts, moe.topk, moe.adapter_dim, moe.moe_scaling)
         tensors = ckpt.read_tensors(files, keep=lambda k: ".moe_adapter." in k)
@@ -145,11 +165,9 @@ def _load_dense_or_merged(folder: Path, dtype, device):
 
 def load_adapter(folder: Path, dtype, device, base_model: str | None = None) -> LoadedModel:
     """``base_model``: the base to load under the adapter, if not the one the checkpoint names (moved or renamed)."""
-    from transformers import AutoTokenizer
-
     config = ckpt.AdapterConfig.read(folder)
     model, _ = load_model(base_model or config.base_model, dtype=dtype, device="cpu")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = read_tokenizer(folder)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # its tokenizer has the reflection tokens
     if config.moe:  # the same order as training: experts first, then LoRA over the dense projections
         m = config.moe

@@ -25,7 +25,7 @@ from .layouts import (
     released_training_moe_config,
     save_merged,
 )
-from .loading import load_adapter, load_model, read_config, resolve_folder
+from .loading import load_adapter, load_model, read_config, read_tokenizer, resolve_folder
 from .reflection import add_reflection_tokens
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,10 @@ def _save_dtype(dtype: str, base_name: str) -> torch.dtype:
 def _load_official(folder: Path, base_model: str):
     """The released layout: LoRA over the dense base first (its keys name the dense ``mlp.gate_proj``),
     then the experts."""
-    from transformers import AutoTokenizer
-
     moe = released_training_moe_config(folder)
     model, tokenizer = load_model(base_model, dtype=torch.float32, device="cpu")
     if any(folder.glob("tokenizer*")):
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = read_tokenizer(folder)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     else:
         add_reflection_tokens(model, tokenizer)

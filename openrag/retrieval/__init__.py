@@ -6,9 +6,19 @@
     index.search(["who wrote it?"], top_k=5)   # [[RetrievedPassage(title, text, id, score), ...]]
 """
 
-from openrag.retrieval.corpus import Corpus, PassageStore, corpus_checksum, read_corpus, split_words
+from openrag.retrieval.corpus import Corpus, PassageStore, corpus_checksum, iter_passages, read_corpus, split_words
 from openrag.retrieval.hybrid import reciprocal_rank_fusion
-from openrag.retrieval.index import KINDS, Index, IndexSettings, build_index, existing_index_matches, open_index
+from openrag.retrieval.index import (
+    KINDS,
+    Index,
+    IndexSettings,
+    SearchSettings,
+    build_index,
+    existing_index_matches,
+    merge_index,
+    open_index,
+    update_search_settings,
+)
 from openrag.retrieval.bm25 import BM25Settings
 from openrag.retrieval.dense import DenseSettings
 from openrag.retrieval.metrics import retrieval_recall_at_k
@@ -16,6 +26,7 @@ from openrag.retrieval.passage import RetrievedPassage, Retriever
 
 __all__ = [
     "BM25Settings", "Corpus", "DenseSettings", "Index", "IndexSettings", "KINDS", "PassageStore", "RetrievedPassage",
-    "Retriever", "build_index", "corpus_checksum", "existing_index_matches", "open_index", "read_corpus",
-    "reciprocal_rank_fusion", "retrieval_recall_at_k", "split_words",
+    "Retriever", "SearchSettings", "build_index", "corpus_checksum", "existing_index_matches", "iter_passages",
+    "merge_index", "open_index", "read_corpus", "reciprocal_rank_fusion", "retrieval_recall_at_k", "split_words",
+    "update_search_settings",
 ]

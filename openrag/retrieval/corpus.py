@@ -12,6 +12,7 @@ import hashlib
 import json
 import mmap
 from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,26 +32,34 @@ class Corpus:
 def read_corpus(path: str | Path, passage_words: int = 100, passage_overlap: int = 20) -> Corpus:
     """Read ``path`` into passages; raise ValueError on an empty corpus, duplicate ids or non-UTF-8 text."""
     path = Path(path)
+    passages = list(iter_passages(path, passage_words, passage_overlap))
+    if not passages:
+        raise ValueError(empty_corpus_message(path))
+    _check_unique_ids(passages, path)
+    return Corpus(path=path, passages=passages, checksum=corpus_checksum(path))
+
+
+def iter_passages(path: str | Path, passage_words: int = 100, passage_overlap: int = 20) -> Iterator[RetrievedPassage]:
+    """The passages of ``path`` one at a time, without holding the corpus in memory: JSON lines are read line by
+    line and folders file by file (a JSON list or a JSON object is parsed whole: those are small-corpus formats).
+    Raises ValueError naming the file and line of malformed or non-UTF-8 input; ids are not checked here."""
+    path = Path(path)
     if passage_overlap < 0 or passage_overlap >= passage_words:
         raise ValueError(f"passage overlap ({passage_overlap}) must be >= 0 and below passage words ({passage_words})")
     if not path.exists():
         raise FileNotFoundError(f"corpus {path} does not exist")
-    digest = hashlib.sha256()
     if path.is_dir() or path.suffix.lower() in TEXT_SUFFIXES:
-        passages = []
         for file, relative in _text_files(path):
-            raw = file.read_bytes()
-            _update(digest, relative, raw)
-            passages += split_document(_decode(raw, file), title=file.stem, id_prefix=relative,
-                                       words=passage_words, overlap=passage_overlap)
+            yield from split_document(_decode(file.read_bytes(), file), title=file.stem, id_prefix=relative,
+                                      words=passage_words, overlap=passage_overlap)
+    elif _is_json_lines(path):
+        yield from _passages_from_json_lines(path)
     else:
-        raw = path.read_bytes()
-        digest.update(raw)
-        passages = _passages_from_json(_decode(raw, path), path)
-    if not passages:
-        raise ValueError(f"corpus {path} holds no passages: give a non-empty JSON lines file, JSON list or folder of .txt/.md files")
-    _check_unique_ids(passages, path)
-    return Corpus(path=path, passages=passages, checksum="sha256:" + digest.hexdigest())
+        yield from _passages_from_json(_decode(path.read_bytes(), path), path)
+
+
+def empty_corpus_message(path: Path) -> str:
+    return f"corpus {path} holds no passages: give a non-empty JSON lines file, JSON list or folder of .txt/.md files"
 
 
 def corpus_checksum(path: str | Path) -> str:
@@ -135,6 +144,45 @@ def _passages_from_json(content: str, path: Path) -> list[RetrievedPassage]:
     return passages
 
 
+def _is_json_lines(path: Path) -> bool:
+    """True when the first non-blank line is a whole JSON object and another line follows (JSON lines); a single
+    object, a list or a pretty-printed file is parsed whole, as before."""
+    lines = []
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                lines.append(raw)
+                if len(lines) == 2:
+                    break
+    if len(lines) < 2:
+        return False
+    try:
+        return isinstance(json.loads(lines[0].decode("utf-8-sig")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def _passages_from_json_lines(path: Path) -> Iterator[RetrievedPassage]:
+    position, offset = 0, 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path} is not UTF-8 (invalid byte at offset {offset + err.start}, line {number}): "
+                                 f"convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {number} is not JSON ({err.msg}); expected JSON lines, a JSON list "
+                                 f"or a folder of .txt/.md files") from None
+            yield _passage_from_record(record, f"{path}: line {number}", position)
+            position += 1
+
+
 def _looks_like_record(data: dict) -> bool:
     return any(key in data for key in ("text", "contents", "paragraph_text"))
 
@@ -165,8 +213,37 @@ def _check_unique_ids(passages: list[RetrievedPassage], path: Path) -> None:
             duplicates.append(passage.id)
         seen.add(passage.id)
     if duplicates:
-        shown = ", ".join(repr(d) for d in duplicates[:5])
-        raise ValueError(f"corpus {path} has {len(duplicates)} duplicate passage id(s), e.g. {shown}: ids must be unique")
+        raise ValueError(duplicate_ids_message(path, duplicates))
+
+
+def passage_text(passage: RetrievedPassage) -> str:
+    """What an index sees of a passage: ``title\ntext``, or the text alone when there is no title."""
+    return f"{passage.title}\n{passage.text}" if passage.title else passage.text
+
+
+def id_hash(passage_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(passage_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def duplicate_ids(store: "PassageStore", hashes: np.ndarray) -> list[str]:
+    """The ids that occur more than once in ``store``, found through their hashes (``[N] uint64``) in memory
+    bounded by the hashes; hash collisions of different ids are told apart by reading the ids back."""
+    ordered = np.sort(hashes)
+    suspects = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not suspects:
+        return []
+    seen, duplicates = set(), []
+    for row in np.flatnonzero(np.isin(hashes, np.array(sorted(suspects), dtype=np.uint64))):
+        passage_id = store[int(row)].id
+        if passage_id in seen:
+            duplicates.append(passage_id)
+        seen.add(passage_id)
+    return duplicates
+
+
+def duplicate_ids_message(path, duplicates: list[str]) -> str:
+    shown = ", ".join(repr(d) for d in duplicates[:5])
+    return f"corpus {path} has {len(duplicates)} duplicate passage id(s), e.g. {shown}: ids must be unique"
 
 
 class PassageStore:
@@ -181,14 +258,30 @@ class PassageStore:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     @staticmethod
-    def write(folder: str | Path, passages: list[RetrievedPassage]) -> None:
+    def write(folder: str | Path, passages: Iterable[RetrievedPassage], block: int = 65_536) -> np.ndarray:
+        """Write ``passages`` (any iterable: they are streamed) into ``folder``; return a 64-bit hash of each id,
+        ``[N] uint64``, for :func:`duplicate_ids`. Memory: 16 bytes per passage (offsets and hashes)."""
         folder = Path(folder)
-        offsets = np.zeros(len(passages) + 1, dtype=np.int64)
+        offsets, hashes = [np.zeros(1, dtype=np.int64)], []
+        position, pending, pending_hashes = 0, [], []
         with open(folder / PassageStore.FILE, "wb") as f:
-            for i, passage in enumerate(passages):
+            for passage in passages:
                 line = json.dumps({"id": passage.id, "title": passage.title, "text": passage.text}, ensure_ascii=False)
-                offsets[i + 1] = offsets[i] + f.write(line.encode("utf-8") + b"\n")
-        np.save(folder / PassageStore.OFFSETS, offsets, allow_pickle=False)
+                position += f.write(line.encode("utf-8") + b"\n")
+                pending.append(position)
+                pending_hashes.append(id_hash(passage.id))
+                if len(pending) == block:
+                    offsets.append(np.array(pending, dtype=np.int64))
+                    hashes.append(np.array(pending_hashes, dtype=np.uint64))
+                    pending, pending_hashes = [], []
+        offsets.append(np.array(pending, dtype=np.int64))
+        hashes.append(np.array(pending_hashes, dtype=np.uint64))
+        np.save(folder / PassageStore.OFFSETS, np.concatenate(offsets), allow_pickle=False)
+        return np.concatenate(hashes)
+
+    def texts(self, start: int, stop: int) -> list[str]:
+        """``title\ntext`` (or the text alone) of rows ``start`` to ``stop``: what the indexes tokenize and embed."""
+        return [passage_text(self.get(row)) for row in range(start, stop)]
 
     def __len__(self) -> int:
         return len(self._offsets) - 1

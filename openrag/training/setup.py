@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..model.layouts import ADAPTER_CONFIG, released_moe_config
-from ..model.loading import resolve_folder
+from ..model.loading import read_config, read_tokenizer, resolve_folder
 from ..model.experts import inject_moe, moe_adapters
 from ..model.reflection import add_reflection_tokens
 from .args import ModelArguments, MoEArguments
@@ -57,17 +57,17 @@ def recorded_name(name_or_path: str) -> str:
 
 def build_model(model_args: ModelArguments, moe_args: MoEArguments, bf16: bool = False, fp16: bool = False) -> TrainableModel:
     """Load the dense base and make it an Open-RAG model ready to train."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = resolve_folder(model_args.model_name_or_path)
-    _check_dense(folder, model_args.model_name_or_path)
+    config = _check_dense(folder, model_args.model_name_or_path)
     dtype = compute_dtype(bf16, fp16)
     load_kwargs: dict = {"dtype": dtype}
     if model_args.bits == 4:
         load_kwargs.update(_four_bit_kwargs(dtype))
-    model = AutoModelForCausalLM.from_pretrained(folder, **load_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, config=config, trust_remote_code=False, **load_kwargs)
     model.config.use_cache = False  # no KV cache while training
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = read_tokenizer(folder)
 
     num_base_tokens = len(tokenizer)
     if model.get_input_embeddings().weight.shape[0] != num_base_tokens:
@@ -92,13 +92,14 @@ def build_model(model_args: ModelArguments, moe_args: MoEArguments, bf16: bool =
     return setup
 
 
-def _check_dense(folder: Path, name: str) -> None:
-    from transformers import AutoConfig
-
+def _check_dense(folder: Path, name: str):
+    """The config of a dense base (read as openrag.load_model reads it), or ValueError."""
     if (folder / ADAPTER_CONFIG).is_file():
         raise ValueError(f"{name} is an openrag adapter checkpoint; train from its dense base (to continue a run, use --resume_from_checkpoint)")
-    if released_moe_config(AutoConfig.from_pretrained(folder)) is not None:
+    config = read_config(folder)
+    if released_moe_config(config) is not None:
         raise ValueError(f"{name} already has experts (a merged Open-RAG checkpoint); train from a dense base")
+    return config
 
 
 def _four_bit_kwargs(dtype: torch.dtype) -> dict:

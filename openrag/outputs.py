@@ -1,0 +1,87 @@
+"""What a command does before it writes an output: check that the path can be written, and lock it.
+
+The lock is ``fcntl.flock`` on a hidden file beside the output (``.NAME.lock``) that holds the holder's pid
+and command, so that a second run to the same output stops at once and names the first. The kernel drops
+the lock when its holder exits, however it exits, so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+
+class OutputBusy(RuntimeError):
+    """Another process is writing the same output."""
+
+
+def check_output_path(path: str | Path, flag: str, folder: bool = False) -> Path:
+    """``path`` as a Path, or ValueError saying why it cannot be written: a file where a folder is needed
+    (the output itself or a folder above it), a folder where a file is, or a folder it may not write in."""
+    text = str(path)
+    path = Path(path).expanduser()
+    if not folder and (text.endswith(os.sep) or path.is_dir()):
+        raise ValueError(f"{flag} {text} is a folder; give a file name in it, e.g. {path / 'out.jsonl'}")
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {text} is a file; give a folder name (a new one, or one this command wrote)")
+    for above in path.parents:
+        if above.exists():
+            if not above.is_dir():
+                raise ValueError(f"{flag} {text}: {above} is a file, not a folder; choose another {flag}")
+            if not os.access(above, os.W_OK | os.X_OK):
+                raise ValueError(f"{flag} {text}: no permission to write in {above}; choose another {flag}")
+            break
+    return path
+
+
+def lock_path(output: str | Path) -> Path:
+    output = Path(os.path.abspath(Path(output).expanduser()))  # "." and "dir/" have a name too
+    return output.with_name(f".{output.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(output: str | Path, command: str) -> Iterator[Path]:
+    """Hold the lock of ``output`` (a file or a folder) for the block, or raise :class:`OutputBusy` naming the
+    process that holds it. The lock file is removed on release."""
+    path = lock_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise OutputBusy(f"{output} is being written by another run ({holder}); wait for it to finish, "
+                             f"or write to another output") from None
+        # A holder that released the lock may have removed the file after we opened it: lock the new one.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "a process that has just started"
+    return f"pid {info['pid']}, {info.get('command', 'openrag')}, since {info.get('since', '?')}"

@@ -1,0 +1,51 @@
+"""Reranking: a cross-encoder re-scores the first-stage passages of each query (the ``--rerank`` stage).
+
+Any sentence-transformers ``CrossEncoder`` (a local folder or a hub name, e.g. ``cross-encoder/ms-marco-MiniLM-L6-v2``)
+reads ``(query, title\\ntext)`` pairs and gives each a relevance score; the passages are reordered by it, best first,
+and carry it as their score. No package here ships cross-encoder weights, so openrag bundles none: name one that
+is on disk or reachable. An index opened with a reranker (``SearchSettings(rerank=...)``, stored by ``openrag index
+--rerank``) ranks its first ``rerank_depth`` passages with its own retriever and returns the reranked top k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from openrag.retrieval.corpus import passage_text
+from openrag.retrieval.passage import RetrievedPassage
+
+
+class CrossEncoderReranker:
+    def __init__(self, model: str, device: str | None = None, batch_size: int = 32, max_length: int = 512,
+                 encoder=None):
+        self.model_name = model
+        self.device = device
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._model = encoder
+
+    @property
+    def model(self):
+        if self._model is None:  # loaded on first use, so opening an index stays fast
+            from sentence_transformers import CrossEncoder
+
+            self._model = CrossEncoder(self.model_name, device=self.device, max_length=self.max_length)
+        return self._model
+
+    def scores(self, query: str, passages: list[RetrievedPassage]) -> np.ndarray:
+        """``[P]`` the cross-encoder's score of each (query, passage) pair."""
+        if not passages:
+            return np.zeros(0, dtype=np.float32)
+        pairs = [(query, passage_text(p)) for p in passages]
+        return np.asarray(self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False,
+                                             convert_to_numpy=True), dtype=np.float32).reshape(len(pairs))
+
+    def rerank(self, queries: list[str], candidates: list[list[RetrievedPassage]]) -> list[list[RetrievedPassage]]:
+        """Each query's candidates, best cross-encoder score first (ties keep the first stage's order)."""
+        out = []
+        for query, passages in zip(queries, candidates):
+            scores = self.scores(query, passages)
+            order = sorted(range(len(passages)), key=lambda i: -float(scores[i]))
+            out.append([RetrievedPassage(passages[i].title, passages[i].text, passages[i].id, float(scores[i]))
+                        for i in order])
+        return out

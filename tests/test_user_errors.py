@@ -1,0 +1,187 @@
+"""Mistakes in the user's input are reported at once, as one line naming the file, line or field, and the fix
+(issue 16, items 8 and 9): a missing local file is not a hub name, an empty dataset is not a result, bytes that
+are not UTF-8 have a file and a line, and no command ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from openrag.cli import main
+from openrag.data.readers import is_hub_name, read_examples
+from openrag.eval.evaluate import EvalRequest, evaluate
+
+ROW = {"id": "q0", "question": "Which city lies on the Seine?", "answers": ["Paris"],
+       "ctxs": [{"title": "Paris", "text": "Paris lies on the Seine."}]}
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return done.value.code, err
+
+
+def never_loaded(req, both):
+    raise AssertionError("the model was loaded")
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """The names sent to the hub (none are: a fake hub answers with one row)."""
+    import openrag.data.readers as readers
+
+    calls = []
+
+    def fake_hub(name, task):
+        calls.append(name)
+        return name, iter([(1, ROW)])
+
+    monkeypatch.setattr(readers, "_hub_rows", fake_hub)
+    return calls
+
+
+# ------------------------------------------------------------------------- 8: a missing local file is local
+
+
+@pytest.mark.parametrize("name", ["in/nonexist.jsonl", "data/missing", "./in/x", "../in/x", "~/no/such.json", "/no/such/file"])
+def test_a_missing_local_path_is_an_error_not_a_hub_request(tmp_path, monkeypatch, hub_calls, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError, match=f"no data file at {re.escape(name)}: no such file"):
+        list(read_examples(name))
+    assert hub_calls == []
+
+
+def test_eval_of_a_missing_relative_file_stops_at_once(tmp_path, monkeypatch, hub_calls, capsys):
+    import openrag.eval.answerer as answerer
+
+    monkeypatch.setattr(answerer, "engine_answerer_factory", never_loaded)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["eval", "--task", "hotpotqa", "--dataset", "in/nonexist.jsonl", "--output_file", "out.jsonl",
+                         "--no_progress"], capsys)
+    assert code == 2 and "no data file at in/nonexist.jsonl: no such file" in err and hub_calls == []
+
+
+def test_hub_names_still_go_to_the_hub(tmp_path, monkeypatch, hub_calls):
+    monkeypatch.chdir(tmp_path)
+    assert [ex.id for ex in read_examples("shayekh/openrag_bench", task="hotpotqa")] == ["q0"]
+    assert hub_calls == ["shayekh/openrag_bench"]
+    assert is_hub_name("owner/name") and is_hub_name("HuggingFaceTB/smol-smoltalk")
+    assert not is_hub_name("in/dev.jsonl") and not is_hub_name("owner/name/extra") and not is_hub_name("./owner/name")
+
+
+# ---------------------------------------------------------------------------------------- 9: smaller ones
+
+
+@pytest.mark.parametrize("content, said", [("", "no question to answer; check"),
+                                           ("\n\n", "no question to answer; check"),
+                                           (json.dumps({**ROW, "answers": []}) + "\n", "1 bad rows skipped")])
+def test_a_dataset_without_questions_fails(tmp_path, content, said):
+    data = tmp_path / "empty.jsonl"
+    data.write_text(content)
+    req = EvalRequest(task="hotpotqa", dataset=str(data), output_file=tmp_path / "out.jsonl", progress=False)
+    with pytest.raises(ValueError, match=f"{re.escape(str(data))}: .*{said}"):
+        evaluate(req, never_loaded)
+
+
+def latin1_file(path, good_lines: int = 2):
+    rows = [json.dumps({**ROW, "id": f"q{i}"}) for i in range(good_lines)]
+    path.write_bytes(("\n".join(rows) + "\n").encode() + json.dumps({**ROW, "question": "Qu'est-ce qu'un caf\u00e9?"}, ensure_ascii=False).encode("latin-1") + b"\n")
+    return path
+
+
+def test_non_utf8_eval_data_names_file_and_line(tmp_path):
+    data = latin1_file(tmp_path / "dev.jsonl")
+    req = EvalRequest(task="hotpotqa", dataset=str(data), output_file=tmp_path / "out.jsonl", progress=False)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(data))}:3: not UTF-8 text \(byte 0xe9 at column \d+\); convert"):
+        evaluate(req, never_loaded)
+
+
+def test_non_utf8_data_build_input_names_file_and_line(tmp_path, capsys):
+    data = latin1_file(tmp_path / "train.jsonl", good_lines=4)
+    code, err = run_cli(["data", "build", str(data), "--output", str(tmp_path / "out.jsonl"), "--tokenizer", "none"], capsys)
+    assert code == 2 and f"{data}:5: not UTF-8 text" in err
+
+
+def test_ask_passages_errors_name_the_file_and_line(tmp_path):
+    from openrag.commands.ask import read_passages
+
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('{"title": "A", "text": "a"}\n\n{"title": "B", "text": "b"\n')
+    with pytest.raises(ValueError, match=rf"{re.escape(str(lines))}:3: not a JSON line"):
+        read_passages(str(lines))
+    whole = tmp_path / "p.json"
+    for data, said in [({"passages": 7}, "field 'passages': expected a list of passages"),
+                       ([{"title": "A"}], "passage 1: a passage needs a 'text' field"),
+                       ([{"title": "A", "text": "a"}, {"title": 3, "text": "b"}], "passage 2: field 'title' must be a string"),
+                       ([5], "passage 1: a passage is a")]:
+        whole.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=re.escape(f"{whole}: {said}")):
+            read_passages(str(whole))
+    whole.write_text('[{"title": "A",\n "text": }]')
+    with pytest.raises(ValueError, match=rf"{re.escape(str(whole))}:2: not JSON"):
+        read_passages(str(whole))
+    lines.write_text('{"title": "A", "text": "a"}\n\n"b"\n')
+    assert read_passages(str(lines)) == [{"title": "A", "text": "a"}, "b"]
+
+
+def test_ask_reads_its_passages_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    from openrag.answer import OpenRAG
+
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(lambda cls, *a, **k: never_loaded(None, None)))
+    passages = tmp_path / "p.json"
+    passages.write_text('{"passages": 7}')
+    code, err = run_cli(["ask", "Who?", "--passages", str(passages)], capsys)
+    assert code == 2 and f"{passages}: field 'passages': expected a list" in err
+
+
+def test_index_output_under_a_file_is_one_line(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "1", "title": "A", "text": "a"}) + "\n")
+    (tmp_path / "afile").write_text("x")
+    code, err = run_cli(["index", "--corpus", str(corpus), "--output", str(tmp_path / "afile" / "sub")], capsys)
+    assert code == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("suffix", ["/", ""])
+def test_data_build_output_folder_is_refused_before_the_work(tmp_path, monkeypatch, capsys, suffix):
+    import openrag.data.build as build
+
+    monkeypatch.setattr(build, "build", lambda *a, **k: never_loaded(None, None))
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps(ROW) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    code, err = run_cli(["data", "build", str(data), "--output", str(out) + suffix, "--tokenizer", "none"], capsys)
+    assert code == 2 and f"--output {out}{suffix} is a folder; give a file name in it" in err
+
+
+def test_info_on_a_folder_without_weights(tmp_path, capsys):
+    from .conftest import tiny_llama_config
+
+    tiny_llama_config().save_pretrained(tmp_path / "ckpt")
+    code, err = run_cli(["info", str(tmp_path / "ckpt")], capsys)
+    assert code == 2 and "has a config.json but no weights" in err
+
+
+def test_the_cli_reports_every_error_as_one_line(monkeypatch, capsys):
+    import openrag.commands.info as info
+
+    def fails_with(err):
+        def run(args):
+            raise err
+        return run
+
+    monkeypatch.setattr(info, "run", fails_with(IsADirectoryError(21, "Is a directory", "/some/dir")))
+    assert run_cli(["info"], capsys) == (2, "openrag info: error: /some/dir: Is a directory\n")
+    monkeypatch.setattr(info, "run", fails_with(TypeError("unsupported operand")))
+    code, err = run_cli(["info"], capsys)
+    assert code == 1 and err.startswith("openrag info: internal error: TypeError: unsupported operand") and err.count("\n") == 1
+    monkeypatch.setenv("OPENRAG_TRACEBACK", "1")
+    with pytest.raises(TypeError):
+        main(["info"])
