@@ -91,11 +91,11 @@ def openrag_rows(name: str, folder: Path) -> tuple[list[list[str]], list[list[st
     quality = []
     for task, label in TASKS:
         path = folder / f"{task}.sweep.jsonl"
-        if not path.exists():
+        records = read_records(path) if path.exists() else []
+        if not records:
             for row in rows.values():
                 row.append("-")
             continue
-        records = read_records(path)
         rows["no"].append(cell(*scores(records, lambda r: False)))
         rows["always"].append(cell(*scores(records, lambda r: True)))
         for rule in ("token", "minp", "meanp"):

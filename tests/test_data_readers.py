@@ -59,9 +59,10 @@ def test_2wiki_evidences_as_a_string_and_malformed(tmp_path):
         {**row, "_id": "none", "evidences": "[]"},
     ]
     (tmp_path / "2wiki_x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (s, none), errors = read(tmp_path / "2wiki_x.jsonl")
+    (s, bad, none), errors = read(tmp_path / "2wiki_x.jsonl")
     assert s.sub_questions == [SubQuestion("Who was the father of Tom Kay?", "Bo Kay", 0)] and none.sub_questions == []
-    assert [(e.line, e.field) for e in errors.errors] == [(2, "evidences")]
+    # a malformed optional field costs the row its facts, never the row itself
+    assert bad.id == "bad" and bad.sub_questions == [] and len(bad.passages) == len(s.passages) and errors.count == 0
 
 
 def test_fact_question_wording():
@@ -110,6 +111,21 @@ def test_musique_hops_substitute_earlier_answers_and_skip_unheld_ones(tmp_path):
     (m,), errors = read(tmp_path / "musique_x.jsonl")
     assert errors.count == 0
     assert m.sub_questions == [SubQuestion("Who directed Moon Film?", "Ann Lee", 0), SubQuestion("Which country is Lyon in?", "France", 2)]
+
+
+def test_musique_hop_points_at_its_paragraph_when_idx_repeats(tmp_path):
+    paragraphs = [
+        {"idx": 2, "title": "Moon Film", "paragraph_text": "Moon Film was directed by Ann Lee.", "is_supporting": True},
+        {"idx": 2, "title": "Sun Film", "paragraph_text": "Sun Film was directed by Bo Kay.", "is_supporting": False},
+        {"idx": 4, "title": "Ann Lee", "paragraph_text": "Ann Lee was born in Lyon.", "is_supporting": True},
+    ]
+    hops = [{"id": 1, "question": "Moon Film >> director", "answer": "Ann Lee", "paragraph_support_idx": 2},
+            {"id": 2, "question": "Where was #1 born?", "answer": "Lyon", "paragraph_support_idx": 4}]
+    row = {"id": "2hop__y", "question": "Where was the director of Moon Film born?", "answer": "Lyon",
+           "answer_aliases": [], "answerable": True, "paragraphs": paragraphs, "question_decomposition": hops}
+    (tmp_path / "musique_y.jsonl").write_text(json.dumps(row) + "\n")
+    (m,), _ = read(tmp_path / "musique_y.jsonl")
+    assert m.sub_questions == [SubQuestion("Who directed Moon Film?", "Ann Lee", 0), SubQuestion("Where was Ann Lee born?", "Lyon", 2)]
 
 
 def test_ircot_malformed_line_empty_answer_and_no_gold():

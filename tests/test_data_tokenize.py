@@ -119,6 +119,14 @@ def test_train_decision_false_masks_no_retrieval_too_and_only_the_first(tokenize
     assert [t for t in tokens if t[0] == "[Retrieval]"] == [("[Retrieval]", False), ("[Retrieval]", True)]
 
 
+def test_train_decision_false_skips_a_whitespace_piece_before_the_decision(tokenizer):
+    # a tokenizer that puts a piece before an added token (here: a leading space in the output) must not
+    # leave the decision trained
+    result = tokenize_instance(tokenizer, "Q", " [No Retrieval]York[Utility:4]", max_length=64, train_decision=False)
+    tokens = trained_tokens(tokenizer, result)
+    assert ("[No Retrieval]", False) in tokens and ("[No Retrieval]", True) not in tokens
+
+
 def test_train_decision_false_leaves_other_leading_tokens_trained(tokenizer):
     for output in ("Paris[Utility:5]", "[Relevant]Paris[Fully supported][Utility:5]", "[Utility:5]"):
         a = tokenize_instance(tokenizer, "Q", output, max_length=64)

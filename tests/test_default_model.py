@@ -40,3 +40,25 @@ def test_default_model_answers_the_sample_with_scored_evidence(default_rag):
     for c in answer.candidates:
         assert 0.0 <= c.relevance <= 1.0 and 0.0 <= c.groundedness <= 1.0
     assert torch.isfinite(torch.tensor([c.score for c in answer.candidates])).all()
+
+
+KNOWN_GAP = pytest.mark.xfail(strict=True, reason="the shipped step-350 model does not yet (MODEL.md, 'What is left'); "
+                               "strict: a model that passes makes this fail, so the mark is removed with it")
+
+
+@KNOWN_GAP
+def test_default_model_answers_a_single_hop_question_from_its_passage(default_rag):
+    # The issue that retrained the model: the step-350 checkpoint answered "Hamlet" here (no single-hop
+    # questions in its data); a passage that states the answer must give it.
+    passages = [{"title": "Hamlet", "text": "Hamlet is a tragedy written by William Shakespeare."}]
+    answer = default_rag.answer("Who wrote the tragedy Hamlet?", passages, mode="always_retrieve", max_new_tokens=16)
+    assert "william shakespeare" in answer.text.lower()
+
+
+@KNOWN_GAP
+def test_default_model_tells_the_gold_passage_from_a_distractor(default_rag):
+    gold = {"title": "Hamlet", "text": "Hamlet is a tragedy written by William Shakespeare sometime between 1599 and 1601."}
+    distractor = {"title": "Hamlet (place)", "text": "A hamlet is a small human settlement, smaller than a village."}
+    answer = default_rag.answer("Who wrote the tragedy Hamlet?", [gold, distractor], mode="always_retrieve", max_new_tokens=16)
+    by_title = {c.passage["title"]: c.relevance for c in answer.candidates}
+    assert by_title["Hamlet"] > 0.5 > by_title["Hamlet (place)"]

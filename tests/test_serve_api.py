@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from openrag.answer.pipeline import InputError
 from openrag.serve import ServeSettings, create_app
 from openrag.serve.schemas import MAX_PASSAGE_CHARS, MAX_PASSAGES, MAX_QUESTION_CHARS
 
@@ -53,7 +54,9 @@ class FakeEngine:
             if q == "explode":
                 raise RuntimeError("secret detail /home/user/model.bin")
             if q == "too long for the model":
-                raise ValueError("the question exceeds the context window of 2048 tokens; shorten it")
+                raise InputError("the question exceeds the context window of 2048 tokens; shorten it")
+            if q == "internal value error":
+                raise ValueError("secret numpy detail")
             ps = passages[i] if passages else []
             candidates = [{"passage": p, "text": q.upper(), "score": 1.0, "relevance": 0.9, "groundedness": 0.5,
                            "utility": -0.5, "seq_score": 0.1} for p in ps]
@@ -292,6 +295,9 @@ def test_engine_failures_never_leak_a_stack_trace(client):
 def test_input_the_engine_refuses_gets_422_with_its_reason(client):
     r = client.post("/v1/answer", json={"question": "too long for the model"})
     assert r.status_code == 422 and "context window" in r.json()["error"]["message"]
+    # any other ValueError is the server's fault: 500, and its message stays in the log
+    r = client.post("/v1/answer", json={"question": "internal value error"})
+    assert r.status_code == 500 and "secret" not in r.text
 
 
 def test_unknown_paths_and_methods_answer_json(client):

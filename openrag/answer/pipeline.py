@@ -24,6 +24,11 @@ from .options import AnswerOptions
 from .scoring import ANSWER_SIGNALS, WATCH, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
 
 
+
+class InputError(ValueError):
+    """A question or its passages cannot be answered as given (a malformed passage, a prompt longer than
+    the context window): the caller's input, not a fault of the model or the code."""
+
 @dataclass
 class Passage:
     """A piece of evidence. (Minimal form; openrag.data will hold the shared one.)"""
@@ -51,11 +56,11 @@ def as_passage(item) -> Passage:
     if isinstance(item, dict):
         text = item.get("text", item.get("paragraph_text"))
         if text is None:
-            raise ValueError(f"a passage needs a 'text' field; got keys {sorted(item)}")
+            raise InputError(f"a passage needs a 'text' field; got keys {sorted(item)}")
         return Passage(title=item.get("title") or "", text=text, is_gold=item.get("is_gold"), score=item.get("score"))
     if hasattr(item, "text"):
         return Passage(title=getattr(item, "title", "") or "", text=item.text, is_gold=getattr(item, "is_gold", None))
-    raise ValueError(f"cannot read a passage from {type(item).__name__}; give {{'title', 'text'}} or a string")
+    raise InputError(f"cannot read a passage from {type(item).__name__}; give {{'title', 'text'}} or a string")
 
 
 @dataclass
@@ -345,7 +350,7 @@ class OpenRAG:
 
     def _check_fits(self, q: _Question, n_prompt: int, opts: AnswerOptions) -> None:
         if self.context_window is not None and n_prompt + 1 + opts.max_new_tokens > self.context_window:
-            raise ValueError(f"question {q.question[:60]!r} takes {n_prompt} tokens; with max_new_tokens="
+            raise InputError(f"question {q.question[:60]!r} takes {n_prompt} tokens; with max_new_tokens="
                              f"{opts.max_new_tokens} it exceeds the context window of {self.context_window} tokens. "
                              "Shorten it or lower max_new_tokens.")
 

@@ -103,16 +103,6 @@ def answer_signals(row: RowResult) -> dict[str, float]:
 ANSWER_SIGNALS = tuple(r.signal for r in RULES.values() if r.from_answer)
 
 
-def retrieval_probability(first: Mapping[str, list[float]]) -> float:
-    """Token rule: P([Retrieval]) / (P([Retrieval]) + P([No Retrieval])) at the first generated position."""
-    return RULES["token"].value(first)
-
-
-def confidence(row: RowResult, rule: str) -> float:
-    """Confidence rules: min or mean of the generated tokens' probabilities (stop token included)."""
-    return get_rule(rule).value(row)
-
-
 # -- candidates ---------------------------------------------------------------------------------------
 
 

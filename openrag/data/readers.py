@@ -34,12 +34,15 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from .examples import ErrorLog, Passage, QAExample, RowError, SubQuestion
 from .facts import fact_question, passage_holds
+
+log = logging.getLogger(__name__)
 
 _WINDOW = re.compile(r"^(?P<path>.+?)((?::(?:skip|limit)=\d+)+)$")
 _DATASET_HINTS = (
@@ -330,17 +333,22 @@ def _parse_original(row: dict, passages_required: bool = True) -> dict:
 
 
 def _evidence_facts(triples, passages: list[Passage]) -> list[SubQuestion]:
-    """2Wiki ``evidences``: each ``[subject, relation, object]`` whose subject titles a passage holding the object."""
+    """2Wiki ``evidences``: each ``[subject, relation, object]`` whose subject titles a passage holding the object.
+    The field is optional: a malformed one gives the row no facts (logged), never loses the row."""
     if isinstance(triples, str):
         try:
             triples = ast.literal_eval(triples)
         except (ValueError, SyntaxError):
-            raise _Bad("evidences", "a string that is not a list of [subject, relation, object]") from None
+            triples = None
+    if triples is not None and not (isinstance(triples, list) and all(
+            isinstance(t, list) and len(t) == 3 and all(isinstance(x, str) for x in t) for t in triples)):
+        triples = None
+    if triples is None:
+        log.debug("evidences: not a list of [subject, relation, object]; the row gets no single-hop facts")
+        return []
     by_title = {p.title: i for i, p in enumerate(passages)}
     out = []
-    for triple in triples or []:
-        if not (isinstance(triple, list) and len(triple) == 3 and all(isinstance(x, str) for x in triple)):
-            raise _Bad("evidences", "expected a list of [subject, relation, object]")
+    for triple in triples:
         subject, relation, obj = (x.strip() for x in triple)
         index = by_title.get(subject)
         if index is not None and passage_holds(passages[index], obj):
@@ -357,13 +365,14 @@ def _parse_musique(row: dict, passages_required: bool = True) -> dict:
     paragraphs = _paragraph_list(row, "paragraphs", passages_required, "a non-empty list")
     if paragraphs is None:  # the decomposition names paragraphs by index only: no gold titles without them
         return dict(id=qid, question=question, answers=answers, passages=[], ranked=False)
-    passages, titles_by_idx = [], {}
+    passages, titles_by_idx, position = [], {}, {}
     for i, p in enumerate(paragraphs):
         if not isinstance(p, dict):
             raise _Bad("paragraphs", "each paragraph must be an object")
         title = str(p.get("title") or "").strip()
         text = _text(_need(p, "paragraph_text", "text"), "paragraphs.paragraph_text")
         titles_by_idx[p.get("idx", i)] = title
+        position.setdefault(p.get("idx", i), i)  # the decomposition names paragraphs by idx
         passages.append(Passage(title, text, is_gold=bool(p.get("is_supporting", False))))
     if not any(p.is_gold for p in passages):
         raise _Bad("paragraphs.is_supporting", "no paragraph is marked supporting (a paragraph list without gold)")
@@ -372,7 +381,6 @@ def _parse_musique(row: dict, passages_required: bool = True) -> dict:
     steps = [s.get("paragraph_support_idx") for s in decomposition]
     supporting = [titles_by_idx[i] for i in steps if i in titles_by_idx]
     supporting += [p.title for p in passages if p.is_gold and p.title not in supporting]
-    position = {idx: i for i, idx in enumerate(titles_by_idx)}
     facts = _decomposition_facts(decomposition, passages, position)
     return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting, sub_questions=facts)
 

@@ -121,9 +121,16 @@ def tokenize_instance(tokenizer, input: str, output: str, max_length: int, train
         ids.append(tokenizer.eos_token_id)
     n_target_end = len(ids) - (0 if relevance_only else 1)  # index of EOS (or the end)
     trained = [False] * n_prompt + [True] * (len(ids) - n_prompt)
-    decision_ids = tokenizer.convert_tokens_to_ids([RETRIEVAL, NO_RETRIEVAL])
-    if not train_decision and n_prompt < len(ids) and ids[n_prompt] in decision_ids:
-        trained[n_prompt] = False
+    if not train_decision and output.lstrip().startswith((RETRIEVAL, NO_RETRIEVAL)):
+        # Some tokenizers put a whitespace piece before an added token: look a few positions in, and
+        # untrain everything up to and including the decision token.
+        decision_ids = tokenizer.convert_tokens_to_ids([RETRIEVAL, NO_RETRIEVAL])
+        first = next((k for k in range(n_prompt, min(n_prompt + 3, len(ids))) if ids[k] in decision_ids), None)
+        if first is None:
+            raise ValueError("train_decision is false but the tokenised output does not start with [Retrieval] or [No Retrieval]; "
+                             "add the reflection tokens to the tokenizer (openrag.add_reflection_tokens)")
+        for k in range(n_prompt, first + 1):
+            trained[k] = False
     spans = _paragraph_spans(ids, start_id, end_id, 0, n_target_end)
     for first, last in spans:
         for k in range(first, last):

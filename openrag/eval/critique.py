@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..answer.scoring import RULES
+
+RELEVANCE_DECISION = 0.5  # the model's own decision point: [Relevant] likelier than [Irrelevant]
+
 
 def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     """Area under the ROC curve: the chance that a random positive scores above a random negative, ties
@@ -42,8 +46,9 @@ def relevance_metrics(records: Sequence[dict]) -> dict:
     out: dict = {"relevance_accuracy": None, "relevance_balanced_accuracy": None, "relevance_auc": None, "relevance_n": len(judged)}
     if not judged:
         return out
-    out["relevance_accuracy"] = sum((share > 0.5) == gold for share, gold in judged) / len(judged)
-    per_class = [[(share > 0.5) == gold for share, gold in judged if gold == cls] for cls in (True, False)]
+    said = [(share > RELEVANCE_DECISION, gold) for share, gold in judged]
+    out["relevance_accuracy"] = sum(s == gold for s, gold in said) / len(said)
+    per_class = [[s == gold for s, gold in said if gold == cls] for cls in (True, False)]
     if all(per_class):
         out["relevance_balanced_accuracy"] = sum(sum(hits) / len(hits) for hits in per_class) / 2
     out["relevance_auc"] = auc([s for s, _ in judged], [g for _, g in judged])
@@ -52,7 +57,8 @@ def relevance_metrics(records: Sequence[dict]) -> dict:
 
 def retrieval_need_auc(records: Sequence[dict], headline: str) -> dict:
     """AUC of P([Retrieval]) share against "the no-retrieval answer is wrong" (headline metric below 1)."""
-    pairs = [(float(r["no_retrieval"]["p_retrieve"]), r["no_retrieval"]["metrics"][headline] < 1.0) for r in records
-             if isinstance(r.get("no_retrieval"), dict) and r["no_retrieval"].get("p_retrieve") is not None]
+    key = RULES["token"].signal
+    pairs = [(float(r["no_retrieval"][key]), r["no_retrieval"]["metrics"][headline] < 1.0) for r in records
+             if isinstance(r.get("no_retrieval"), dict) and r["no_retrieval"].get(key) is not None]
     value = auc([p for p, _ in pairs], [w for _, w in pairs]) if pairs else None
     return {"retrieval_need_auc": value, "retrieval_need_n": len(pairs)}

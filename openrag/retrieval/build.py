@@ -109,8 +109,8 @@ def run_build(corpus: Path, output: Path, key: dict, writers: list, options: Bui
     sources = [building / CHUNKS] * chunk_count(passages, key["chunk_size"])
     assemble(building, writers, sources, passages, options.show_progress)
     finish(building, passages)
+    (building / BUILD).unlink()  # first: a kill between the two must not look like a resumable build
     shutil.rmtree(building / CHUNKS)
-    (building / BUILD).unlink()
     replace_folder(building, output)
 
 

@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..answer import AnswerOptions
+from ..answer.pipeline import InputError
 from .batcher import AnsweringEngine, Batcher, QueueFull, ShuttingDown
 from .limits import ClientGone, DeadlineExceeded, answer_or_give_up, request_tokens, token_counter
 from .schemas import AnswerRequest, ChatRequest
@@ -125,7 +126,7 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
             raise ApiError(504, f"no answer within {settings.request_timeout_s:g} s, this server's limit per request "
                            "(request_timeout_s); the request was cancelled. Send fewer passages or a lower "
                            "max_new_tokens, or retry when the server is less busy", "timeout_error") from None
-        except ValueError as err:  # the engine refuses input it cannot answer (longer than the context window)
+        except InputError as err:  # input the pipeline cannot answer (longer than the context window)
             raise ApiError(422, str(err), "invalid_request_error") from None
         except (QueueFull, ShuttingDown):
             raise

@@ -118,8 +118,12 @@ class Batcher:
         return len(self._current.jobs) if self._current is not None else 0
 
     async def start(self) -> None:
+        if self._worker is not None and self._worker.done():  # a worker that died must not leave requests waiting
+            if not self._worker.cancelled() and self._worker.exception() is not None:
+                log.error("the batching worker stopped; starting a new one", exc_info=self._worker.exception())
+            self._worker = None
         if self._worker is None:
-            self._queue = asyncio.Queue(self.queue_size)
+            self._queue = self._queue if self._queue is not None else asyncio.Queue(self.queue_size)
             self._interrupter = Interrupter.for_engine(self.engine)
             self._worker = asyncio.create_task(self._work(), name="openrag-batcher")
 
