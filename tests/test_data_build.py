@@ -45,8 +45,9 @@ def test_hotpotqa_bridge():
         ("distractor", "[Retrieval]<paragraph>Red Fox\nThe red fox is a mammal found in many countries.</paragraph>[Irrelevant]"),
         ("distractor", "[Retrieval]<paragraph>Paris\nParis is the capital city of France.</paragraph>[Irrelevant]"),
     ]
-    assert all(i.train_decision for i in made("hotpotqa_original.json", 0))
-    assert all("train_decision" not in i.to_row() for i in made("hotpotqa_original.json", 0))
+    # the question's one [Retrieval] target is its first instance; the rest only carry evidence
+    assert [i.train_decision for i in made("hotpotqa_original.json", 0)] == [True, False, False, False, False]
+    assert ["train_decision" in i.to_row() for i in made("hotpotqa_original.json", 0)] == [False, True, True, True, True]
 
 
 def test_hotpotqa_yes_no_comparison():
@@ -115,8 +116,8 @@ def test_2wiki():
     ]
     facts = [i for i in made("2wiki.jsonl") if i.kind.startswith("fact")]
     assert [(i.id, i.input, i.train_decision) for i in facts] == [
-        ("w1/fact0", "Who directed Grey Sky?", True), ("w1/fact0", "Who directed Grey Sky?", True),
-        ("w1/fact1", "Who was the father of Tom Kay?", True), ("w1/fact1", "Who was the father of Tom Kay?", True),
+        ("w1/fact0", "Who directed Grey Sky?", True), ("w1/fact0", "Who directed Grey Sky?", False),
+        ("w1/fact1", "Who was the father of Tom Kay?", True), ("w1/fact1", "Who was the father of Tom Kay?", False),
     ]
 
 
@@ -219,10 +220,12 @@ def test_questions_per_decision():
     """One retrieval label per question: closed-class h2 (yes) and arc (choices) need none, the other six do."""
     result = build(ALL_FIXTURES)
     assert build_report(result)["questions_per_decision"] == {"[Retrieval]": 6, "[No Retrieval]": 2}
-    # the rows say the same: only those two questions' evidence instances leave the decision untrained
-    untrained = {i.id for i in result.instances if not i.train_decision}
-    assert untrained == {"h2", "arc1"}
-    assert {i.id for i in result.instances if i.kind == "no_retrieval"} == untrained
+    # the rows say the same: each question (and each fact) trains its decision in exactly one instance,
+    # the [No Retrieval] one for the two closed-class questions, an evidence instance for the others
+    trained = [i for i in result.instances if i.train_decision]
+    assert sorted(i.id for i in trained) == sorted({i.id for i in result.instances})
+    assert {i.id for i in trained if i.kind == "no_retrieval"} == {"h2", "arc1"}
+    assert all(i.passage is not None for i in trained if i.id not in {"h2", "arc1"})
     # --no_no_retrieval drops the [No Retrieval] instances, not the questions' label
     result = build(ALL_FIXTURES, BuildConfig(no_retrieval=False))
     assert build_report(result)["questions_per_decision"] == {"[Retrieval]": 6, "[No Retrieval]": 2}
@@ -357,9 +360,8 @@ def test_command_writes_conversation_lines_and_stats(tmp_path, capsys):
     assert len(rows) == 35
     base = {"instruction", "conversation", "corpus", "id", "dataset", "kind"}
     assert all(set(r) == base or set(r) == base | {"train_decision"} for r in rows)
-    assert sorted((r["id"], r["kind"]) for r in rows if "train_decision" in r) == [
-        ("arc1", "distractor"), ("arc1", "gold"), ("h2", "distractor"), ("h2", "gold"), ("h2", "gold"), ("h2", "gold_chain"),
-    ]
+    trained = sorted(r["id"] for r in rows if "train_decision" not in r)  # one decision target per question
+    assert trained == sorted({r["id"] for r in rows})
     assert all(r["train_decision"] is False for r in rows if "train_decision" in r)
     assert rows[0]["corpus"] == "" and len(rows[0]["conversation"]) == 1
     stats = json.loads((tmp_path / "train.stats.json").read_text())

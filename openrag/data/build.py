@@ -14,10 +14,11 @@ kind               output
 ``fact_distractor``  the same question and a hard distractor, relevance only
 =================  ===========================================================================
 
-The retrieval decision is trained once per question, not once per instance: a question that needs no
-retrieval trains ``[No Retrieval]`` in its ``no_retrieval`` instance, and its evidence instances carry
-``"train_decision": false`` so that their leading ``[Retrieval]`` (there only because evidence follows) is
-not a target. Gold-only rows (``hotpotqa_train_gold500``) borrow their distractors from other rows of the
+The retrieval decision is trained once per question, not once per instance, so that the two labels are
+weighed by questions: a question that needs retrieval trains ``[Retrieval]`` in its first evidence
+instance, one that does not trains ``[No Retrieval]`` in its ``no_retrieval`` instance, and every other
+evidence instance carries ``"train_decision": false``: its leading ``[Retrieval]`` is there only because
+evidence follows, and is not a target. Gold-only rows (``hotpotqa_train_gold500``) borrow their distractors from other rows of the
 same input: the closest of a seeded sample of their passages.
 
 The output is JSON lines in the released ``conversation`` schema (``instruction``, ``conversation:
@@ -65,7 +66,7 @@ class Instance:
     relevant: bool | None = None
     support: str | None = None  # after [Relevant] only
     utility: int = 5
-    train_decision: bool = True  # False: the leading [Retrieval] is not a target (the question needs no retrieval)
+    train_decision: bool = True  # False: the leading [Retrieval] is not a target (another instance trains the decision)
 
     @property
     def output(self) -> str:
@@ -113,7 +114,7 @@ def instances_for(ex: QAExample, config: BuildConfig = BuildConfig()) -> list[In
         raise RowError(file, int(line) if line.isdigit() else None, field_name, "no gold passage (none flagged, none contains an answer)")
     text_in, answer = labels.instance_input(ex), ex.answers[0]
     needs = labels.needs_retrieval(ex)
-    base = dict(id=ex.id, dataset=ex.dataset, input=text_in, train_decision=needs)
+    base = dict(id=ex.id, dataset=ex.dataset, input=text_in, train_decision=False)
     multi = labels.is_multi_hop(ex, gold)
     out = []
     if multi and config.chain:
@@ -126,6 +127,7 @@ def instances_for(ex: QAExample, config: BuildConfig = BuildConfig()) -> list[In
     shown = answer if config.distractor_answers else None
     for p in labels.hard_distractors(ex, gold, wanted):
         out.append(Instance(kind="distractor", answer=shown, passage=labels.render_passage(p), relevant=False, utility=low, **base))
+    out[0].train_decision = needs  # the question's one [Retrieval] target (out[0] is its first gold evidence)
     if config.no_retrieval and not needs:
         out.append(Instance(kind="no_retrieval", answer=answer, utility=low, **{**base, "train_decision": True}))
     if config.facts:
@@ -139,9 +141,10 @@ def fact_instances(ex: QAExample, max_facts: int | None = None) -> list[Instance
     for k, fact in enumerate(ex.sub_questions[:max_facts]):
         passages = [Passage(p.title, p.text, is_gold=i == fact.passage) for i, p in enumerate(ex.passages)]
         single = QAExample(f"{ex.id}/fact{k}", fact.question, [fact.answer], passages, ranked=False, dataset=ex.dataset, source=ex.source)
-        base = dict(id=single.id, dataset=ex.dataset, input=fact.question, train_decision=True)
+        base = dict(id=single.id, dataset=ex.dataset, input=fact.question, train_decision=False)
         gold = passages[fact.passage]
-        out.append(Instance(kind="fact_gold", answer=fact.answer, passage=labels.render_passage(gold), relevant=True, support=FULLY_SUPPORTED, utility=5, **base))
+        out.append(Instance(kind="fact_gold", answer=fact.answer, passage=labels.render_passage(gold), relevant=True,
+                            support=FULLY_SUPPORTED, utility=5, **{**base, "train_decision": True}))  # the fact's one decision
         for p in labels.hard_distractors(single, [gold], 1):
             out.append(Instance(kind="fact_distractor", answer=None, passage=labels.render_passage(p), relevant=False, utility=1, **base))
     return out
