@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,3 +92,66 @@ def tiny_pair(smollm2_tokenizer):
     tokenizer = copy.deepcopy(smollm2_tokenizer)
     add_reflection_tokens(None, tokenizer)
     return make_tiny_llama_for(tokenizer, max_position_embeddings=512), tokenizer
+
+
+# -- a real `openrag serve` process (tests/test_serve_e2e.py, tests/test_serve_abuse.py) ---------------
+
+SERVER_STARTUP_SECONDS = 180  # imports and model loading on a busy two-core machine
+
+
+def save_tiny_served_model(smollm2_folder, folder, max_positions: int):
+    """A tiny random Llama with the real tokenizer and the reflection tokens, saved for a server to load."""
+    from transformers import AutoTokenizer
+
+    from openrag.model.reflection import add_reflection_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
+    model = make_tiny_llama_for(tokenizer, max_position_embeddings=max_positions)
+    add_reflection_tokens(model, tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(model_folder, log_path, *args: str, preexec_fn=None):
+    """``openrag serve`` on a free loopback port, keyless, until it answers /health; yields its URL and
+    stops it (SIGINT, then SIGKILL) on exit. A server that exits or never comes up fails the test with its log."""
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "openrag", "serve", "--model_name", str(model_folder), "--port", str(port),
+               "--device", "cpu", "--log_level", "warning", *args]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
+                                   env={**os.environ, "OPENRAG_API_KEY": ""})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"openrag serve exited with {process.returncode}:\n{Path(log_path).read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"openrag serve did not come up in {SERVER_STARTUP_SECONDS} s:\n{Path(log_path).read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

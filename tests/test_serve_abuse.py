@@ -14,9 +14,7 @@ import json
 import os
 import random
 import resource
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,9 +26,8 @@ from openrag.serve import ServeSettings
 from openrag.serve.app import host_name
 from openrag.serve.limits import release_memory, request_tokens, utf8_bytes
 
-from .conftest import make_tiny_llama_for
+from .conftest import running_server, save_tiny_served_model
 
-STARTUP_SECONDS = 180  # imports and model loading on a busy two-core machine
 DEADLINE_S = 3.0
 HEADER_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 64
@@ -58,23 +55,7 @@ SMALL = {"question": "Who wrote Dune?", "mode": "no_retrieval", "max_new_tokens"
 
 @pytest.fixture(scope="module")
 def tiny_model_folder(tmp_path_factory, smollm2_folder):
-    from transformers import AutoTokenizer
-
-    from openrag import add_reflection_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
-    model = make_tiny_llama_for(tokenizer, max_position_embeddings=8192)
-    add_reflection_tokens(model, tokenizer)
-    folder = tmp_path_factory.mktemp("tiny_abused_model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return save_tiny_served_model(smollm2_folder, tmp_path_factory.mktemp("tiny_abused_model"), max_positions=8192)
 
 
 def _crowded():
@@ -103,38 +84,12 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_folder, tmp_path_factory):
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("abuse_log") / "server.log"
-    command = [sys.executable, "-m", "openrag", "serve", "--model_name", str(tiny_model_folder), "--port", str(port),
-               "--device", "cpu", "--threads", "1", "--max_new_tokens", "8", "--log_level", "warning",
-               "--max_request_tokens", str(BUDGET), "--request_timeout_s", str(DEADLINE_S),
-               "--header_timeout_s", str(HEADER_TIMEOUT_S), "--max_connections", str(MAX_CONNECTIONS)]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_crowded,
-                                   env={**os.environ, "OPENRAG_API_KEY": ""})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"openrag serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"openrag serve did not come up in {STARTUP_SECONDS} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    limits = ["--threads", "1", "--max_new_tokens", "8", "--max_request_tokens", str(BUDGET), "--request_timeout_s",
+              str(DEADLINE_S), "--header_timeout_s", str(HEADER_TIMEOUT_S), "--max_connections", str(MAX_CONNECTIONS)]
+    with running_server(tiny_model_folder, log_path, *limits, preexec_fn=_crowded) as url:
         assert httpx.post(url + "/v1/answer", json=SMALL, timeout=60).status_code == 200  # warm
         yield Server(url, log_path)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _small_answer_is_quick(server: Server) -> None:

@@ -8,20 +8,13 @@ retrieval decision, and one evidence row (with its bars) per passage.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import make_tiny_llama_for
+from .conftest import running_server, save_tiny_served_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
@@ -33,28 +26,11 @@ PASSAGES = [
     {"title": "Dune (novel)", "text": "Dune is a 1965 science fiction novel by the American author Frank Herbert."},
     {"title": "Paris", "text": "Paris is the capital and largest city of France."},
 ]
-STARTUP_SECONDS = 180  # imports and model loading on a busy two-core machine
 
 
 @pytest.fixture(scope="module")
 def tiny_model_folder(tmp_path_factory, smollm2_folder):
-    from transformers import AutoTokenizer
-
-    from openrag.model.reflection import add_reflection_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
-    model = make_tiny_llama_for(tokenizer, max_position_embeddings=1024)
-    add_reflection_tokens(model, tokenizer)
-    folder = tmp_path_factory.mktemp("tiny_served_model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return save_tiny_served_model(smollm2_folder, tmp_path_factory.mktemp("tiny_served_model"), max_positions=1024)
 
 
 def _get(url: str, timeout: float = 5) -> dict:
@@ -70,35 +46,9 @@ def _post(url: str, body: dict, timeout: float = 120) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_folder, tmp_path_factory):
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("serve_log") / "server.log"
-    command = [sys.executable, "-m", "openrag", "serve", "--model_name", str(tiny_model_folder), "--port", str(port),
-               "--device", "cpu", "--max_new_tokens", "8", "--log_level", "warning"]
-    env = {**os.environ, "OPENRAG_API_KEY": ""}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"openrag serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if _get(url + "/health", timeout=2)["status"] == "ok":
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"openrag serve did not come up in {STARTUP_SECONDS} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with running_server(tiny_model_folder, log_path, "--max_new_tokens", "8") as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -133,14 +133,8 @@ def _passages_from_json(content: str, path: Path) -> list[RetrievedPassage]:
         return [_passage_from_record(data, f"{path}: line 1", 0)]
     passages = []
     for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not JSON ({err.msg}); expected JSON lines, a JSON list "
-                             f"or a folder of .txt/.md files") from None
-        passages.append(_passage_from_record(record, f"{path}: line {number}", len(passages)))
+        if line.strip():
+            passages.append(_passage_from_line(line, path, number, len(passages)))
     return passages
 
 
@@ -172,15 +166,18 @@ def _passages_from_json_lines(path: Path) -> Iterator[RetrievedPassage]:
                 raise ValueError(f"{path} is not UTF-8 (invalid byte at offset {offset + err.start}, line {number}): "
                                  f"convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
             offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number} is not JSON ({err.msg}); expected JSON lines, a JSON list "
-                                 f"or a folder of .txt/.md files") from None
-            yield _passage_from_record(record, f"{path}: line {number}", position)
-            position += 1
+            if line.strip():
+                yield _passage_from_line(line, path, number, position)
+                position += 1
+
+
+def _passage_from_line(line: str, path: Path, number: int, position: int) -> RetrievedPassage:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: line {number} is not JSON ({err.msg}); expected JSON lines, a JSON list "
+                         f"or a folder of .txt/.md files") from None
+    return _passage_from_record(record, f"{path}: line {number}", position)
 
 
 def _looks_like_record(data: dict) -> bool:
