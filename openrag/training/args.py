@@ -35,6 +35,11 @@ class ModelArguments:
         default=RELEASED_LORA_TARGETS,
         metadata={"help": "comma-separated module names that get a LoRA (the released recipe's by default)"},
     )
+    init_from: str = field(
+        default=None,
+        metadata={"help": "warm start: an openrag adapter checkpoint over the same base whose experts, routers and "
+                          "token rows (and LoRA, if it has the same) this run starts from; a LoRA it lacks starts fresh"},
+    )
 
     def __post_init__(self):
         if self.bits not in (4, 16):
@@ -80,6 +85,15 @@ class DataArguments:
     )
     data_subset: str = field(default=None, metadata={"help": "subset (configuration) of a hub dataset, e.g. 'moe'"})
     model_max_length: int = field(default=4096, metadata={"help": "instances are truncated to this many tokens"})
+    packing: bool = field(
+        default=False,
+        metadata={"help": "pack each batch's instances into rows of at most --model_max_length tokens (no padding "
+                          "between them; each attends only to itself through its position ids; sdpa/eager attention)"},
+    )
+    reflection_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "loss weight of reflection-token targets against answer tokens (1: plain cross-entropy, as released)"},
+    )
     tokenized_cache: bool = field(
         default=True,
         metadata={"help": "keep the tokenised data under OUTPUT_DIR/tokenized/ so that a resumed run skips tokenisation"},
@@ -90,6 +104,8 @@ class DataArguments:
             raise ValueError("--data_path is required: a hub dataset name or a local JSON-lines file of {input, output}")
         if self.model_max_length < 8:
             raise ValueError(f"--model_max_length must be at least 8 tokens, got {self.model_max_length}")
+        if self.reflection_loss_weight <= 0:
+            raise ValueError(f"--reflection_loss_weight must be > 0, got {self.reflection_loss_weight}")
 
 
 @dataclass

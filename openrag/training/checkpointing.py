@@ -7,6 +7,7 @@ own optimizer, scheduler, RNG and state files beside them, which is what ``--res
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ from ..model.layouts import (
 )
 from .setup import TrainableModel
 
+log = logging.getLogger(__name__)
+
 
 def save_checkpoint(setup: TrainableModel, folder: str | Path, state_dict: dict | None = None, official: bool = False) -> Path:
     """Write the adapter layout of the model being trained (``state_dict``: a gathered full state dict
@@ -44,23 +47,54 @@ def save_checkpoint(setup: TrainableModel, folder: str | Path, state_dict: dict 
 def load_checkpoint(setup: TrainableModel, folder: str | Path) -> None:
     """Put a checkpoint's trained tensors back into the model being trained (to resume a run)."""
     folder = Path(folder)
+    config = _read_config(folder)
+    _check_fits(setup, config, folder, lora=True)
+    _load_tensors(setup, folder, lora=setup.lora)
+
+
+@torch.no_grad()
+def warm_start(setup: TrainableModel, name_or_path: str) -> None:
+    """Start a run from a trained adapter checkpoint (``--init_from``): its experts, routers and token
+    rows, and its LoRA where this run has the same one; a LoRA the checkpoint lacks starts fresh (zero
+    update), so the warm-started model begins as the checkpoint's model."""
+    from ..model.loading import resolve_folder
+
+    folder = resolve_folder(name_or_path)
+    config = _read_config(folder)
+    if config.base_model != setup.base_model:
+        raise CheckpointError(f"--init_from {name_or_path} was trained over {config.base_model}, this run trains {setup.base_model}")
+    _check_fits(setup, config, folder, lora=config.lora)
+    _load_tensors(setup, folder, lora=setup.lora and config.lora)
+    log.info("warm start from %s (%s)", folder, "experts, token rows and LoRA" if setup.lora and config.lora else "experts and token rows")
+
+
+def _read_config(folder: Path) -> AdapterConfig:
     if not (folder / ADAPTER_CONFIG).is_file():
         raise CheckpointError(f"{folder} is not an openrag training checkpoint (no {ADAPTER_CONFIG})")
-    config = AdapterConfig.read(folder)
+    return AdapterConfig.read(folder)
+
+
+def _check_fits(setup: TrainableModel, config: AdapterConfig, folder: Path, lora: bool) -> None:
+    """The checkpoint's token count and expert shapes (and, if ``lora``, its LoRA switch) match this run's."""
     moe = moe_config_of(setup.inner)
+    shape = lambda d: {k: v for k, v in d.items() if k != "dropout"} if d else None  # dropout may differ between runs
     expected = {
         "num_base_tokens": (config.num_base_tokens, setup.num_base_tokens),
-        "experts": (config.moe, moe.to_dict() if moe else None),
-        "lora": (config.lora, setup.lora),
+        "experts": (shape(config.moe), shape(moe.to_dict() if moe else None)),
     }
+    if lora:
+        expected["lora"] = (config.lora, setup.lora)
     for what, (found, wanted) in expected.items():
         if found != wanted:
-            raise CheckpointError(f"{folder}: {what} is {found} there but {wanted} in this run; resume with the flags of the original run")
+            raise CheckpointError(f"{folder}: {what} is {found} there but {wanted} in this run; use the flags of the original run")
+
+
+def _load_tensors(setup: TrainableModel, folder: Path, lora: bool) -> None:
     where = str(folder / ADAPTER_WEIGHTS)
     tensors = read_tensors([folder / ADAPTER_WEIGHTS], keep=lambda key: True)
     load_moe_state_dict(setup.inner, {k: v for k, v in tensors.items() if ".moe_adapter." in k}, where)
     load_new_token_rows(setup.inner, {k: v for k, v in tensors.items() if k.startswith("new_token_rows.")}, setup.num_base_tokens, where)
-    if setup.lora:
+    if lora:
         _load_lora(setup.model, folder / ADAPTER_LORA_DIR)
 
 

@@ -126,3 +126,50 @@ class Collator:
             labels[row, :n] = torch.as_tensor(f["labels"])
             attention_mask[row, :n] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class PackingCollator:
+    """Packs a batch's instances into as few rows of at most ``max_length`` tokens as first-fit-decreasing
+    finds, padding only each row's end. Position ids restart at 0 for every instance and no attention mask
+    is passed, so transformers builds a block-diagonal causal mask: each instance attends only to itself,
+    as in a padded batch. ``token_mask`` marks real tokens (the trainer counts them; the model never sees it).
+    An instance's first label is masked so that no target crosses from one instance into the next."""
+
+    def __init__(self, pad_token_id: int, max_length: int):
+        self.pad_token_id = pad_token_id
+        self.max_length = max_length
+
+    def rows(self, lengths: list[int]) -> list[list[int]]:
+        """Instance indices per row (first-fit decreasing); an instance longer than a row gets its own."""
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+            if row is None:
+                rows.append([])
+                room.append(max(self.max_length, lengths[i]))
+                row = len(rows) - 1
+            rows[row].append(i)
+            room[row] -= lengths[i]
+        return rows
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = [len(f["input_ids"]) for f in features]
+        rows = self.rows(lengths)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # [R, W]
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # [R, W]
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # [R, W]
+        token_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [R, W] 1 = a real token
+        for r, row in enumerate(rows):
+            start = 0
+            for i in row:
+                n, end = lengths[i], start + lengths[i]
+                input_ids[r, start:end] = torch.as_tensor(features[i]["input_ids"])
+                labels[r, start:end] = torch.as_tensor(features[i]["labels"])
+                labels[r, start] = IGNORE_INDEX
+                position_ids[r, start:end] = torch.arange(n)
+                token_mask[r, start:end] = 1
+                start = end
+            position_ids[r, start:] = torch.arange(width - start)  # the padding tail is one more sequence
+        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "token_mask": token_mask}

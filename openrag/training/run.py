@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from .args import DataArguments, ModelArguments, MoEArguments, OpenRAGTrainingArguments
-from .data import Collator, load_tokenized
+from .checkpointing import warm_start
+from .data import Collator, PackingCollator, load_tokenized
 from .setup import build_model, trainable_summary
 from .trainer import OpenRAGTrainer
 
@@ -29,6 +30,8 @@ def run_training(
 
     set_seed(args.seed)  # before the experts are initialised, so that a run is reproducible
     setup = build_model(model_args, moe_args, bf16=args.bf16, fp16=args.fp16)
+    if model_args.init_from:
+        warm_start(setup, model_args.init_from)
     log.info("%s", trainable_summary(setup.model))
     cache_dir = Path(args.output_dir) / "tokenized" if data_args.tokenized_cache else None
     with args.main_process_first(desc="tokenising the training data"):
@@ -39,10 +42,12 @@ def run_training(
         model=setup.model,
         args=args,
         train_dataset=dataset,
-        data_collator=Collator(setup.tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        data_collator=PackingCollator(setup.tokenizer.pad_token_id, data_args.model_max_length) if data_args.packing
+        else Collator(setup.tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         processing_class=setup.tokenizer,
         setup=setup,
         router_aux_loss_coef=moe_args.router_aux_loss_coef,
+        reflection_loss_weight=data_args.reflection_loss_weight,
     )
     trainer.train(resume_from_checkpoint=resume_target(args.resume_from_checkpoint))
     trainer.save_model()  # the final adapter checkpoint, in --output_dir itself

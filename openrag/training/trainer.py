@@ -34,24 +34,32 @@ log = logging.getLogger(__name__)
 LOAD_PREFIX = "expert_load/"
 
 
-def target_loss(model, inputs: dict[str, torch.Tensor]):
+def target_loss(model, inputs: dict[str, torch.Tensor], weights: torch.Tensor | None = None):
     """Summed next-token cross-entropy over the trained tokens, with the vocabulary projection run at
-    those positions only (the same value as transformers' loss times the token count).
-    Returns ``(loss_sum, number of trained tokens, model outputs)``."""
+    those positions only (the same value as transformers' loss times the token count). ``weights``: [V]
+    loss weight of each target token id (None: all 1). Returns ``(loss_sum, number of trained tokens, model outputs)``."""
     labels = inputs["labels"]  # [B, T]
     targets = labels[:, 1:]  # [B, T-1] the token each position predicts
     predicts = torch.zeros_like(labels, dtype=torch.bool)  # [B, T] positions whose next token is trained
     predicts[:, :-1] = targets != IGNORE_INDEX
     outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=predicts)
     chosen = targets[predicts[:, :-1]]  # [N]
-    return F.cross_entropy(outputs.logits.float(), chosen, reduction="sum"), chosen.numel(), outputs  # logits: [N, V]
+    losses = F.cross_entropy(outputs.logits.float(), chosen, reduction="none")  # logits: [N, V] -> [N]
+    if weights is not None:
+        losses = losses * weights[chosen]
+    return losses.sum(), chosen.numel(), outputs
 
 
 class OpenRAGTrainer(Trainer):
-    def __init__(self, *args, setup: TrainableModel, router_aux_loss_coef: float = 0.0, **kwargs):
+    def __init__(self, *args, setup: TrainableModel, router_aux_loss_coef: float = 0.0, reflection_loss_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.setup = setup
         self.aux_coef = router_aux_loss_coef
+        self._target_weights = None  # [V] loss weight per target token id: the new (reflection) token rows get theirs
+        if reflection_loss_weight != 1.0:
+            vocab = setup.inner.get_output_embeddings().weight.shape[0]
+            self._target_weights = torch.ones(vocab, device=self.args.device)
+            self._target_weights[setup.num_base_tokens:] = reflection_loss_weight
         self._adapters = moe_adapters(setup.model)
         self._meter = LoadMeter()
         self._interval_start: float | None = None
@@ -68,8 +76,9 @@ class OpenRAGTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._interval_start is None:
             self._interval_start = time.perf_counter()
-        labels, attention_mask = inputs["labels"], inputs.get("attention_mask")  # [B, T]
-        loss_sum, num_targets, outputs = target_loss(model, inputs)
+        token_mask = inputs.pop("token_mask", None)  # [B, T] real tokens of packed rows (see PackingCollator)
+        labels, attention_mask = inputs["labels"], inputs.get("attention_mask", token_mask)  # [B, T]
+        loss_sum, num_targets, outputs = target_loss(model, inputs, self._target_weights)
         if num_items_in_batch is not None:
             # Normalised by the trained tokens of the whole accumulated (and, by default, all-device) batch,
             # as transformers does for its own loss.

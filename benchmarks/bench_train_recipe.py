@@ -1,0 +1,130 @@
+"""Training speed of the bundled recipe before and after the CPU changes (issue 13), on real instances.
+
+    python benchmarks/bench_train_recipe.py --data runs/v3/train.jsonl [--batch 16 --batches 3 --output FILE.json]
+
+Model: the bundled SmolLM2-135M-Instruct, float32 on the CPU, set up by ``openrag train``'s own code: experts
+8 x top-2, adapter_dim 32, LoRA r 16 on q,k,v,o,gate,up,down, the new token rows trainable. A step is the
+trainer's: forward, ``target_loss`` (logits only at the trained positions), backward, fused AdamW.
+
+Inputs: ``--batches`` random batches of ``--batch`` real instances from an ``openrag data build`` file,
+tokenised with ``--max_length``, the same batches for every variant. Variants, interleaved batch by batch after
+one warm-up step each:
+
+* before: dropout 0.1 on the LoRA and expert inputs, batches right-padded (``Collator``), as the recipe was,
+  once with random batches and once with the same instances regrouped by length (what ``group_by_length``,
+  the recipe's sampler, approximates: a megabatch sorted by length, then cut into batches);
+* padded, no dropout: the same batches with dropout 0;
+* after: dropout 0 and the batch packed into rows of ``--max_length`` (``PackingCollator``).
+
+tokens/s counts real tokens (no padding), the same count in every variant; the ratio is after / before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import cpu_name  # noqa: E402
+
+from openrag.data.tokenize import load_training_instances  # noqa: E402
+from openrag.training.args import ModelArguments, MoEArguments  # noqa: E402
+from openrag.training.data import Collator, PackingCollator, tokenize_instances  # noqa: E402
+from openrag.training.setup import build_model  # noqa: E402
+from openrag.training.trainer import target_loss  # noqa: E402
+
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
+def step(model, optimizer, batch: dict) -> float:
+    batch = {k: v for k, v in batch.items() if k != "token_mask"}
+    start = time.perf_counter()
+    loss_sum, n, _ = target_loss(model, batch)
+    (loss_sum / n).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="an `openrag data build` JSON-lines file")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--max_length", type=int, default=320)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    load_before = os.getloadavg()
+
+    # dropout 0.1 at build time so that every LoRA has a Dropout module (PEFT puts Identity for 0); set per variant
+    setup = build_model(ModelArguments("smollm2", lora_r=16, lora_alpha=16, lora_dropout=0.1, lora_target_modules=LORA_TARGETS),
+                        MoEArguments(8, 2, 32, 0.25, 0.1))
+    model = setup.model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.0, fused=True)
+    instances = load_training_instances(args.data)
+    random.Random(0).shuffle(instances)
+    dataset = tokenize_instances(setup.tokenizer, instances[: args.batch * (args.batches + 1)], args.max_length)
+    features = [dataset[i] for i in range(len(dataset))]
+    batches = [features[i * args.batch : (i + 1) * args.batch] for i in range(args.batches + 1)]  # batch 0 warms up
+    timed = sorted((f for b in batches[1:] for f in b), key=lambda f: len(f["input_ids"]))
+    grouped = [batches[0]] + [timed[i * args.batch : (i + 1) * args.batch] for i in range(args.batches)]
+
+    pad = setup.tokenizer.pad_token_id
+    variants = {  # name: (dropout, collator, batches)
+        "before: dropout 0.1, padded": (0.1, Collator(pad), batches),
+        "before: dropout 0.1, padded, grouped by length": (0.1, Collator(pad), grouped),
+        "padded, no dropout": (0.0, Collator(pad), batches),
+        "after: no dropout, packed": (0.0, PackingCollator(pad, args.max_length), batches),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    shapes: dict[str, list[list[int]]] = {name: [] for name in variants}
+    for i in range(len(batches)):
+        for name, (p, collate, source) in variants.items():
+            set_dropout(model, p)
+            batch = collate(source[i])
+            elapsed = step(model, optimizer, batch)
+            if i:
+                times[name].append(elapsed)
+                shapes[name].append(list(batch["input_ids"].shape))
+            print(f"batch {i} {name}: {list(batch['input_ids'].shape)} {elapsed:.2f} s", flush=True)
+
+    real_tokens = [sum(len(f["input_ids"]) for f in b) for b in batches[1:]]
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "torch": torch.__version__,
+        "data": args.data,
+        "batch": args.batch,
+        "real_tokens_per_batch": real_tokens,
+        "variants": {
+            name: {"shapes": shapes[name], "steps_s": t, "real_tokens_per_s": sum(real_tokens) / sum(t)} for name, t in times.items()
+        },
+    }
+    before, after = (results["variants"][k]["real_tokens_per_s"] for k in ("before: dropout 0.1, padded", "after: no dropout, packed"))
+    results["speedup_after_over_before"] = after / before
+    print(json.dumps(results, indent=2))
+    print(f"real tokens/s: before {before:.0f}, after {after:.0f}: {after / before:.2f}x")
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
