@@ -117,3 +117,20 @@ def test_warm_start_from_other_experts_is_refused(trained):
     setup = build_model(ModelArguments(model_name_or_path=str(base), lora_r=0), MoEArguments(num_experts=2, topk=1, adapter_dim=8))
     with pytest.raises(CheckpointError, match="experts"):
         warm_start(setup, str(out))
+
+
+def test_packed_lora_run_and_warm_start_of_its_lora(tmp_path):
+    """Packing through PEFT trains; a warm start loads a LoRA of the same rank, alpha and targets and
+    refuses one of another scale (same shapes, different alpha)."""
+    base, data, out = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl"), tmp_path / "out"
+    run_train(train_argv(base, data, out, "--max_steps", "2", "--packing", "True", "--model_max_length", "64",
+                         "--lora_target_modules", "q_proj,v_proj"))
+    moe = MoEArguments(num_experts=4, topk=2, adapter_dim=8)
+    same = build_model(ModelArguments(model_name_or_path=str(base), lora_r=4, lora_alpha=8, lora_target_modules="q_proj,v_proj"), moe)
+    ids = torch.tensor([[5, 9, 3, 17, 8, 2, 30]])
+    warm_start(same, str(out))
+    with torch.no_grad():
+        assert torch.allclose(same.model.eval()(input_ids=ids).logits, load_model(str(out), device="cpu")[0](input_ids=ids).logits, atol=1e-5)
+    other = build_model(ModelArguments(model_name_or_path=str(base), lora_r=4, lora_alpha=16, lora_target_modules="q_proj,v_proj"), moe)
+    with pytest.raises(CheckpointError, match="lora_alpha"):
+        warm_start(other, str(out))

@@ -92,7 +92,8 @@ class DataArguments:
     )
     reflection_loss_weight: float = field(
         default=1.0,
-        metadata={"help": "loss weight of reflection-token targets against answer tokens (1: plain cross-entropy, as released)"},
+        metadata={"help": "loss weight of the added tokens' targets (the reflection tokens and <paragraph> markers) against the "
+                          "others; the logged loss is this weighted sum over the target count (1: plain cross-entropy, as released)"},
     )
     tokenized_cache: bool = field(
         default=True,

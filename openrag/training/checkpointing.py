@@ -64,6 +64,8 @@ def warm_start(setup: TrainableModel, name_or_path: str) -> None:
     if config.base_model != setup.base_model:
         raise CheckpointError(f"--init_from {name_or_path} was trained over {config.base_model}, this run trains {setup.base_model}")
     _check_fits(setup, config, folder, lora=config.lora)
+    if setup.lora and config.lora:
+        _check_same_lora(setup, folder / ADAPTER_LORA_DIR)
     _load_tensors(setup, folder, lora=setup.lora and config.lora)
     log.info("warm start from %s (%s)", folder, "experts, token rows and LoRA" if setup.lora and config.lora else "experts and token rows")
 
@@ -87,6 +89,20 @@ def _check_fits(setup: TrainableModel, config: AdapterConfig, folder: Path, lora
     for what, (found, wanted) in expected.items():
         if found != wanted:
             raise CheckpointError(f"{folder}: {what} is {found} there but {wanted} in this run; use the flags of the original run")
+
+
+def _check_same_lora(setup: TrainableModel, folder: Path) -> None:
+    """A LoRA loaded into this run's LoRA must have its rank, alpha and targets (same shapes, same scale)."""
+    import json
+
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    ours = setup.model.peft_config["default"]
+    for key in ("r", "lora_alpha", "target_modules"):
+        found, wanted = saved.get(key), getattr(ours, key)
+        if key == "target_modules":
+            found, wanted = sorted(found or []), sorted(wanted or [])
+        if found != wanted:
+            raise CheckpointError(f"{folder}: LoRA {key} is {found} there but {wanted} in this run; use the flags of that run")
 
 
 def _load_tensors(setup: TrainableModel, folder: Path, lora: bool) -> None:

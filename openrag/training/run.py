@@ -30,8 +30,13 @@ def run_training(
 
     set_seed(args.seed)  # before the experts are initialised, so that a run is reproducible
     setup = build_model(model_args, moe_args, bf16=args.bf16, fp16=args.fp16)
-    if model_args.init_from:
+    resume = resume_target(args.resume_from_checkpoint)
+    if model_args.init_from and not resume:  # a resumed run takes everything from its checkpoint
         warm_start(setup, model_args.init_from)
+    if data_args.packing and setup.inner.config._attn_implementation not in ("sdpa", "eager"):
+        # transformers separates packed instances by their position ids for sdpa and eager only (flash
+        # attention does it for one-row batches only): elsewhere they would attend to each other
+        raise ValueError(f"--packing needs sdpa or eager attention; this model uses {setup.inner.config._attn_implementation}")
     log.info("%s", trainable_summary(setup.model))
     cache_dir = Path(args.output_dir) / "tokenized" if data_args.tokenized_cache else None
     with args.main_process_first(desc="tokenising the training data"):
@@ -49,7 +54,7 @@ def run_training(
         router_aux_loss_coef=moe_args.router_aux_loss_coef,
         reflection_loss_weight=data_args.reflection_loss_weight,
     )
-    trainer.train(resume_from_checkpoint=resume_target(args.resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the final adapter checkpoint, in --output_dir itself
     trainer.save_state()
     return trainer
