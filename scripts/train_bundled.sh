@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
-OUT=${OUT:-runs/bundled}
+OUT=${OUT:-runs/v3}
 mkdir -p "$OUT"
 [ -s "$OUT/train.jsonl" ] || .venv/bin/openrag data build \
   "$D/hotpotqa/hotpotqa_train100.json" "$D/musique/musique_train100.json" "$D/hotpotqa/hotpotqa_train_gold500.jsonl" \

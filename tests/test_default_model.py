@@ -42,11 +42,10 @@ def test_default_model_answers_the_sample_with_scored_evidence(default_rag):
     assert torch.isfinite(torch.tensor([c.score for c in answer.candidates])).all()
 
 
-KNOWN_GAP = pytest.mark.xfail(strict=True, reason="the shipped step-350 model does not yet (MODEL.md, 'What is left'); "
+KNOWN_GAP = pytest.mark.xfail(strict=True, reason="the shipped model does not yet (MODEL.md, 'What is left'); "
                                "strict: a model that passes makes this fail, so the mark is removed with it")
 
 
-@KNOWN_GAP
 def test_default_model_answers_a_single_hop_question_from_its_passage(default_rag):
     # The issue that retrained the model: the step-350 checkpoint answered "Hamlet" here (no single-hop
     # questions in its data); a passage that states the answer must give it.
