@@ -1,6 +1,9 @@
 """Training speed of the bundled recipe before and after the CPU changes (issue 13), on real instances.
 
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
     python benchmarks/bench_train_recipe.py --data runs/v3/train.jsonl [--batch 16 --batches 3 --output FILE.json]
+
+(Under glibc's malloc the two models and varying batch shapes grew past 24 GB of RSS after two batches.)
 
 Model: the bundled SmolLM2-135M-Instruct, float32 on the CPU, set up by ``openrag train``'s own code: experts
 8 x top-2, adapter_dim 32, LoRA r 16 on q,k,v,o,gate,up,down, the new token rows trainable. A step is the
