@@ -17,11 +17,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from ..model.reflection import NO_RETRIEVAL, reflection_token_ids
+from ..model.reflection import NO_RETRIEVAL
 from . import prompts
+from .backends import BackendOptions, engine_tokens, load_backend
 from .engine import Engine, RowResult
 from .options import AnswerOptions
-from .scoring import ANSWER_SIGNALS, WATCH, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
+from .scoring import ANSWER_SIGNALS, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
 
 
 
@@ -124,7 +125,8 @@ class OpenRAG:
     question comes without passages (``options.query`` says what it is asked). ``prompt_format``: the prompts
     the model was trained with, as its checkpoint records them (``openrag.model.load_pretrained``); None:
     released. ``options.prompt_format`` overrides it. ``engine``: a generation backend in place of the built-in
-    :class:`~openrag.answer.engine.Engine` (same ``prefill``/``generate`` contract).
+    :class:`~openrag.answer.engine.Engine` (same ``prefill``/``generate`` contract); ``model`` may then be None
+    (vLLM holds the model in its own processes), and the engine's ``context_window`` stands for the model's.
     """
 
     def __init__(self, model, tokenizer, options: AnswerOptions | None = None, retriever=None, notes: Sequence[str] = (),
@@ -133,34 +135,29 @@ class OpenRAG:
         self.options = options or AnswerOptions()
         self.retriever = retriever
         self.notes = list(notes)
-        ids = reflection_token_ids(tokenizer)
-        stop = {tokenizer.eos_token_id}
-        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        stop.update(config_eos if isinstance(config_eos, list) else [config_eos])
-        stop.discard(None)
-        if not stop:
-            raise ValueError("the tokenizer has no EOS token and the model's generation config names none")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop))
+        if model is None and engine is None:
+            raise ValueError("OpenRAG needs a model, or an engine that holds one")
         # Another generation backend may stand in: the pipeline uses only prefill() and generate() (engine.py).
-        self.engine = engine or Engine(model, sorted(stop), {g: [ids[t] for t in toks] for g, toks in WATCH.items()}, pad)
-        self.context_window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        if engine is None:
+            stop, watch, pad = engine_tokens(tokenizer, getattr(model, "generation_config", None))
+            engine = Engine(model, stop, watch, pad)
+        self.engine = engine
+        if model is not None:
+            self.context_window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        else:
+            self.context_window = getattr(engine, "context_window", None)
         self.model_prompt_format = prompt_format or "released"
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "default", device=None, dtype=None, retriever=None, **options) -> OpenRAG:
+    def from_pretrained(cls, name_or_path: str = "default", device=None, dtype=None, retriever=None,
+                        backend: str | BackendOptions = "torch", **options) -> OpenRAG:
         """Load any checkpoint ``openrag.load_model`` reads (``default``: the bundled trained model).
-        A model without reflection tokens gets them (untrained), with a note."""
-        from ..model.loading import load_pretrained
-        from ..model.reflection import add_reflection_tokens
-
-        name = name_or_path
-        loaded = load_pretrained(name, dtype=dtype, device=device)
-        notes = []
-        if add_reflection_tokens(loaded.model, loaded.tokenizer):
-            notes.append(f"{name} had no reflection tokens: untrained ones were added, so its retrieval decisions "
-                         "and critique scores carry no meaning")
-        return cls(loaded.model, loaded.tokenizer, AnswerOptions(**options), retriever=retriever, notes=notes,
-                   prompt_format=loaded.prompt_format)
+        A model without reflection tokens gets them (untrained), with a note. ``backend``: ``torch`` (the
+        built-in engine) or ``vllm``, by name or as :class:`~openrag.answer.backends.BackendOptions` with
+        vLLM's settings (backends.BACKENDS)."""
+        loaded = load_backend(name_or_path, device=device, dtype=dtype, backend=backend)
+        return cls(loaded.model, loaded.tokenizer, AnswerOptions(**options), retriever=retriever, notes=loaded.notes,
+                   prompt_format=loaded.prompt_format, engine=loaded.engine)
 
     def answer(self, question: str, passages: Sequence | None = None, choices=None, **options) -> Answer:
         return self.answer_batch([question], None if passages is None else [passages], None if choices is None else [choices], **options)[0]

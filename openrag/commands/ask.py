@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..answer.backends import BackendOptions
     from ..answer.options import AnswerOptions
 
     parser.add_argument("question", nargs="?", help="the question to answer")
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
     AnswerOptions.add_arguments(parser, "ask")
+    BackendOptions.add_arguments(parser)
 
 
 def read_passages(path: str) -> list:
@@ -125,6 +127,7 @@ def read_questions(path: str, ndocs: int, with_index: bool) -> tuple[list, list]
 
 def run(args: argparse.Namespace) -> int:
     from ..answer import AnswerOptions, OpenRAG
+    from ..answer.backends import BackendOptions
 
     if (args.question is None) == (args.questions is None):
         raise ValueError("give a question, or --questions FILE (not both)")
@@ -135,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and not args.index:
         raise ValueError("--top_k needs --index (with --passages, --ndocs says how many are used)")
     options = AnswerOptions.from_args(args, "ask")
+    backend = BackendOptions.from_args(args)
     if options.query != "question" and not args.index:
         raise ValueError(f"--query {options.query} needs --index (it says what the index is asked)")
     if args.top_k is not None:
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         from ..retrieval import open_index
 
         retriever = open_index(args.index)
-    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, dtype=args.dtype, retriever=retriever)
+    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, dtype=args.dtype, retriever=retriever, backend=backend)
     if args.questions:
         answers = rag.answer_batch([ex.question for ex in examples], passages, **vars(options))
         if args.json:

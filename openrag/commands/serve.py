@@ -18,6 +18,7 @@ LOOPBACK_NAMES = ("localhost",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from openrag.answer.backends import BackendOptions
     from openrag.answer.options import AnswerOptions
     from openrag.serve.app import API_KEY_ENV, ServeSettings
 
@@ -62,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "avoids threads spinning against each other)")
     server.add_argument("--log_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     AnswerOptions.add_arguments(parser, "serve")
+    BackendOptions.add_arguments(parser)
 
 
 def is_loopback(host: str) -> bool:
@@ -91,6 +93,7 @@ def resolve_api_key(flag: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from openrag.answer import AnswerOptions, OpenRAG
+    from openrag.answer.backends import BackendOptions
     from openrag.serve import API_KEY_ENV, ServeSettings, create_app
     from openrag.serve.connections import make_server
 
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"openrag serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               f"machine can use the model (set ${API_KEY_ENV} or --api_key)", file=sys.stderr)
     options = AnswerOptions.from_args(args, "serve")
+    backend = BackendOptions.from_args(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
         retriever = open_index(args.index)
         print(f"index: {args.index} ({retriever.kind}, {len(retriever)} passages)")
-    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, retriever=retriever, **vars(options))
+    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, retriever=retriever, backend=backend, **vars(options))
     for note in rag.notes:
         print(f"openrag serve: note: {note}", file=sys.stderr)
 

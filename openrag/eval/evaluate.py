@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..answer.backends import BackendOptions
 from .metrics import METRICS
 from .runner import (Answerer, Question, RunConfig, check_output, combine_shards, metrics_path, prepare_questions, read_records,
                      run_shard, shard_path)
@@ -46,6 +47,7 @@ class EvalRequest:
     options: dict = field(default_factory=dict)  # engine options from the flags (mode, threshold, w_use, ...)
     baseline: str | None = None  # standard_rag or closed_book: a plain prompt instead of Open-RAG (eval.baseline)
     instruction: str | None = None  # with baseline: the plain prompt's instruction instead of the task's
+    backend: BackendOptions = field(default_factory=BackendOptions)  # torch (built-in engine) or vllm, and vLLM's settings
 
     def __post_init__(self) -> None:
         self.task_info = get_eval_task(self.task)
@@ -65,6 +67,8 @@ class EvalRequest:
                 raise ValueError(f"unknown --baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
             if self.index is not None:
                 raise ValueError("--baseline reads the data's own passages; drop --index")
+            if self.backend.backend != "torch":
+                raise ValueError(f"--baseline answers with transformers' generate: drop --backend {self.backend.backend}")
             engine_only = sorted(k for k in self.options if k != "max_new_tokens")
             if engine_only:
                 raise ValueError(f"--baseline {self.baseline} answers in a plain prompt: drop --{', --'.join(engine_only)} (Open-RAG options)")
@@ -113,6 +117,8 @@ def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
     settings = {"model": req.model_name, "dataset": req.dataset, **req.options}
     if req.baseline is not None:
         settings["baseline"] = req.baseline
+    if req.backend.backend != "torch":  # recorded only when not the default, so older runs resume as they were
+        settings["backend"] = req.backend.backend
     return RunConfig(
         output_file=output_file or req.output_file,
         task=req.task_info,
