@@ -34,31 +34,19 @@ import os
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import cpu_name  # noqa: E402
+from bench_train import cpu_name, train_step  # noqa: E402
 
 from openrag.data.tokenize import load_training_instances  # noqa: E402
 from openrag.training.args import ModelArguments, MoEArguments  # noqa: E402
 from openrag.training.data import Collator, PackingCollator, tokenize_instances  # noqa: E402
 from openrag.training.setup import build_model  # noqa: E402
-from openrag.training.trainer import target_loss  # noqa: E402
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-
-
-def step(model, optimizer, batch: dict) -> float:
-    batch = {k: v for k, v in batch.items() if k != "token_mask"}
-    start = time.perf_counter()
-    loss_sum, n, _ = target_loss(model, batch)
-    (loss_sum / n).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -98,7 +86,8 @@ def main() -> None:
     for i in range(len(batches)):
         for name, (p, collate, source) in variants.items():
             batch = collate(source[i])
-            elapsed = step(*models[p], batch)
+            batch.pop("token_mask", None)  # the trainer's meter reads it; the model never sees it
+            elapsed = train_step(*models[p], batch)
             if i:
                 times[name].append(elapsed)
                 shapes[name].append(list(batch["input_ids"].shape))
