@@ -32,7 +32,6 @@ import datetime
 import json
 import os
 import random
-import statistics
 import sys
 from pathlib import Path
 
