@@ -1,13 +1,16 @@
-"""The inference engine against the released evaluation loop (issue: batched Open-RAG inference engine).
+"""The inference engine against the released evaluation loop, and the vLLM backend beside both (issues:
+batched Open-RAG inference engine; Open-RAG on vLLM).
 
     python benchmarks/bench_engine.py [--questions 50] [--max_new_tokens 100] [--threads 1] [--output FILE.json]
+    VLLM_CPU_NUM_OF_RESERVED_CPU=0 .venv-vllm/bin/python benchmarks/bench_engine.py --model default \
+        --sides baseline engine vllm --threads 2 --scenarios released
 
-Model: the bundled base SmolLM2-135M-Instruct with the 15 reflection tokens added (``OpenRAG.from_pretrained
-("smollm2")``), float32 on the CPU. Data: the first ``--questions`` questions of
+Model: ``--model`` (default: the bundled base SmolLM2-135M-Instruct with the 15 reflection tokens added,
+``OpenRAG.from_pretrained("smollm2")``; ``default``: the bundled trained model), float32 on the CPU. Data: the first ``--questions`` questions of
 ../shared/data/hotpotqa/hotpotqa_dev_ircot500.jsonl; each gets 3 passages: its 2 gold (supporting)
 paragraphs in file order, then the first non-gold paragraph in file order.
 
-Two sides, each in a subprocess of its own (so that peak memory is its own), same model, same inputs:
+Up to three sides, each in a subprocess of its own (so that peak memory is its own), same model, same inputs:
 
 * baseline: what the released ``run_short_form_multihop.py`` does per question, rewritten here: Hugging Face
   ``generate`` with batch size 1 and ``output_scores``; in adaptive mode first an unforced generation whose
@@ -17,11 +20,15 @@ Two sides, each in a subprocess of its own (so that peak memory is its own), sam
   ``[No Retrieval]``.
 * engine: ``OpenRAG.answer_batch`` over all questions (prefix prefilled once per question, rows of several
   questions decoded together).
+* vllm: the same ``answer_batch`` with ``backend="vllm"`` (needs the .venv-vllm environment of
+  scripts/setup_vllm.sh; eager mode, 2 GiB KV cache). Its model runs in vLLM's engine process: its peak
+  memory is that of the process tree (the side's process and every descendant, sampled every 50 ms; pages
+  two processes share count twice).
 
 Scenarios: ``released`` = the published multi-hop setting (adaptive_retrieval, token rule, threshold 0.0,
 ndocs 3, w_use 0.5, seqscore + groundedness + utility); ``always`` = always_retrieve with the same scoring
 (no unforced pass on either side: the gain of batching and prefix sharing alone).
-Answers are compared after the same post-processing (openrag.answer.scoring.postprocess), and so is every
+Answers are compared with the engine's after the same post-processing (openrag.answer.scoring.postprocess), and so is every
 candidate (its text, and its score within float tolerance): the untrained base often ends an evidence row
 at once (an empty candidate), so the candidates are the finer check.
 Throughput counts questions per second of wall time, model loading excluded. FLOPs: 2 x (linear-layer
@@ -40,6 +47,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +59,7 @@ SCENARIOS = {
     "released": dict(mode="adaptive_retrieval", retrieval_rule="token", threshold=0.0),
     "always": dict(mode="always_retrieve", retrieval_rule="token", threshold=None),
 }
+SIDES = ("baseline", "engine", "vllm")
 SCORING = dict(ndocs=3, use_seqscore=True, use_groundness=True, use_utility=True, w_rel=1.0, w_sup=1.0, w_use=0.5)
 
 
@@ -78,6 +87,33 @@ def rss_mib() -> float:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TreePeak:
+    """The largest summed RSS of this process and all its descendants, sampled every ``interval`` seconds
+    (vLLM runs its model in a child process, which this process's own peak does not see)."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self.me, self.peak = psutil.Process(), 0
+        threading.Thread(target=self._watch, args=(interval,), daemon=True).start()
+
+    def _watch(self, interval: float) -> None:
+        import psutil
+
+        while True:
+            total = 0
+            for proc in [self.me, *self.me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:  # it ended between listing and reading
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(interval)
+
+    def mib(self) -> float:
+        return self.peak / 2**20
 
 
 # -- the baseline: the released loop, batch size 1 --------------------------------------------------------
@@ -155,16 +191,21 @@ class Released:
 class Side:
     """One side loaded once; answers slices of the questions on request and keeps the totals."""
 
-    def __init__(self, side: str, scenario: str, n: int, max_new_tokens: int, threads: int, batch_size: int):
+    def __init__(self, side: str, scenario: str, model: str, n: int, max_new_tokens: int, threads: int, batch_size: int):
         from openrag.answer import OpenRAG
+        from openrag.answer.backends import BackendOptions
 
         torch.set_num_threads(threads)
         self.side, self.batch_size, self.max_new = side, batch_size, max_new_tokens
-        self.rag = OpenRAG.from_pretrained("smollm2", device="cpu")
+        self.tree = TreePeak()
+        if side == "vllm":
+            self.rag = OpenRAG.from_pretrained(model, backend=BackendOptions(backend="vllm", enforce_eager=True, kv_cache_gib=2))
+        else:
+            self.rag = OpenRAG.from_pretrained(model, device="cpu")
         self.questions, self.passages = load_questions(n)
         self.options = {**SCORING, **SCENARIOS[scenario]}
-        self.released = Released(self.rag, self.options, max_new_tokens)
-        self.loaded = rss_mib()
+        self.released = Released(self.rag, self.options, max_new_tokens) if side == "baseline" else None
+        self.loaded = self.tree.mib() if side == "vllm" else rss_mib()
         self.seconds = self.cpu_seconds = 0.0
 
     def run(self, start: int, stop: int) -> dict:
@@ -183,15 +224,19 @@ class Side:
         return {"answers": answers, "retrieved": retrieved, "candidates": candidates}
 
     def totals(self) -> dict:
+        if self.side == "vllm":  # the model and its work are in vLLM's process; its CPU time is not ours
+            self.rag.engine.close()
+            return {"seconds": self.seconds, "cpu_seconds": None, "rss_after_load_mib": self.loaded,
+                    "peak_rss_mib": self.tree.mib(), "work": {}, "flops": None}
         work = {"real_tokens": self.released.tokens} if self.side == "baseline" else vars(self.rag.engine.stats)
         return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "rss_after_load_mib": self.loaded,
-                "peak_rss_mib": peak_rss_mib(), "work": work, "flops": flop_counts(self.rag.model, work)}
+                "peak_rss_mib": max(peak_rss_mib(), self.tree.mib()), "work": work, "flops": flop_counts(self.rag.model, work)}
 
 
 def worker(args) -> None:
     """Line protocol on stdin/stdout: ``[start, stop]`` -> the slice's answers; ``null`` -> totals, exit."""
     channel, sys.stdout = sys.stdout, sys.stderr  # library chatter must not reach the protocol
-    side = Side(args.side, args.scenario, args.questions, args.max_new_tokens, args.threads, args.batch_size)
+    side = Side(args.side, args.scenario, args.model, args.questions, args.max_new_tokens, args.threads, args.batch_size)
     print(json.dumps("ready"), file=channel, flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -202,7 +247,7 @@ def worker(args) -> None:
 
 class Worker:
     def __init__(self, side: str, scenario: str, args):
-        cmd = [sys.executable, __file__, "--side", side, "--scenario", scenario, "--questions", str(args.questions),
+        cmd = [sys.executable, __file__, "--side", side, "--scenario", scenario, "--model", args.model, "--questions", str(args.questions),
                "--max_new_tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--batch_size", str(args.batch_size)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -217,14 +262,15 @@ class Worker:
 
 
 def run_scenario(scenario: str, args) -> dict:
-    """Both sides over the same questions, in slices taken in turn (the machine is shared: a load change
-    hits both sides alike)."""
-    workers = {side: Worker(side, scenario, args) for side in ("baseline", "engine")}
-    for w in workers.values():
-        w.ask("wait")
+    """Every side over the same questions, in slices taken in turn, the order rotating (the machine is shared:
+    a load change hits every side alike)."""
+    workers = {}
+    for side in args.sides:  # one at a time: loading is heavy, and vLLM's start must not race the others'
+        workers[side] = Worker(side, scenario, args)
+        workers[side].ask("wait")
     results = {side: {"answers": [], "retrieved": [], "candidates": []} for side in workers}
     for k, start in enumerate(range(0, args.questions, args.slice)):
-        order = ("baseline", "engine") if k % 2 == 0 else ("engine", "baseline")
+        order = args.sides[k % len(args.sides):] + args.sides[:k % len(args.sides)]
         for side in order:
             out = workers[side].ask([start, min(start + args.slice, args.questions)])
             for key, values in out.items():
@@ -271,58 +317,71 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
+def compare(side: dict, engine: dict, n: int) -> dict:
+    """One side against the engine: same answers, candidates and retrieval decisions."""
+    pairs = [(b, e) for bc, ec in zip(side["candidates"], engine["candidates"]) for b, e in zip(bc, ec)]
+    return {
+        "same_answers_as_engine": sum(a == b for a, b in zip(side["answers"], engine["answers"])) / n,
+        "same_retrieval_decisions_as_engine": sum(a == b for a, b in zip(side["retrieved"], engine["retrieved"])) / n,
+        "candidates": len(pairs),
+        "same_candidate_texts_as_engine": sum(b[0] == e[0] for b, e in pairs) / max(1, len(pairs)),
+        "max_candidate_score_difference": max((abs(b[1] - e[1]) for b, e in pairs if b[0] == e[0]), default=0.0),
+        "different_answers": [{"side": a, "engine": b} for a, b in zip(side["answers"], engine["answers"]) if a != b],
+    }
+
+
+def summarise(sides: dict, n: int, peak_gflops: float) -> dict:
+    eng = sides["engine"]
+    summary = {}
+    for name, side in sides.items():
+        entry = {"seconds": side["seconds"], "questions_per_second": n / side["seconds"],
+                 "engine_speedup_over_it": side["seconds"] / eng["seconds"], "cpu_seconds": side["cpu_seconds"],
+                 "peak_rss_mib": side["peak_rss_mib"], "rss_after_load_mib": side["rss_after_load_mib"],
+                 "empty_answers": sum(not a for a in side["answers"])}
+        if name != "engine":
+            entry.update(compare(side, eng, n))
+        if side["flops"]:
+            entry["useful_gflop"] = side["flops"]["useful"] / 1e9
+            entry["useful_gflops_per_s"] = side["flops"]["useful"] / side["seconds"] / 1e9
+        summary[name] = entry
+    summary["engine"].update(work=eng["work"], computed_gflops_per_s=eng["flops"]["computed"] / eng["seconds"] / 1e9,
+                             useful_gflops_per_cpu_s=eng["flops"]["useful"] / eng["cpu_seconds"] / 1e9,
+                             fraction_of_peak=summary["engine"]["useful_gflops_per_s"] / peak_gflops,
+                             nonempty_candidate_texts=sum(bool(c[0]) for cs in eng["candidates"] for c in cs))
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=50)
     parser.add_argument("--max_new_tokens", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (the machine is shared)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every side (the sides take turns)")
     parser.add_argument("--batch_size", type=int, default=32, help="engine rows decoded together")
+    parser.add_argument("--model", default="smollm2", help="checkpoint every side loads (default: the bundled base)")
+    parser.add_argument("--sides", nargs="+", default=["baseline", "engine"], choices=SIDES,
+                        help="sides to run (engine always: the others are compared with it); vllm needs .venv-vllm")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--output", default=None, help="write the results as JSON here")
-    parser.add_argument("--side", choices=["baseline", "engine"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
     parser.add_argument("--slice", type=int, default=10, help="questions per turn (sides take turns)")
     args = parser.parse_args()
     if args.side:
         worker(args)
         return
+    if "engine" not in args.sides:
+        args.sides.append("engine")
 
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-              "threads": args.threads, "questions": args.questions, "max_new_tokens": args.max_new_tokens,
-              "load_average_before": os.getloadavg(), "matmul_peak_gflops": matmul_peak(args.threads), "scenarios": {}}
+              "model": args.model, "threads": args.threads, "questions": args.questions,
+              "max_new_tokens": args.max_new_tokens, "load_average_before": os.getloadavg(),
+              "matmul_peak_gflops": matmul_peak(args.threads), "scenarios": {}}
     for scenario in args.scenarios:
-        sides = run_scenario(scenario, args)
-        base, eng = sides["baseline"], sides["engine"]
-        same = sum(a == b for a, b in zip(base["answers"], eng["answers"]))
-        pairs = [(b, e) for bc, ec in zip(base["candidates"], eng["candidates"]) for b, e in zip(bc, ec)]
-        summary = {
-            "same_answers": same / args.questions,
-            "candidates": len(pairs),
-            "same_candidate_texts": sum(b[0] == e[0] for b, e in pairs) / max(1, len(pairs)),
-            "max_candidate_score_difference": max((abs(b[1] - e[1]) for b, e in pairs), default=0.0),
-            "nonempty_candidate_texts": sum(bool(e[0]) for _, e in pairs),
-            "same_retrieval_decisions": sum(a == b for a, b in zip(base["retrieved"], eng["retrieved"])) / args.questions,
-            "speedup": base["seconds"] / eng["seconds"],
-            "speedup_cpu_time": base["cpu_seconds"] / eng["cpu_seconds"],
-            "baseline_cpu_seconds": base["cpu_seconds"], "engine_cpu_seconds": eng["cpu_seconds"],
-            "baseline_seconds": base["seconds"], "engine_seconds": eng["seconds"],
-            "baseline_questions_per_second": args.questions / base["seconds"],
-            "engine_questions_per_second": args.questions / eng["seconds"],
-            "engine_useful_gflops_per_s": eng["flops"]["useful"] / eng["seconds"] / 1e9,
-            "engine_computed_gflops_per_s": eng["flops"]["computed"] / eng["seconds"] / 1e9,
-            "baseline_gflops_per_s_estimate": base["flops"]["useful"] / base["seconds"] / 1e9,
-            "engine_useful_gflop": eng["flops"]["useful"] / 1e9,
-            "engine_work": eng["work"],
-            "peak_rss_mib": {"baseline": base["peak_rss_mib"], "engine": eng["peak_rss_mib"]},
-            "rss_after_load_mib": {"baseline": base["rss_after_load_mib"], "engine": eng["rss_after_load_mib"]},
-            "different_answers": [{"baseline": a, "engine": b} for a, b in zip(base["answers"], eng["answers"]) if a != b],
-            "empty_answers_engine": sum(not a for a in eng["answers"]),
-        }
-        summary["engine_fraction_of_peak"] = summary["engine_useful_gflops_per_s"] / report["matmul_peak_gflops"]
-        summary["engine_useful_gflops_per_cpu_s"] = eng["flops"]["useful"] / eng["cpu_seconds"] / 1e9
+        summary = summarise(run_scenario(scenario, args), args.questions, report["matmul_peak_gflops"])
         report["scenarios"][scenario] = summary
         report["load_average_after"] = os.getloadavg()
-        print(json.dumps({k: v for k, v in summary.items() if k != "different_answers"}, indent=1), flush=True)
+        print(json.dumps({side: {k: v for k, v in entry.items() if k != "different_answers"}
+                          for side, entry in summary.items()}, indent=1), flush=True)
         if args.output:  # after each scenario: a long run stopped early keeps what it measured
             Path(args.output).write_text(json.dumps(report, indent=1))
     report["matmul_peak_gflops_after"] = matmul_peak(args.threads)

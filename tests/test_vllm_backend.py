@@ -150,6 +150,26 @@ def test_candidate_scores_within_tolerance(answers):
     assert compared >= 0.95 * total, (compared, total)
 
 
+def test_a_stopped_call_is_aborted_and_the_engine_goes_on(questions, answers, vllm_rag):
+    """The server's stop (serve/limits.Interrupter) reaches vLLM: the call raises at its next engine step, its
+    requests are aborted, and the next call answers as before."""
+    import threading
+
+    from openrag.serve.limits import Interrupted, Interrupter
+
+    qs, passages = (x[:3] for x in questions)
+    interrupter, stop = Interrupter.for_engine(vllm_rag), threading.Event()
+    stop.set()
+    try:
+        with interrupter.watching(stop), pytest.raises(Interrupted):
+            vllm_rag.answer_batch(qs, passages, **OPTIONS)
+    finally:
+        interrupter.close()
+    assert not vllm_rag.engine.llm.llm_engine.has_unfinished_requests()
+    for before, again in zip(answers[1], vllm_rag.answer_batch(qs, passages, **OPTIONS)):
+        assert abs(before.signals["p_retrieve"] - again.signals["p_retrieve"]) <= TOLERANCE
+
+
 @pytest.mark.gpu
 def test_gpu_backend_matches_the_built_in_engine(questions):
     """On a CUDA device (skipped elsewhere): vLLM's CUDA build, CUDA graphs on, against the built-in engine on

@@ -13,8 +13,10 @@ compute only their own suffix. vLLM schedules and batches the rows itself, so ``
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 
 from .backends import BackendOptions, LoadedBackend, engine_tokens, untrained_tokens_note
@@ -43,6 +45,8 @@ class VLLMEngine:
                 self.group_of.setdefault(int(t), []).append(name)
             self.watch_ids.extend(int(t) for t in group)
         self._lock = threading.Lock()  # one LLM call at a time (the server answers from worker threads)
+        self._request_ids = itertools.count()
+        self._step_hooks: dict[int, object] = {}
 
     def prefill(self, prompts: Sequence[Sequence[int]]) -> list[Prefix]:
         """Send each prompt once (it stays in the prefix cache) and read the watched log-probs at its first
@@ -74,13 +78,37 @@ class VLLMEngine:
     # -- pieces ---------------------------------------------------------------------------------------
 
     def _generate(self, prompts: list[list[int]], max_tokens: int):
+        """One greedy completion per prompt, in order. The step hooks run before every engine step; when one
+        raises (the server stopping a call nobody waits for), the call's unfinished requests are aborted."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=sorted(self.stop_ids),
-                                logprob_token_ids=self.watch_ids, detokenize=False)
+                                logprob_token_ids=self.watch_ids, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        engine = self.llm.llm_engine
         with self._lock:
-            return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+            ids = [f"openrag-{next(self._request_ids)}" for _ in prompts]
+            done = {}
+            try:
+                for request_id, p in zip(ids, prompts):
+                    engine.add_request(request_id, TokensPrompt(prompt_token_ids=p), params)
+                while len(done) < len(ids):
+                    for hook in list(self._step_hooks.values()):
+                        hook(self, ())
+                    done.update((out.request_id, out) for out in engine.step() if out.finished)
+            except BaseException:
+                engine.abort_request([r for r in ids if r not in done])
+                raise
+        return [done[r] for r in ids]
+
+    def register_step_hook(self, hook) -> _HookHandle:
+        """Call ``hook(engine, ())`` before every engine step (as a torch forward pre-hook is called); the
+        handle's ``remove()`` undoes it."""
+        key = next(self._request_ids)
+        self._step_hooks[key] = hook
+        return _HookHandle(self._step_hooks, key)
 
     def _row(self, completion) -> RowResult:
         """A RowResult from one vLLM completion: per step a dict token id -> Logprob holding the generated
@@ -102,6 +130,15 @@ class VLLMEngine:
 
     def _split(self, watched: list[float]) -> dict[str, list[float]]:
         return {g: watched[self.slices[g]] for g in self.groups}
+
+
+@dataclass
+class _HookHandle:
+    hooks: dict
+    key: int
+
+    def remove(self) -> None:
+        self.hooks.pop(self.key, None)
 
 
 def load_vllm(name_or_path: str, device, dtype, options: BackendOptions) -> LoadedBackend:

@@ -10,8 +10,8 @@ A full queue is refused at once (:class:`QueueFull`, the API's 503) rather than 
 bound. If a batch fails, its requests are retried one by one, so one bad request fails alone.
 
 A request whose waiter is cancelled (its client disconnected, or its deadline passed) is dropped from the
-queue; once no request of the engine call in progress waits for it, the call is stopped at the model's next
-forward (:class:`limits.Interrupter`). After a large or stopped call the freed memory is handed back.
+queue; once no request of the engine call in progress waits for it, the call is stopped at its next step
+(:class:`limits.Interrupter`). After a large or stopped call the freed memory is handed back.
 """
 
 from __future__ import annotations

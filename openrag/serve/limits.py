@@ -139,21 +139,26 @@ class Interrupted(Exception):
 
 
 class Interrupter:
-    """Stops an engine call running in a worker thread at its next forward of the model.
+    """Stops an engine call running in a worker thread at its next step.
 
-    A forward pre-hook on ``model`` raises :class:`Interrupted` when the stop event of the calling thread's
-    current call (:meth:`watching`) is set. A forward is one prefill or one decoding step, so a call stops
-    within one step; other threads' forwards of the same model are untouched."""
+    A hook run before every step raises :class:`Interrupted` when the stop event of the calling thread's
+    current call (:meth:`watching`) is set: on the built-in engine a forward pre-hook of the model (a forward
+    is one prefill or one decoding step), on vLLM a hook before each engine step (the vLLM engine then aborts
+    the call's requests). A call stops within one step; other threads' calls are untouched."""
 
-    def __init__(self, model):
+    def __init__(self, register_hook):
         self._stops: dict[int, threading.Event] = {}
-        self._handle = model.register_forward_pre_hook(self._check)
+        self._handle = register_hook(self._check)
 
     @classmethod
     def for_engine(cls, engine) -> Interrupter | None:
-        """One on the engine's model (``engine.model``), or None for an engine without one."""
+        """One for the pipeline ``engine``: on its torch model, else on its generation engine's steps (vLLM);
+        None where it has neither."""
         model = getattr(engine, "model", None)
-        return cls(model) if hasattr(model, "register_forward_pre_hook") else None
+        if hasattr(model, "register_forward_pre_hook"):
+            return cls(model.register_forward_pre_hook)
+        register = getattr(getattr(engine, "engine", None), "register_step_hook", None)
+        return cls(register) if register is not None else None
 
     def _check(self, module, args) -> None:
         stop = self._stops.get(threading.get_ident())
