@@ -130,6 +130,7 @@ class Released:
         self.grd = [ids[t] for t in ("[Fully supported]", "[Partially supported]", "[No support / Contradictory]")]
         self.ut = [ids[f"[Utility:{k}]"] for k in range(1, 6)]
         self.stop = sorted(rag.engine.stop_ids)
+        self.task, self.fmt = rag.options.task, rag.model_prompt_format  # the engine's prompts, as the model was trained
         self.tokens = 0  # positions computed (prompt + generated), for the FLOP estimate
 
     def generate(self, text: str):
@@ -145,10 +146,10 @@ class Released:
         return out, generated, seq_logprob, text_out
 
     def answer(self, question: str, passages: list[dict]) -> tuple[str, bool, list]:
-        from openrag.answer.prompts import question_prompt
+        from openrag.answer.prompts import evidence_content, evidence_suffix, question_prompt
         from openrag.answer.scoring import postprocess
 
-        prompt = question_prompt("multihop", question)
+        prompt = question_prompt(self.task, question, None, self.fmt)
         mode, threshold = self.opts["mode"], self.opts["threshold"]
         retrieve = mode == "always_retrieve"
         if mode != "always_retrieve":
@@ -163,7 +164,7 @@ class Released:
             return postprocess(text, eos), False, []
         best, best_score, candidates = None, -math.inf, []
         for p in passages[: self.opts["ndocs"]]:
-            out, generated, seq_logprob, text = self.generate(prompt + "[Retrieval]<paragraph>" + p["text"] + "</paragraph>")
+            out, generated, seq_logprob, text = self.generate(prompt + evidence_suffix(evidence_content(self.task, p["title"], p["text"], self.fmt)))
             steps = []
             for s in out.scores:
                 values, idx = torch.log_softmax(s[0], dim=0).topk(5000)
@@ -235,7 +236,11 @@ class Side:
 
 def worker(args) -> None:
     """Line protocol on stdin/stdout: ``[start, stop]`` -> the slice's answers; ``null`` -> totals, exit."""
-    channel, sys.stdout = sys.stdout, sys.stderr  # library chatter must not reach the protocol
+    # Library chatter must not reach the protocol, nor must that of child processes (vLLM's), which write to
+    # file descriptor 1 itself: the protocol gets a copy of it, and 1 becomes stderr.
+    channel = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     side = Side(args.side, args.scenario, args.model, args.questions, args.max_new_tokens, args.threads, args.batch_size)
     print(json.dumps("ready"), file=channel, flush=True)
     for line in sys.stdin:

@@ -1,5 +1,6 @@
-"""Forward time of the bundled base with experts against the dense model, and vectorised routing
-against a per-expert Python loop of the same math (issue: the MoE model layer).
+"""Forward time of the bundled base with experts against the dense model, for each way of computing the
+expert term: grouped (vectorised routing), a per-expert Python loop of the same math, and gated (every
+expert on every token); and which of grouped and gated the model takes at inference (issue: the MoE model layer).
 
     python benchmarks/bench_moe_forward.py [--experts 8 --topk 2 --adapter_dim 64 --batch 4 --seq 256]
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import statistics
 import time
@@ -19,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from openrag import inject_moe, load_model
-from openrag.model.experts import MoEAdapter, moe_adapters
+from openrag.model import experts
+from openrag.model.experts import MoEAdapter, moe_adapters, uses_gated_experts
 
 
 def loop_forward(self: MoEAdapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -38,7 +41,8 @@ def loop_forward(self: MoEAdapter, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return (cfg.moe_scaling * out).reshape_as(y)
 
 
-def timed(model, ids, rounds_out: list[float]) -> None:
+def timed(model, ids, gated_max_width: float, rounds_out: list[float]) -> None:
+    experts.GATED_MAX_WIDTH["cpu"] = gated_max_width  # 0: always grouped, inf: always gated
     start = time.perf_counter()
     with torch.no_grad():
         model(ids)
@@ -66,27 +70,32 @@ def main() -> None:
         adapter.forward = loop_forward.__get__(adapter)
     ids = torch.randint(0, 49152, (args.batch, args.seq))
 
-    with torch.no_grad():  # the loop variant computes the same expert term (checked on one layer)
+    shipped = experts.GATED_MAX_WIDTH["cpu"]
+    # name -> (model, GATED_MAX_WIDTH["cpu"] while it runs)
+    variants = {"dense": (dense, shipped), "experts, grouped": (moe, 0.0),
+                "experts, per-expert loop": (looped, shipped), "experts, gated": (moe, math.inf)}
+    with torch.no_grad():  # every variant computes the same expert term (checked on one layer)
         adapter = moe_adapters(moe)[0]
         x, y = torch.randn(args.batch, args.seq, 576), torch.randn(args.batch, args.seq, 576)
-        torch.testing.assert_close(loop_forward(adapter, x, y), adapter(x, y), atol=1e-5, rtol=1e-4)
-    times: dict[str, list[float]] = {"dense": [], "experts (vectorised)": [], "experts (per-expert loop)": []}
-    models = {"dense": dense, "experts (vectorised)": moe, "experts (per-expert loop)": looped}
-    for name, model in models.items():  # warm-up
-        timed(model, ids, [])
+        for width in (0.0, math.inf):
+            experts.GATED_MAX_WIDTH["cpu"] = width
+            torch.testing.assert_close(loop_forward(adapter, x, y), adapter(x, y), atol=1e-5, rtol=1e-4)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for model, width in variants.values():  # warm-up
+        timed(model, ids, width, [])
     for _ in range(args.rounds):
-        for name, model in models.items():
-            timed(model, ids, times[name])
+        for name, (model, width) in variants.items():
+            timed(model, ids, width, times[name])
+    experts.GATED_MAX_WIDTH["cpu"] = shipped
 
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"SmolLM2-135M, {args.experts} experts, top-{args.topk}, adapter_dim {args.adapter_dim}, input {args.batch}x{args.seq}, median of {args.rounds}")
     for name, t in med.items():
-        print(f"  {name:<28} {t * 1000:8.1f} ms")
-    print(f"  overhead of experts over dense:     {med['experts (vectorised)'] / med['dense'] - 1:+.1%}")
-    print(f"  per-expert loop / vectorised:        {med['experts (per-expert loop)'] / med['experts (vectorised)']:.2f}x")
-    print(f"  expert term alone, loop / vectorised: "
-          f"{(med['experts (per-expert loop)'] - med['dense']) / (med['experts (vectorised)'] - med['dense']):.2f}x")
+        print(f"  {name:<28} {t * 1000:8.1f} ms  {t / med['dense'] - 1:+7.1%} over dense")
+    path = "gated" if uses_gated_experts(adapter.config, 576, torch.device("cpu")) else "grouped"
+    print(f"  the model takes the {path} path at inference here (GATED_MAX_WIDTH['cpu'] = {shipped}: "
+          f"gated while num_experts * adapter_dim <= {shipped} * hidden_size)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from openrag.model.experts import MoEAdapter, moe_adapters
+from openrag.model.experts import MoEAdapter, moe_adapters, route
 from openrag.training.args import ModelArguments, MoEArguments
 from openrag.training.setup import build_model, trainable_summary
 from openrag.training.trainer import target_loss
@@ -45,7 +45,7 @@ class LoopMoEAdapter(MoEAdapter):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         flat_x, flat_y = x.reshape(-1, x.shape[-1]), self.dropout(y).reshape(-1, y.shape[-1])  # [N, D]
-        logits, top_idx, top_w = self.route(flat_x)  # [N, E], [N, k], [N, k]
+        logits, top_idx, top_w = route(flat_x, self.router.weight, cfg.topk)  # [N, E], [N, k], [N, k]
         self.last_router_logits = logits.view(*x.shape[:-1], -1)
         self.last_routing = torch.zeros_like(logits).scatter(-1, top_idx, top_w).detach().view_as(self.last_router_logits)
         out = torch.zeros_like(flat_y)  # [N, D]

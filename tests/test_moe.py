@@ -1,13 +1,15 @@
 """The injected experts against an independent reference written from SPEC section 1."""
 
 import copy
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from openrag import inject_moe, moe_config_of, remove_moe
-from openrag.model.experts import MoEFeedForward, moe_adapters
+from openrag.model import experts as experts_module
+from openrag.model.experts import MoEAdapter, MoEConfig, MoEFeedForward, moe_adapters
 
 
 def randomise_experts(model, seed=1):
@@ -114,28 +116,100 @@ def test_routing_gates_sum_to_one_over_topk(tiny_llama):
     torch.testing.assert_close(gates.sum(-1), torch.ones(3, 6))
 
 
-def test_expert_gradients_match_a_per_token_reference():
-    from openrag.model.experts import MoEAdapter, MoEConfig
-
-    torch.manual_seed(0)
-    adapter = MoEAdapter(6, MoEConfig(num_experts=3, topk=2, adapter_dim=4, moe_scaling=0.5, dropout=0.0))
+def random_adapter(hidden=6, num_experts=3, topk=2, adapter_dim=4, seed=0):
+    """An adapter without dropout whose every expert has a term (adapter_up starts at zero)."""
+    torch.manual_seed(seed)
+    adapter = MoEAdapter(hidden, MoEConfig(num_experts, topk, adapter_dim, moe_scaling=0.5, dropout=0.0))
     for expert in adapter.experts.values():
         torch.nn.init.normal_(expert.adapter_up.weight)
+    return adapter
+
+
+def spec_term(adapter, x, y):
+    """SPEC section 1, token by token: x, y [..., D] -> sum over the k chosen j of w_j * moe_scaling *
+    up_j(GELU(down_j(y))), w the softmax over the chosen router logits."""
+    cfg, experts = adapter.config, list(adapter.experts.values())
+    rows = []
+    for xt, yt in zip(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])):
+        top_logits, idx = torch.topk(adapter.router.weight @ xt, cfg.topk)
+        w = torch.softmax(top_logits, 0)
+        rows.append(sum(w[i] * cfg.moe_scaling * (experts[j].adapter_up.weight @ F.gelu(experts[j].adapter_down.weight @ yt))
+                        for i, j in enumerate(idx.tolist())))
+    return torch.stack(rows).view_as(y)
+
+
+@pytest.fixture
+def gated_everywhere(monkeypatch):
+    """Inference takes the gated path whatever GATED_MAX_WIDTH is tuned to."""
+    monkeypatch.setitem(experts_module.GATED_MAX_WIDTH, "cpu", math.inf)
+
+
+def test_expert_gradients_match_a_per_token_reference():
+    adapter = random_adapter()
     x, y = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
     adapter(x, y).square().sum().backward()
     ours = {n: p.grad.clone() for n, p in adapter.named_parameters()}
     adapter.zero_grad()
-    total = 0
-    for b in range(2):
-        for t in range(5):
-            w, idx = torch.topk(adapter.router.weight @ x[b, t], 2)
-            w = torch.softmax(w, 0)
-            term = sum(
-                w[i] * 0.5 * (adapter.experts[f"expert_{j}"].adapter_up.weight
-                              @ F.gelu(adapter.experts[f"expert_{j}"].adapter_down.weight @ y[b, t]))
-                for i, j in enumerate(idx.tolist())
-            )
-            total = total + term.square().sum()
-    total.backward()
+    spec_term(adapter, x, y).square().sum().backward()
     for name, param in adapter.named_parameters():
         torch.testing.assert_close(ours[name], param.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("num_experts,topk", [(1, 1), (3, 1), (3, 2), (8, 1), (8, 2)])
+def test_inference_path_matches_spec_and_training(gated_everywhere, num_experts, topk):
+    adapter = random_adapter(hidden=12, num_experts=num_experts, topk=topk)
+    x, y = torch.randn(2, 5, 12), torch.randn(2, 5, 12)
+    training = adapter(x, y)  # train mode, with gradients: the grouped path
+    routing, logits = adapter.last_routing, adapter.last_router_logits
+    with torch.no_grad():
+        ours = adapter.eval()(x, y)
+        torch.testing.assert_close(ours, spec_term(adapter, x, y), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, training.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(adapter.last_routing, routing)
+    torch.testing.assert_close(adapter.last_router_logits, logits.detach())
+
+
+def test_gated_path_only_at_inference(monkeypatch):
+    calls, real = [], experts_module.gated_expert_term
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(experts_module, "gated_expert_term", spy)
+    adapter = random_adapter(hidden=12, num_experts=3, adapter_dim=4)  # 3 * 4 <= 12: gated at the default width
+    x, y = torch.randn(4, 12), torch.randn(4, 12)
+
+    def gated(grad=False):
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            adapter(x, y)
+        return bool(calls)
+
+    assert not gated()  # train mode keeps the grouped path and its dropout, with or without gradients
+    adapter.eval()
+    assert not gated(grad=True)  # the expert weights want gradients
+    assert gated()
+    adapter.requires_grad_(False)
+    assert gated(grad=True)  # gradients for the inputs only
+    monkeypatch.setitem(experts_module.GATED_MAX_WIDTH, "cpu", 0.5)
+    assert not gated()  # wider experts than the limit
+    assert not experts_module.uses_gated_experts(adapter.config, 12, torch.device("cuda"))  # not measured there
+
+
+def test_stacked_weights_follow_weight_changes(gated_everywhere):
+    adapter = random_adapter(hidden=12, num_experts=2, topk=2).eval()
+    x, y = torch.randn(3, 12), torch.randn(3, 12)
+    with torch.no_grad():
+        before = adapter(x, y)
+        assert adapter.stacked_weights()[0] is adapter.stacked_weights()[0]  # kept between forwards
+
+        adapter.experts["expert_1"].adapter_up.weight.mul_(-2)  # in place, as an optimizer step
+        assert not torch.allclose(adapter(x, y), before)
+        torch.testing.assert_close(adapter(x, y), spec_term(adapter, x, y), atol=1e-5, rtol=1e-5)
+
+        adapter.load_state_dict(random_adapter(hidden=12, num_experts=2, topk=2, seed=1).state_dict())
+        torch.testing.assert_close(adapter(x, y), spec_term(adapter, x, y), atol=1e-5, rtol=1e-5)
+
+        adapter.experts["expert_0"].adapter_down.weight = torch.nn.Parameter(torch.randn(4, 12))  # replaced
+        torch.testing.assert_close(adapter(x, y), spec_term(adapter, x, y), atol=1e-5, rtol=1e-5)

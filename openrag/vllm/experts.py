@@ -13,7 +13,8 @@ which is ``sum_j w_j * moe_scaling * adapter_up_j(GELU(adapter_down_j(y)))`` ove
 chosen experts' FLOPs (4x at 8 experts, top-2): a quarter of the dense FFN's, a sixth of a decoder layer's at
 the released 7B sizes (hidden 4096, adapter_dim 512), the price of a graph without data-dependent shapes.
 
-Pure torch: the vLLM model (model.py) puts it in each decoder layer; tests compare it with MoEAdapter.
+Pure torch: the vLLM model (model.py) puts it in each decoder layer; the math is
+``openrag.model.experts.gated_expert_term``, which MoEAdapter also runs at inference for narrow experts.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import re
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..model.experts import MoEConfig
+from ..model.experts import MoEConfig, gate_matrix, gated_expert_term, route
 
 _EXPERT_KEY = re.compile(r"^experts\.expert_(\d+)\.adapter_(down|up)\.weight$")
 
@@ -47,14 +47,9 @@ class GatedExperts(nn.Module):
         """x: FFN input [..., D]; y: FFN output [..., D] -> expert term [..., D]."""
         cfg = self.config
         flat_x, flat_y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])  # [N, D]
-        logits = F.linear(flat_x, self.router)  # [N, E]
-        top_logits, top_idx = logits.topk(cfg.topk, dim=-1)  # [N, k]
-        top_w = F.softmax(top_logits, dim=-1, dtype=torch.float32).to(flat_x.dtype)  # [N, k]
-        gates = torch.zeros_like(logits).scatter(-1, top_idx, top_w)  # [N, E]
-        hidden = F.gelu(F.linear(flat_y.to(self.down.dtype), self.down))  # [N, E*r]
-        hidden = (hidden.view(-1, cfg.num_experts, cfg.adapter_dim) * gates[:, :, None].to(hidden.dtype)).flatten(1)
-        out = F.linear(hidden, self.up)  # [N, D]
-        return (cfg.moe_scaling * out).to(y.dtype).view_as(y)
+        logits, top_idx, top_w = route(flat_x, self.router, cfg.topk)  # [N, E], [N, k], [N, k]
+        out = gated_expert_term(flat_y, gate_matrix(logits, top_idx, top_w), self.down, self.up, cfg)  # [N, D]
+        return out.to(y.dtype).view_as(y)
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
