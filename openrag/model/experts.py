@@ -131,8 +131,7 @@ class MoEAdapter(nn.Module):
         self.last_router_logits = logits.view(*x.shape[:-1], -1)
         self.last_routing = gates.detach().view_as(self.last_router_logits)
 
-        weights_need_grad = torch.is_grad_enabled() and any(w.requires_grad for w in self._expert_weights())
-        if not self.training and not weights_need_grad and uses_gated_experts(cfg, flat_x.shape[-1], x.device):
+        if not self.training and uses_gated_experts(cfg, flat_x.shape[-1], x.device) and not self._expert_grad_wanted():
             out = gated_expert_term(flat_y, gates, *self.stacked_weights(), cfg)  # [N, D]
         else:
             out = cfg.moe_scaling * self._grouped_term(self.dropout(flat_y), top_idx, top_w)  # [N, D]
@@ -158,6 +157,9 @@ class MoEAdapter(nn.Module):
 
         weighted = expert_out[sorted_expert, slot] * top_w.reshape(-1)[order, None].to(expert_out.dtype)  # [N*k, D]
         return torch.zeros_like(flat_y, dtype=expert_out.dtype).index_add(0, token, weighted)  # [N, D]
+
+    def _expert_grad_wanted(self) -> bool:
+        return torch.is_grad_enabled() and any(w.requires_grad for w in self._expert_weights())
 
     def _expert_weights(self) -> list[torch.Tensor]:
         return [w for e in self.experts.values() for w in (e.adapter_down.weight, e.adapter_up.weight)]
