@@ -19,7 +19,10 @@ Up to three sides, each in a subprocess of its own (so that peak memory is its o
   the sequence score, and the same scoring and choice; without retrieval one more ``generate`` after
   ``[No Retrieval]``.
 * engine: ``OpenRAG.answer_batch`` over all questions (prefix prefilled once per question, rows of several
-  questions decoded together).
+  questions decoded together, ``--batch_size`` at a time; a stopped row's place goes to the next waiting row).
+* unrefilled: the same engine as it was before refill: the call's rows cut into chunks of ``--batch_size``, each
+  decoded until its last row stops before the next starts (``openrag.answer.pipeline.CHUNK_BATCHES = 1``). With
+  ``--slice`` questions per call, refill can matter only where a slice has more rows than ``--batch_size``.
 * vllm: the same ``answer_batch`` with ``backend="vllm"`` (needs the .venv-vllm environment of
   scripts/setup_vllm.sh; eager mode, 2 GiB KV cache). Its model runs in vLLM's engine process: its peak
   memory is that of the process tree (the side's process and every descendant, sampled every 50 ms; pages
@@ -59,7 +62,7 @@ SCENARIOS = {
     "released": dict(mode="adaptive_retrieval", retrieval_rule="token", threshold=0.0),
     "always": dict(mode="always_retrieve", retrieval_rule="token", threshold=None),
 }
-SIDES = ("baseline", "engine", "vllm")
+SIDES = ("baseline", "engine", "unrefilled", "vllm")
 SCORING = dict(ndocs=3, use_seqscore=True, use_groundness=True, use_utility=True, w_rel=1.0, w_sup=1.0, w_use=0.5)
 
 
@@ -202,6 +205,10 @@ class Side:
         if side == "vllm":
             self.rag = OpenRAG.from_pretrained(model, backend=BackendOptions(backend="vllm", enforce_eager=True, kv_cache_gib=2))
         else:
+            if side == "unrefilled":
+                from openrag.answer import pipeline
+
+                pipeline.CHUNK_BATCHES = 1
             self.rag = OpenRAG.from_pretrained(model, device="cpu")
         self.questions, self.passages = load_questions(n)
         self.options = {**SCORING, **SCENARIOS[scenario]}
@@ -379,7 +386,8 @@ def main() -> None:
 
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
               "model": args.model, "threads": args.threads, "questions": args.questions,
-              "max_new_tokens": args.max_new_tokens, "load_average_before": os.getloadavg(),
+              "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "slice": args.slice,
+              "load_average_before": os.getloadavg(),
               "matmul_peak_gflops": matmul_peak(args.threads), "scenarios": {}}
     for scenario in args.scenarios:
         summary = summarise(run_scenario(scenario, args), args.questions, report["matmul_peak_gflops"])

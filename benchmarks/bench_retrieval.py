@@ -59,6 +59,11 @@ def read_2wiki(path: Path) -> tuple[list[dict], list[tuple[str, list[str], str]]
     return passages, questions
 
 
+def word_counts(passages: list[dict]) -> Counter:
+    """Lower-cased word counts of the passages' titles and texts: the unigram distribution generated corpora use."""
+    return Counter(w.lower() for p in passages for w in f"{p['title']} {p['text']}".split())
+
+
 def generate_corpus(path: Path, size: int, vocabulary: Counter, seed: int = 0, words: int = 100) -> list[str]:
     """Write ``size`` passages of ``words`` words drawn from ``vocabulary``'s unigram distribution; return queries."""
     rng = np.random.default_rng(seed)
@@ -217,6 +222,15 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
+def write_report(report: dict, output: str | None) -> None:
+    """Record the load average at the end, print the report as JSON and, with ``output``, write it there too."""
+    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(report, indent=2)
+    print(text)
+    if output:
+        Path(output).write_text(text + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -241,16 +255,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_retrieval-"))
     try:
         passages, _ = read_2wiki(Path(args.data))
-        vocabulary = Counter(w.lower() for p in passages for w in f"{p['title']} {p['text']}".split())
+        vocabulary = word_counts(passages)
         report["recall_2wiki"] = recall(work, args)
         report["speed"] = {str(size): speed(size, vocabulary, work, args) for size in args.sizes}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

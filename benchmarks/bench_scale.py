@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retrieval import DATA, generate_corpus, machine, percentiles, read_2wiki  # noqa: E402
+from bench_retrieval import DATA, generate_corpus, machine, percentiles, read_2wiki, word_counts, write_report  # noqa: E402
 
 from openrag.retrieval import IndexSettings, SearchSettings, build_index, open_index  # noqa: E402
 from openrag.retrieval.dense import DenseSettings, DenseWriter, load_encoder, new_faiss_index, set_search_parameters  # noqa: E402
@@ -296,17 +296,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_scale-"))
     try:
         passages, _ = read_2wiki(Path(DATA))
-        vocabulary = Counter(w.lower() for p in passages for w in f"{p['title']} {p['text']}".split())
+        vocabulary = word_counts(passages)
         report["speed"] = {str(size): speed(size, vocabulary, work, args) for size in args.sizes}
         report["recall_vs_flat"] = recall(args)
         report["wiki18_extrapolation"] = extrapolate(report["speed"], report["recall_vs_flat"], args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,32 @@ def test_batched_equals_engine_one_row_at_a_time():
         assert alone.logprobs == pytest.approx(r.logprobs, abs=1e-5)
 
 
+@pytest.mark.parametrize("max_batch", [1, 2, 4])
+def test_refilled_batches_equal_one_batch(max_batch):
+    """Rows that wait for room and join a running batch (refill) generate what they generate all together."""
+    model = make_tiny_llama(seed=5)
+    prompts, rows = random_rows(seed=6)
+    rows = rows + rows[::-1]  # 12 rows: several joins
+    stop = pick_stop(model, rows, 12)
+    engine = Engine(model, stop_ids=[stop], watch=WATCH)
+    prefixes = engine.prefill(prompts)
+    together = engine.generate(prefixes, rows, max_new_tokens=12)
+    engine.stats.admissions = 0
+    refilled = engine.generate(prefixes, rows, max_new_tokens=12, max_batch=max_batch)
+    assert engine.stats.admissions > 1
+    assert len({len(r.tokens) for r in together}) > 1, "rows should stop at different steps"
+    for a, b in zip(together, refilled):
+        assert b.tokens == a.tokens
+        assert b.stopped == a.stopped
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+        for g, values in a.first.items():
+            assert b.first[g] == pytest.approx(values, abs=1e-4)
+        assert b.on_use.keys() == a.on_use.keys()
+        for g, (step, values) in a.on_use.items():
+            assert b.on_use[g][0] == step
+            assert b.on_use[g][1] == pytest.approx(values, abs=1e-4)
+
+
 def test_prefill_reports_first_position_groups():
     model = make_tiny_llama()
     prompt = list(range(10, 30))
@@ -124,6 +150,8 @@ def test_bad_calls_are_refused():
     assert engine.generate(prefixes, [], 4) == []
     with pytest.raises(ValueError, match="max_new_tokens"):
         engine.generate(prefixes, [(0, [5, 6, 7, 8])], 0)
+    with pytest.raises(ValueError, match="max_batch"):
+        engine.generate(prefixes, [(0, [5, 6, 7, 8])], 4, max_batch=0)
     with pytest.raises(ValueError, match="at least one token of its prefix"):
         engine.generate(prefixes, [(0, [9, 9])], 4)
     with pytest.raises(ValueError, match="empty prompt"):

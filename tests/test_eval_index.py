@@ -127,7 +127,7 @@ def test_draft_is_reused_exactly(tiny_pair):
     rag = OpenRAG(*tiny_pair, AnswerOptions(max_new_tokens=4, ndocs=2, retrieval_rule="meanp", threshold=1.0,
                                             query="question+answer"), retriever=retriever)
     generate, rows = rag.engine.generate, []
-    rag.engine.generate = lambda prefixes, batch, n: rows.append(len(batch)) or generate(prefixes, batch, n)
+    rag.engine.generate = lambda prefixes, batch, n, **kw: rows.append(len(batch)) or generate(prefixes, batch, n, **kw)
     searched = rag.answer_batch([PARIS_Q, BERLIN_Q])
     assert rows == [2, 4]  # the two drafts, then the evidence rows only: no second no-retrieval answer
     by_hand = rag.answer_batch([PARIS_Q, BERLIN_Q], [[{"title": c["title"], "text": c["text"]} for c in CORPUS[:2]]] * 2)

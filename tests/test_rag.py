@@ -211,10 +211,10 @@ def test_long_passage_is_cut_with_a_note(rag):
 def test_answer_batch_equals_one_by_one(rag):
     questions = [QUESTION, "Who wrote Hamlet?", "Is Berlin in Germany?"]
     passages = [PASSAGES, PASSAGES[1:], []]
-    for options in ({"mode": "always_retrieve"}, {"retrieval_rule": "meanp", "threshold": 0.3}):
-        together = rag.answer_batch(questions, passages, batch_size=5, **options)
+    for options in ({"mode": "always_retrieve", "batch_size": 5}, {"retrieval_rule": "meanp", "threshold": 0.3, "batch_size": 2}):
+        together = rag.answer_batch(questions, passages, **options)  # 6 rows: some wait and join (refill)
         for q, ps, a in zip(questions, passages, together):
-            alone = rag.answer(q, ps, **options)
+            alone = rag.answer(q, ps, **{k: v for k, v in options.items() if k != "batch_size"})
             assert a.text == alone.text and a.retrieved == alone.retrieved
             assert [c.score for c in a.candidates] == pytest.approx([c.score for c in alone.candidates], abs=1e-4)
 

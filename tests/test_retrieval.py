@@ -126,6 +126,21 @@ def test_passage_store_round_trip(tmp_path):
         store[2]
 
 
+def test_closed_passage_store_and_index_refuse_reads(tmp_path, animals):
+    PassageStore.write(tmp_path, [RetrievedPassage("T", "text", "t")])
+    with PassageStore(tmp_path) as store:
+        assert store[0].text == "text"
+    store.close()  # again: nothing happens
+    for read in (lambda: store[0], lambda: store.get(0), lambda: len(store), lambda: list(store)):
+        with pytest.raises(ValueError, match="is closed: open it"):
+            read()
+    with build_index(animals, tmp_path / "idx", IndexSettings(kind="bm25"), show_progress=False) as index:
+        assert index.search(["purrs"], top_k=1)[0][0].id == "cat"
+    with pytest.raises(ValueError, match="is closed"):
+        index.search(["purrs"], top_k=1)
+    assert "passages=4" in repr(index)
+
+
 # --- BM25 index --------------------------------------------------------------------------------------------------
 
 def test_bm25_index_search(tmp_path, animals):

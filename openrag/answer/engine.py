@@ -18,10 +18,15 @@ masked out. The suffixes are computed in groups of similar length (little paddin
 of its own laid out ``| pad | prefix | pad | suffix |``, then moved into place. A row that stops is
 dropped from the batch, with any leading slots no remaining row attends to. The cache is the engine's own
 (kvcache.py: plain tensors, nothing of transformers' cache classes).
+
+At most ``max_batch`` rows decode together; the others wait. When a quarter of the batch has stopped, waiting
+rows are admitted (refill): their suffixes are computed as above and the running batch is copied into a cache
+wide enough for both, every row still right-aligned, so the next decode step is again one ``[B, 1]`` forward.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -61,6 +66,22 @@ class EngineStats:
     padded_tokens: int = 0  # positions computed only because of padding
     attended_pairs: int = 0  # sum over real query tokens of the slots they attend to
     logit_rows: int = 0  # positions projected onto the vocabulary
+    admissions: int = 0  # times waiting rows joined the batch (the first batch included)
+
+
+REFILL_FRACTION = 0.25  # waiting rows join once this share of max_batch has stopped (each join copies the cache)
+
+
+@dataclass
+class _Batch:
+    """The rows decoding together: their cache (every row right-aligned at ``cache.lengths[0]``), which slots
+    each attends to, the position of its next token, its result index and its logits for the next pick."""
+
+    cache: KVCache
+    mask: Tensor  # [B, capacity]
+    next_pos: Tensor  # [B]
+    rows: list[int]  # result index of each batch row
+    logits: Tensor  # [B, V]
 
 
 def shared_length(prefix: Sequence[int], row: Sequence[int]) -> int:
@@ -119,34 +140,32 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, prefixes: Sequence[Prefix], rows: Sequence[tuple[int, Sequence[int]]],
-                 max_new_tokens: int) -> list[RowResult]:
+                 max_new_tokens: int, max_batch: int | None = None) -> list[RowResult]:
         """Continue each row ``(prefix index, full token ids)`` greedily; rows reuse their prefix's cache for
-        the tokens they share with it and compute only the rest. Returns one result per row, in order."""
+        the tokens they share with it and compute only the rest. At most ``max_batch`` rows (None: all) decode
+        together, the rest join as rows stop. Returns one result per row, in order."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if not rows:
             return []
         shared = [shared_length(prefixes[q].ids, ids) for q, ids in rows]
         if min(shared) < 1:
             raise ValueError("every row must start with at least one token of its prefix")
         suffixes = [list(ids[c:]) for (_, ids), c in zip(rows, shared)]
-        lengths = [c + len(s) for c, s in zip(shared, suffixes)]
-        B, S = len(rows), max(lengths)
-        k0, v0 = prefixes[rows[0][0]].kv[0]  # [1, Hkv, P0, Dh]
-        cache = KVCache(self.n_layers, S + max_new_tokens)
-        for l in range(self.n_layers):  # every row right-aligned in its first S slots
-            cache.set(l, k0.new_zeros(B, k0.shape[1], S + max_new_tokens, k0.shape[3]),
-                      v0.new_zeros(B, v0.shape[1], S + max_new_tokens, v0.shape[3]), S)
-        mask = torch.zeros((B, S + max_new_tokens), dtype=torch.bool, device=self.device)  # [B, S + new]
-        for b, n in enumerate(lengths):
-            mask[b, S - n : S] = True
-        logits = [None] * B
-        for bucket in self._buckets([len(s) for s in suffixes]):
-            bucket_logits = self._extend(prefixes, rows, shared, suffixes, bucket, cache, S)  # [b, V]
-            for i, b in enumerate(bucket):
-                logits[b] = bucket_logits[i]
-        next_pos = torch.tensor(lengths, device=self.device)  # [B]
-        return self._decode(torch.stack(logits), cache, mask, next_pos, B, max_new_tokens)
+        width = len(rows) if max_batch is None else max_batch
+        refill = max(1, round(REFILL_FRACTION * width))
+        results = [RowResult() for _ in rows]
+        waiting = deque(range(len(rows)))
+        batch: _Batch | None = None
+        while batch is not None or waiting:
+            free = width - (0 if batch is None else len(batch.rows))
+            if waiting and (batch is None or free >= min(refill, len(waiting))):
+                joining = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+                batch = self._admit(batch, prefixes, rows, shared, suffixes, joining, max_new_tokens)
+            batch = self._step(batch, results, max_new_tokens)
+        return results
 
     # -- pieces ---------------------------------------------------------------------------------------
 
@@ -168,9 +187,11 @@ class Engine:
             padding = 0
         return buckets
 
-    def _extend(self, prefixes, rows, shared, suffixes, bucket: list[int], cache: KVCache, S: int) -> Tensor:
+    def _extend(self, prefixes, rows, shared, suffixes, bucket: list[int], targets: list[int], cache: KVCache,
+                S: int) -> Tensor:
         """Run the suffixes of the rows in ``bucket`` over their shared prefixes, in a cache of their own,
-        then move each row's prefix + suffix into ``cache``, right-aligned at slot S. Returns [b, V] logits."""
+        then move each row's prefix + suffix into batch row ``targets[i]`` of ``cache``, right-aligned at slot
+        S. Returns [b, V] logits."""
         sub_rows = [rows[b] for b in bucket]
         sub_shared = [shared[b] for b in bucket]
         sub_suffixes = [suffixes[b] for b in bucket]
@@ -187,7 +208,7 @@ class Engine:
         pairs = sum(len(s) * c + len(s) * (len(s) + 1) // 2 for c, s in zip(sub_shared, sub_suffixes))
         self._count(real=real, padded=n * T - real, pairs=pairs, logit_rows=n)
         for l in range(self.n_layers):
-            for i, (b, c, s) in enumerate(zip(bucket, sub_shared, sub_suffixes)):
+            for i, (b, c, s) in enumerate(zip(targets, sub_shared, sub_suffixes)):
                 t = len(s)
                 for a, z in ((sub_cache.k[l], cache.k[l]), (sub_cache.v[l], cache.v[l])):  # [n, Hkv, P + T, Dh] -> [B, Hkv, S', Dh]
                     z[b, :, S - t - c : S - t] = a[i, :, P - c : P]
@@ -212,36 +233,70 @@ class Engine:
             cache.set(l, kbuf, vbuf, P)
         return cache, mask
 
-    def _decode(self, logits: Tensor, cache: KVCache, mask: Tensor, next_pos: Tensor, B: int,
-                max_new_tokens: int) -> list[RowResult]:
-        results = [RowResult() for _ in range(B)]
-        alive = list(range(B))  # result index of each batch row
-        for step in range(max_new_tokens):
-            tok, chosen, watched = self._pick(logits)  # [B'], [B'], [B', W]
-            keep = []
-            for i, (t, lp, w) in enumerate(zip(tok.tolist(), chosen.tolist(), watched.tolist())):
-                r = results[alive[i]]
-                r.tokens.append(t)
-                r.logprobs.append(lp)
-                if step == 0:
-                    r.first = self._split(w)
-                for g in self.group_of.get(t, ()):
-                    r.on_use.setdefault(g, (step, w[self.slices[g]]))
-                if t in self.stop_ids:
-                    r.stopped = True
-                elif step + 1 < max_new_tokens:
-                    keep.append(i)
-            if not keep:
-                break
-            if len(keep) < len(alive):
-                mask, tok, next_pos = self._compact(cache, mask, keep, tok, next_pos)
-                alive = [alive[i] for i in keep]
-            n = cache.lengths[0]
-            mask[:, n] = True
-            logits = self._forward(tok[:, None], next_pos[:, None], mask[:, : n + 1], cache)  # [B', V]
-            self._count(real=len(alive), padded=0, pairs=int(mask[:, : n + 1].sum()), logit_rows=len(alive))
-            next_pos = next_pos + 1
-        return results
+    def _admit(self, batch: _Batch | None, prefixes, rows, shared, suffixes, joining: list[int],
+               max_new_tokens: int) -> _Batch:
+        """The running batch (None: none yet) with the rows ``joining`` added: their suffixes computed (in
+        buckets), the running rows' slots copied along, all right-aligned at slot S, room for max_new_tokens."""
+        self.stats.admissions += 1
+        old = 0 if batch is None else len(batch.rows)
+        held = 0 if batch is None else batch.cache.lengths[0]
+        lengths = [shared[b] + len(suffixes[b]) for b in joining]
+        S = max(lengths + [held])
+        B, capacity = old + len(joining), S + max_new_tokens
+        k0, v0 = prefixes[rows[joining[0]][0]].kv[0]  # [1, Hkv, P0, Dh]
+        cache = KVCache(self.n_layers, capacity)
+        for l in range(self.n_layers):
+            k = k0.new_zeros(B, k0.shape[1], capacity, k0.shape[3])  # [B, Hkv, S + new, Dh]
+            v = v0.new_zeros(B, v0.shape[1], capacity, v0.shape[3])
+            if batch is not None:
+                k[:old, :, S - held : S], v[:old, :, S - held : S] = batch.cache.held(l)
+            cache.set(l, k, v, S)
+        mask = torch.zeros((B, capacity), dtype=torch.bool, device=self.device)  # [B, S + new]
+        if batch is not None:
+            mask[:old, S - held : S] = batch.mask[:, :held]
+        for i, n in enumerate(lengths):
+            mask[old + i, S - n : S] = True
+        logits = [None] * len(joining)
+        for bucket in self._buckets([len(suffixes[b]) for b in joining]):
+            picked = [joining[i] for i in bucket]
+            bucket_logits = self._extend(prefixes, rows, shared, suffixes, picked, [old + i for i in bucket], cache, S)
+            for j, i in enumerate(bucket):
+                logits[i] = bucket_logits[j]  # [V]
+        next_pos = torch.tensor(lengths, device=self.device)  # [b]
+        if batch is None:
+            return _Batch(cache, mask, next_pos, list(joining), torch.stack(logits))
+        return _Batch(cache, mask, torch.cat([batch.next_pos, next_pos]), batch.rows + list(joining),
+                      torch.cat([batch.logits, torch.stack(logits)]))
+
+    def _step(self, batch: _Batch, results: list[RowResult], max_new_tokens: int) -> _Batch | None:
+        """Pick each row's next token from its logits and record it; then run one decode forward for the rows
+        that go on. None when every row has stopped."""
+        tok, chosen, watched = self._pick(batch.logits)  # [B], [B], [B, W]
+        keep = []
+        for i, (t, lp, w) in enumerate(zip(tok.tolist(), chosen.tolist(), watched.tolist())):
+            r = results[batch.rows[i]]
+            step = len(r.tokens)
+            r.tokens.append(t)
+            r.logprobs.append(lp)
+            if step == 0:
+                r.first = self._split(w)
+            for g in self.group_of.get(t, ()):
+                r.on_use.setdefault(g, (step, w[self.slices[g]]))
+            if t in self.stop_ids:
+                r.stopped = True
+            elif step + 1 < max_new_tokens:
+                keep.append(i)
+        if not keep:
+            return None
+        mask, next_pos, rows = batch.mask, batch.next_pos, batch.rows
+        if len(keep) < len(rows):
+            mask, tok, next_pos = self._compact(batch.cache, mask, keep, tok, next_pos)
+            rows = [rows[i] for i in keep]
+        n = batch.cache.lengths[0]
+        mask[:, n] = True
+        logits = self._forward(tok[:, None], next_pos[:, None], mask[:, : n + 1], batch.cache)  # [B', V]
+        self._count(real=len(rows), padded=0, pairs=int(mask[:, : n + 1].sum()), logit_rows=len(rows))
+        return _Batch(batch.cache, mask, next_pos + 1, rows, logits)
 
     def _compact(self, cache: KVCache, mask: Tensor, keep: list[int], tok: Tensor, next_pos: Tensor):
         """Drop stopped rows, and the leading slots no remaining row attends to."""

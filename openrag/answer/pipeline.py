@@ -24,6 +24,7 @@ from .engine import Engine, RowResult
 from .options import AnswerOptions
 from .scoring import ANSWER_SIGNALS, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
 
+CHUNK_BATCHES = 8  # questions are prefilled and decided in chunks of up to this many engine batches of rows
 
 
 class InputError(ValueError):
@@ -210,11 +211,12 @@ class OpenRAG:
 
     @staticmethod
     def _chunks(evidence: list[list[Passage]], opts: AnswerOptions) -> list[list[int]]:
-        """Consecutive questions whose rows (at most one per passage, at least one) fit in ``batch_size``."""
+        """Consecutive questions whose rows (at most one per passage, at least one) fit in ``CHUNK_BATCHES``
+        batches: the engine decodes ``batch_size`` of them at a time and refills the batch from the rest."""
         chunks, current, rows = [], [], 0
         for i, ps in enumerate(evidence):
             need = 1 if opts.mode == "no_retrieval" else max(1, len(ps))
-            if current and rows + need > opts.batch_size:
+            if current and rows + need > CHUNK_BATCHES * opts.batch_size:
                 chunks.append(current)
                 current, rows = [], 0
             current.append(i)
@@ -298,7 +300,9 @@ class OpenRAG:
             for k, ids in enumerate(q.rows):
                 keys.append((q.index, k))
                 rows.append((q.index, ids))
-        return dict(zip(keys, self.engine.generate(prefixes, rows, opts.max_new_tokens))) if rows else {}
+        if not rows:
+            return {}
+        return dict(zip(keys, self.engine.generate(prefixes, rows, opts.max_new_tokens, max_batch=opts.batch_size)))
 
     def _finish_with_evidence(self, q: _Question, results: dict, opts: AnswerOptions) -> None:
         for k, passage in enumerate(q.used):

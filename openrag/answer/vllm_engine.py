@@ -58,8 +58,9 @@ class VLLMEngine:
                 for ids, out in zip(prompts, outputs)]
 
     def generate(self, prefixes: Sequence[Prefix], rows: Sequence[tuple[int, Sequence[int]]],
-                 max_new_tokens: int) -> list[RowResult]:
-        """Continue each row ``(prefix index, full token ids)`` greedily; one result per row, in order."""
+                 max_new_tokens: int, max_batch: int | None = None) -> list[RowResult]:
+        """Continue each row ``(prefix index, full token ids)`` greedily; one result per row, in order.
+        ``max_batch`` is not used: vLLM's scheduler batches the rows (up to its ``max_num_seqs``)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if not rows:

@@ -89,8 +89,9 @@ def _build(args: argparse.Namespace) -> int:
     if args.merge:
         if args.corpus or args.shard:
             raise ValueError("--merge assembles finished shard folders: give it without --corpus and --shard")
-        index = merge_index(args.merge, args.output, overwrite=args.overwrite, show_progress=not args.quiet, search=search)
-        print(f"merged {len(args.merge)} shards ({len(index)} passages) into {args.output} ({index.kind})")
+        with merge_index(args.merge, args.output, overwrite=args.overwrite, show_progress=not args.quiet,
+                         search=search) as index:
+            print(f"merged {len(args.merge)} shards ({len(index)} passages) into {args.output} ({index.kind})")
         return 0
     if not args.corpus:
         raise ValueError("--corpus is required (or --merge SHARD_FOLDERS... to assemble a sharded build)")
@@ -109,6 +110,7 @@ def _build(args: argparse.Namespace) -> int:
         print(f"shard {shard[0]}/{shard[1]} of {args.corpus} is in {args.output}; when all {shard[1]} are done: "
               f"openrag index --merge SHARD_FOLDERS... --output INDEX")
         return 0
-    print(f"indexed {len(index)} passages of {args.corpus} into {args.output} "
-          f"({index.kind}, {index.manifest['build_seconds']:.1f} s)")
+    with index:
+        print(f"indexed {len(index)} passages of {args.corpus} into {args.output} "
+              f"({index.kind}, {index.manifest['build_seconds']:.1f} s)")
     return 0

@@ -220,7 +220,8 @@ def _write_passages(corpus: Path, building: Path, key: dict) -> int:
     hashes = PassageStore.write(building, iter_passages(corpus, settings["passage_words"], settings["passage_overlap"]))
     if len(hashes) == 0:
         raise ValueError(empty_corpus_message(corpus))
-    duplicates = duplicate_ids(PassageStore(building), hashes)
+    with PassageStore(building) as store:
+        duplicates = duplicate_ids(store, hashes)
     if duplicates:
         raise ValueError(duplicate_ids_message(corpus, duplicates))
     if corpus_checksum(corpus) != key["checksum"]:
@@ -230,17 +231,17 @@ def _write_passages(corpus: Path, building: Path, key: dict) -> int:
 
 def _embed_chunks(building: Path, writers: list, passages: int, options: BuildOptions) -> None:
     chunks = building / CHUNKS
-    store = PassageStore(building)
     mine = [k for k in range(chunk_count(passages, options.chunk_size))
             if options.shard is None or k % options.shard[1] == options.shard[0]]
     progress = _progress(len(mine), options.show_progress)
-    for k in mine:
-        pending = [w for w in writers if not w.done(chunks, k)]
-        if pending:
-            texts = store.texts(k * options.chunk_size, min(passages, (k + 1) * options.chunk_size))
-            for writer in pending:
-                writer.add(chunks, k, texts)
-        progress.update(1)
+    with PassageStore(building) as store:
+        for k in mine:
+            pending = [w for w in writers if not w.done(chunks, k)]
+            if pending:
+                texts = store.texts(k * options.chunk_size, min(passages, (k + 1) * options.chunk_size))
+                for writer in pending:
+                    writer.add(chunks, k, texts)
+            progress.update(1)
     progress.close()
 
 

@@ -244,15 +244,34 @@ def duplicate_ids_message(path, duplicates: list[str]) -> str:
 
 
 class PassageStore:
-    """The passages of an index: ``passages.jsonl`` read through a memory map, located by ``passage_offsets.npy``."""
+    """The passages of an index: ``passages.jsonl`` read through a memory map, located by ``passage_offsets.npy``.
+
+    ``close()`` (or leaving a ``with`` block) releases the memory maps; reading a closed store raises ValueError."""
 
     FILE, OFFSETS = "passages.jsonl", "passage_offsets.npy"
 
     def __init__(self, folder: str | Path):
-        folder = Path(folder)
-        self._offsets = np.load(folder / self.OFFSETS, mmap_mode="r", allow_pickle=False)  # [N + 1] byte offsets
-        with open(folder / self.FILE, "rb") as f:
+        self.folder = Path(folder)
+        self._offsets = np.load(self.folder / self.OFFSETS, mmap_mode="r", allow_pickle=False)  # [N + 1] byte offsets
+        with open(self.folder / self.FILE, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def close(self) -> None:
+        """Release the memory maps (the offsets' when no view of them is left); closing twice does nothing."""
+        if self._map is not None:
+            self._map.close()
+        self._map = self._offsets = None
+
+    def __enter__(self) -> "PassageStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self) -> tuple[np.ndarray, mmap.mmap]:
+        if self._map is None:
+            raise ValueError(f"the passage store in {self.folder} is closed: open it (or its index) again to read it")
+        return self._offsets, self._map
 
     @staticmethod
     def write(folder: str | Path, passages: Iterable[RetrievedPassage], block: int = 65_536) -> np.ndarray:
@@ -281,10 +300,12 @@ class PassageStore:
         return [passage_text(self.get(row)) for row in range(start, stop)]
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        offsets, _ = self._open()
+        return len(offsets) - 1
 
     def get(self, row: int, score: float | None = None) -> RetrievedPassage:
-        record = json.loads(self._map[self._offsets[row]: self._offsets[row + 1]])
+        offsets, lines = self._open()
+        record = json.loads(lines[offsets[row]: offsets[row + 1]])
         return RetrievedPassage(title=record["title"], text=record["text"], id=record["id"], score=score)
 
     def __getitem__(self, row: int) -> RetrievedPassage:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -122,13 +123,13 @@ class DenseRetriever:
         self.index = index
         self.settings = settings
         self.device = device
-        self._encoder = encoder
+        if encoder is not None:
+            self.encoder = encoder  # given: the cached_property never loads one
 
-    @property
+    @cached_property
     def encoder(self):
-        if self._encoder is None:  # loaded on first search, so opening an index stays fast
-            self._encoder = load_encoder(self.settings, self.device)
-        return self._encoder
+        """The sentence-transformers encoder, loaded on first search so that opening an index stays fast."""
+        return load_encoder(self.settings, self.device)
 
     def encode(self, texts: list[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         return encode(self.encoder, texts, self.settings, batch_size, show_progress)
@@ -165,13 +166,11 @@ class DenseWriter:
         self.batch_size = batch_size
         self.device = device
         self.show_progress = show_progress
-        self._encoder = None
 
-    @property
+    @cached_property
     def encoder(self):
-        if self._encoder is None:
-            self._encoder = load_encoder(self.settings, self.device)
-        return self._encoder
+        """The sentence-transformers encoder, loaded on first use."""
+        return load_encoder(self.settings, self.device)
 
     @staticmethod
     def _file(chunks: Path, k: int) -> Path:

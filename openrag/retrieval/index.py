@@ -147,7 +147,9 @@ KINDS: dict[str, IndexKind] = {
 
 
 class Index:
-    """An opened index; a ``Retriever``: ``search(queries, top_k)`` returns the best passages of each query."""
+    """An opened index; a ``Retriever``: ``search(queries, top_k)`` returns the best passages of each query.
+
+    ``close()`` (or leaving a ``with`` block) closes its passage store; a closed index cannot be searched."""
 
     def __init__(self, folder: Path, manifest: dict, passages: PassageStore, retriever, reranker=None,
                  rerank_depth: int = 50):
@@ -169,6 +171,15 @@ class Index:
     def __len__(self) -> int:
         return len(self.passages)
 
+    def close(self) -> None:
+        self.passages.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def search(self, queries: list[str], top_k: int) -> list[list[RetrievedPassage]]:
         if isinstance(queries, str):
             raise TypeError("search takes a list of queries; wrap a single query in a list")
@@ -184,7 +195,7 @@ class Index:
         return [passages[:top_k] for passages in found]
 
     def __repr__(self) -> str:
-        return f"Index({str(self.folder)!r}, kind={self.kind!r}, passages={len(self)})"
+        return f"Index({str(self.folder)!r}, kind={self.kind!r}, passages={self.manifest['corpus']['passages']})"
 
 
 def open_index(path: str | Path, corpus: str | Path | None = None, settings: IndexSettings | None = None,
@@ -199,18 +210,22 @@ def open_index(path: str | Path, corpus: str | Path | None = None, settings: Ind
     if corpus is not None:
         _check_corpus(folder, manifest, corpus_checksum(corpus), corpus)
     passages = PassageStore(folder)
-    if len(passages) != manifest["corpus"]["passages"]:
-        raise ValueError(f"index {folder} is damaged: the manifest counts {manifest['corpus']['passages']} passages, "
-                         f"the store holds {len(passages)}; rebuild it with `openrag index --overwrite`")
-    stored = IndexSettings.from_dict(manifest["settings"])
-    search = search if search is not None else SearchSettings.from_dict(manifest.get("search"))
-    reranker = None
-    if search.rerank:
-        from openrag.retrieval.rerank import CrossEncoderReranker
+    try:
+        if len(passages) != manifest["corpus"]["passages"]:
+            raise ValueError(f"index {folder} is damaged: the manifest counts {manifest['corpus']['passages']} "
+                             f"passages, the store holds {len(passages)}; rebuild it with `openrag index --overwrite`")
+        stored = IndexSettings.from_dict(manifest["settings"])
+        search = search if search is not None else SearchSettings.from_dict(manifest.get("search"))
+        reranker = None
+        if search.rerank:
+            from openrag.retrieval.rerank import CrossEncoderReranker
 
-        reranker = CrossEncoderReranker(search.rerank, device=device)
-    return Index(folder, manifest, passages, KINDS[stored.kind].open(folder, stored, search, device),
-                 reranker, search.rerank_depth)
+            reranker = CrossEncoderReranker(search.rerank, device=device)
+        retriever = KINDS[stored.kind].open(folder, stored, search, device)
+    except BaseException:
+        passages.close()  # the index was not opened: nothing else owns the store
+        raise
+    return Index(folder, manifest, passages, retriever, reranker, search.rerank_depth)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -305,7 +320,7 @@ def update_search_settings(output: str | Path, search: SearchSettings) -> bool:
     manifest = read_manifest(output)
     if SearchSettings.from_dict(manifest.get("search")) == search:
         return False
-    open_index(output, search=search)  # refuses parameters that do not fit the index
+    open_index(output, search=search).close()  # refuses parameters that do not fit the index
     manifest["search"] = asdict(search)
     temporary = output / (MANIFEST + ".tmp")
     temporary.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -9,6 +9,8 @@ is on disk or reachable. An index opened with a reranker (``SearchSettings(reran
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from openrag.retrieval.corpus import passage_text
@@ -22,15 +24,15 @@ class CrossEncoderReranker:
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length
-        self._model = encoder
+        if encoder is not None:
+            self.model = encoder  # given: the cached_property never loads one
 
-    @property
+    @cached_property
     def model(self):
-        if self._model is None:  # loaded on first use, so opening an index stays fast
-            from sentence_transformers import CrossEncoder
+        """The sentence-transformers ``CrossEncoder``, loaded on first use so that opening an index stays fast."""
+        from sentence_transformers import CrossEncoder
 
-            self._model = CrossEncoder(self.model_name, device=self.device, max_length=self.max_length)
-        return self._model
+        return CrossEncoder(self.model_name, device=self.device, max_length=self.max_length)
 
     def scores(self, query: str, passages: list[RetrievedPassage]) -> np.ndarray:
         """``[P]`` the cross-encoder's score of each (query, passage) pair."""
