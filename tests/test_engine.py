@@ -108,6 +108,24 @@ def test_refilled_batches_equal_one_batch(max_batch):
             assert b.on_use[g][1] == pytest.approx(values, abs=1e-4)
 
 
+@pytest.mark.parametrize("max_batch", [None, 2])
+def test_unwritten_cache_slots_are_never_read(monkeypatch, max_batch):
+    """Cache buffers are allocated without a zero fill: poison every fresh buffer with NaN and the rows
+    still generate what Hugging Face generates (a NaN read, even under a mask, would spread)."""
+    model = make_tiny_llama(seed=7)
+    prompts, rows = random_rows(seed=8)
+    stop = pick_stop(model, rows, 12)
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: new_empty(self, *a, **kw).fill_(float("nan")))
+    engine = Engine(model, stop_ids=[stop], watch=WATCH)
+    results = engine.generate(engine.prefill(prompts), rows, max_new_tokens=12, max_batch=max_batch)
+    monkeypatch.undo()
+    for (_, ids), r in zip(rows, results):
+        tokens, logp = reference(model, ids, 12, stop)
+        assert r.tokens == tokens
+        assert r.logprobs == pytest.approx([logp[t][tok].item() for t, tok in enumerate(tokens)], abs=1e-4)
+
+
 def test_prefill_reports_first_position_groups():
     model = make_tiny_llama()
     prompt = list(range(10, 30))

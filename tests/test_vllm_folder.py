@@ -211,13 +211,48 @@ def test_backend_flags_on_each_command(command):
 
     argv = {"ask": ["ask", "q"], "eval": ["eval", "--task", "hotpotqa"], "serve": ["serve"]}[command]
     parse = build_parser(with_flags=[command]).parse_args
-    assert BackendOptions.from_args(parse(argv)) == BackendOptions()  # torch, the default
-    options = BackendOptions.from_args(parse([*argv, "--backend", "vllm", "--tensor_parallel_size", "2", "--kv_cache_gib", "4"]))
+    options = BackendOptions.from_args(parse([*argv, "--backend", "vllm", "--tensor_parallel_size", "2", "--kv_cache_gib", "4"]), batches=True)
     assert (options.backend, options.tensor_parallel_size, options.kv_cache_gib) == ("vllm", 2, 4.0)
+    assert BackendOptions.from_args(parse([*argv, "--backend", "torch"]), batches=True) == BackendOptions()
     with pytest.raises(SystemExit):
         parse([*argv, "--backend", "onnx"])  # choices from the registry
     with pytest.raises(ValueError, match="add --backend vllm"):
-        BackendOptions.from_args(parse([*argv, "--tensor_parallel_size", "2"]))
+        BackendOptions.from_args(parse([*argv, "--backend", "torch", "--tensor_parallel_size", "2"]), batches=True)
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_auto_backend_is_vllm_for_batches_where_installed(monkeypatch, installed):
+    from openrag.answer import backends
+    from openrag.cli import build_parser
+
+    monkeypatch.setattr(backends, "vllm_installed", lambda: installed)
+    args = build_parser(with_flags=["ask"]).parse_args(["ask", "q"])
+    assert args.backend == "auto"
+    assert BackendOptions.from_args(args, batches=True).backend == ("vllm" if installed else "torch")
+    assert BackendOptions.from_args(args, batches=False).backend == "torch"  # one question: vLLM's start costs more
+    given = build_parser(with_flags=["ask"]).parse_args(["ask", "q", "--enforce_eager"])
+    assert BackendOptions.from_args(given, batches=False).backend == "vllm"  # a vLLM setting asks for vLLM
+
+
+def test_auto_backend_of_each_command(monkeypatch):
+    from openrag.answer import backends
+    from openrag.cli import build_parser
+    from openrag.commands.eval import _request
+
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)
+    parse = build_parser(with_flags=["eval"]).parse_args
+    assert _request(parse(["eval", "--task", "hotpotqa"])).backend.backend == "vllm"
+    assert _request(parse(["eval", "--task", "hotpotqa", "--baseline", "closed_book"])).backend.backend == "torch"
+
+
+def test_vllm_installed_is_false_without_vllm():
+    from importlib.util import find_spec
+
+    from openrag.answer.backends import vllm_installed
+
+    if find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this environment")
+    assert not vllm_installed()
 
 
 def test_backend_registry_and_eval_settings():

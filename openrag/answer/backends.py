@@ -69,8 +69,23 @@ def get_backend(name: str) -> Backend:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
 
 
+AUTO = "auto"  # the flags' default: resolved by BackendOptions.from_args to a backend of BACKENDS
+
+
 def _backends_help() -> str:
-    return "generation backend; " + "; ".join(f"{b.name}: {b.help}" for b in BACKENDS.values())
+    return ("generation backend; " + "; ".join(f"{b.name}: {b.help}" for b in BACKENDS.values())
+            + f"; {AUTO} (default): vllm for eval and serve where it is installed (with openrag's plugin), and "
+            "wherever a vLLM setting is given; torch otherwise (ask: one call, where vLLM's start of ~30 s costs more "
+            "than it saves)")
+
+
+def vllm_installed() -> bool:
+    """Whether vLLM and openrag's plugin for it are installed here (nothing is imported)."""
+    from importlib.util import find_spec
+
+    from ..vllm import plugin_installed
+
+    return find_spec("vllm") is not None and plugin_installed()
 
 
 @dataclass(frozen=True)
@@ -103,18 +118,29 @@ class BackendOptions:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The flags, one per field; ``--backend`` defaults to ``auto`` (see :meth:`from_args`)."""
         group = parser.add_argument_group("backend")
         for f in fields(cls):
             kw = {"default": f.default, "help": f.metadata["help"]}
+            if f.name == "backend":
+                kw["default"] = AUTO
             if f.type == "bool":
                 group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
             else:
                 kind = {"int": int, "float | None": float}.get(f.type, str)
-                group.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("choices"), **kw)
+                choices = f.metadata.get("choices")
+                group.add_argument(f"--{f.name}", type=kind, choices=choices and (AUTO, *choices), **kw)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    def from_args(cls, args: argparse.Namespace, batches: bool) -> BackendOptions:
+        """The options the flags give. ``--backend auto`` becomes vllm where vLLM is installed and the command
+        answers ``batches`` of questions (eval, serve: BENCHMARKS.md, "Three backends", has vLLM 1.6-1.7x the
+        built-in engine's questions/s on a CPU; GPUs are its home) or a vLLM setting is given; torch otherwise."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        if values["backend"] == AUTO:
+            vllm_settings = any(values[f.name] != f.default for f in fields(cls) if f.name != "backend")
+            values["backend"] = "vllm" if vllm_settings or (batches and vllm_installed()) else "torch"
+        return cls(**values)
 
 
 def as_backend_options(backend: str | BackendOptions) -> BackendOptions:

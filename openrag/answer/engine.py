@@ -224,8 +224,9 @@ class Engine:
             mask[i, P - c : P] = True
         for l in range(self.n_layers):
             k0, v0 = prefixes[rows[0][0]].kv[l]  # [1, Hkv, P0, Dh]
-            kbuf = k0.new_zeros(n, k0.shape[1], capacity, k0.shape[3])  # [n, Hkv, P + extra, Dh]
-            vbuf = v0.new_zeros(n, v0.shape[1], capacity, v0.shape[3])
+            kbuf = k0.new_empty(n, k0.shape[1], capacity, k0.shape[3])  # [n, Hkv, P + extra, Dh]
+            vbuf = v0.new_empty(n, v0.shape[1], capacity, v0.shape[3])
+            kbuf[:, :, :P], vbuf[:, :, :P] = 0, 0  # masked slots must hold finite values; the rest is written before read
             for i, ((q, _), c) in enumerate(zip(rows, shared)):
                 k, v = prefixes[q].kv[l]
                 kbuf[i, :, P - c : P] = k[0, :, :c]
@@ -246,8 +247,13 @@ class Engine:
         k0, v0 = prefixes[rows[joining[0]][0]].kv[0]  # [1, Hkv, P0, Dh]
         cache = KVCache(self.n_layers, capacity)
         for l in range(self.n_layers):
-            k = k0.new_zeros(B, k0.shape[1], capacity, k0.shape[3])  # [B, Hkv, S + new, Dh]
-            v = v0.new_zeros(B, v0.shape[1], capacity, v0.shape[3])
+            k = k0.new_empty(B, k0.shape[1], capacity, k0.shape[3])  # [B, Hkv, S + new, Dh]
+            v = v0.new_empty(B, v0.shape[1], capacity, v0.shape[3])
+            # Only the masked slots before each row's start need a value (finite: zero); every other slot is
+            # written before it is read (held rows and suffixes below, decoded tokens later).
+            k[:old, :, : S - held], v[:old, :, : S - held] = 0, 0
+            for i, n in enumerate(lengths):
+                k[old + i, :, : S - n], v[old + i, :, : S - n] = 0, 0
             if batch is not None:
                 k[:old, :, S - held : S], v[:old, :, S - held : S] = batch.cache.held(l)
             cache.set(l, k, v, S)
@@ -303,7 +309,7 @@ class Engine:
         idx = torch.tensor(keep, device=self.device)
         mask = mask[idx]  # [B', S]
         start = int(mask.any(0).nonzero()[0])
-        cache.select(idx, start)
+        cache.select(keep, start)
         return mask[:, start:], tok[idx], next_pos[idx]
 
     def _forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: KVCache) -> Tensor:

@@ -62,9 +62,9 @@ class KVCache:
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """Append ``key_states, value_states`` [B, Hkv, T, Dh] to ``layer_idx``; return all it holds."""
-        if self.k[layer_idx] is None:
+        if self.k[layer_idx] is None:  # every slot read (held) is written first: no zero fill needed
             B, H, _, D = key_states.shape
-            self.set(layer_idx, key_states.new_zeros(B, H, self.capacity, D), value_states.new_zeros(B, H, self.capacity, D), 0)
+            self.set(layer_idx, key_states.new_empty(B, H, self.capacity, D), value_states.new_empty(B, H, self.capacity, D), 0)
         n, t = self.lengths[layer_idx], key_states.shape[2]
         if n + t > self.k[layer_idx].shape[2]:
             raise RuntimeError(f"KV buffer overflow: {n} + {t} slots > capacity {self.k[layer_idx].shape[2]}")
@@ -83,10 +83,16 @@ class KVCache:
         """(kv_length, kv_offset) of the mask for ``query_length`` new tokens."""
         return self.lengths[layer_idx] + query_length, 0
 
-    def select(self, rows: Tensor, start: int) -> None:
-        """Keep batch rows ``rows`` and drop the first ``start`` slots of every layer."""
+    def select(self, rows: list[int], start: int) -> None:
+        """Keep batch rows ``rows`` (ascending) and drop the first ``start`` slots of every layer, in place:
+        the kept rows move up over the dropped ones (their filled slots only) and the buffers become views."""
+        moves = [(j, i) for j, i in enumerate(rows) if i != j]  # (to, from), to < from: no source is overwritten first
         for l in range(self.n_layers):
-            self.set(l, self.k[l][rows][:, :, start:], self.v[l][rows][:, :, start:], self.lengths[l] - start)
+            n = self.lengths[l]
+            for buf in (self.k[l], self.v[l]):  # [B, Hkv, capacity, Dh]
+                for j, i in moves:
+                    buf[j, :, :n] = buf[i, :, :n]
+            self.set(l, self.k[l][: len(rows), :, start:], self.v[l][: len(rows), :, start:], n - start)
 
     def __len__(self) -> int:
         return self.n_layers

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and not args.index:
         raise ValueError("--top_k needs --index (with --passages, --ndocs says how many are used)")
     options = AnswerOptions.from_args(args, "ask")
-    backend = BackendOptions.from_args(args)
+    backend = BackendOptions.from_args(args, batches=False)
     if options.query != "question" and not args.index:
         raise ValueError(f"--query {options.query} needs --index (it says what the index is asked)")
     if args.top_k is not None:

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"openrag serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               f"machine can use the model (set ${API_KEY_ENV} or --api_key)", file=sys.stderr)
     options = AnswerOptions.from_args(args, "serve")
-    backend = BackendOptions.from_args(args)
+    backend = BackendOptions.from_args(args, batches=True)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
