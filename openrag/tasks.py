@@ -6,13 +6,16 @@ and how its input is written. Prompts (``openrag.answer.prompts``), the evaluati
 baselines, the training-data prompt and the CLI's ``choices=`` all read this table: a new task is one row.
 
 The strings are the ones the released checkpoints were trained and evaluated with; a different wording
-changes their answers, so keep them byte for byte. This module imports nothing.
+changes their answers, so keep them byte for byte. This module imports nothing of openrag but
+:mod:`openrag.registry`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from .registry import check_choice, lookup
 
 # The one instruction template (Alpaca's), for training instances, answering and the baselines alike.
 PROMPT_TEMPLATE = "### Instruction:\n{input}\n\n### Response:\n"
@@ -89,17 +92,11 @@ EVAL_TASKS = tuple(name for name, t in TASKS.items() if t.evaluated)
 
 
 def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+    return lookup(TASKS, name, "task")
 
 
 def get_eval_task(name: str) -> Task:
-    task = TASKS.get(name)
-    if task is None or not task.evaluated:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(EVAL_TASKS)}")
-    return task
+    return TASKS[check_choice(EVAL_TASKS, name, "task")]
 
 
 def format_prompt(text: str) -> str:

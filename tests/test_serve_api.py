@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import re
 import threading
 from dataclasses import asdict, dataclass, field
@@ -369,6 +370,62 @@ def test_a_full_queue_answers_503_with_retry_after():
     assert refused.json()["error"]["type"] == "server_busy"
     assert health["queue"]["waiting"] == 2 and health["rejected"] == 1
     assert [r.status_code for r in done] == [200, 200, 200]
+
+
+async def _post_then_leave(app, body: dict, leave: asyncio.Event) -> int:
+    """POST /v1/answer straight into the ASGI app, as uvicorn would, from a client that disconnects once
+    ``leave`` is set (httpx's ASGI transport cannot disconnect); the response's status."""
+    payload = json.dumps(body).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/answer", "raw_path": b"/v1/answer", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(payload)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("localhost", 80)}
+    unread = [{"type": "http.request", "body": payload, "more_body": False}]
+    status = []
+
+    async def receive():
+        if unread:
+            return unread.pop()
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    return status[0]
+
+
+def test_requests_whose_clients_left_free_their_queue_slots_at_once_and_are_never_answered():
+    gate = threading.Event()
+    engine = FakeEngine(gate)
+    app = create_app(engine, ServeSettings(max_batch=2, queue_size=2, max_wait_ms=0))
+
+    async def work(app, http):
+        batcher = app.state.batcher
+        running = asyncio.create_task(http.post("/v1/answer", json={"question": "running"}))
+        await _until(lambda: len(engine.calls) == 1)  # the worker is busy; the queue fills up behind it
+        leave = asyncio.Event()
+        gone = [asyncio.create_task(_post_then_leave(app, {"question": f"gone{i}"}, leave)) for i in range(2)]
+        await _until(lambda: batcher.waiting == 2)
+        leave.set()
+        gone = await asyncio.gather(*gone)
+        health = (await http.get("/health")).json()
+        live = [asyncio.create_task(http.post("/v1/answer", json={"question": f"live{i}"})) for i in range(2)]
+        # each live request is queued or refused (the old code counted the withdrawn ones as waiting still)
+        await _until(lambda: batcher.waiting + batcher.stats.rejected == health["queue"]["waiting"] + 2)
+        gate.set()
+        return gone, health, await asyncio.gather(running, *live)
+
+    gone, health, done = asyncio.run(_with_app(app, work))
+    assert gone == [499, 499]
+    assert health["queue"]["waiting"] == 0 and health["disconnected"] == 2
+    assert [r.status_code for r in done] == [200, 200, 200], [r.text for r in done]
+    assert [r.json()["text"] for r in done] == ["RUNNING", "LIVE0", "LIVE1"]
+    assert [c["questions"] for c in engine.calls] == [["running"], ["live0", "live1"]]  # a full batch of live ones
+    assert app.state.batcher.stats.rejected == 0
 
 
 def test_one_failing_request_does_not_fail_its_batch():

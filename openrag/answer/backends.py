@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 from ..model.reflection import reflection_token_ids
+from ..registry import lookup
 from .scoring import WATCH
 
 
@@ -63,10 +64,7 @@ BACKENDS: dict[str, Backend] = {
 
 
 def get_backend(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
+    return lookup(BACKENDS, name, "backend")
 
 
 AUTO = "auto"  # the flags' default: resolved by BackendOptions.from_args to a backend of BACKENDS

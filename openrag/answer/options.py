@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
+from ..registry import check_choice
 from ..tasks import TASKS, get_task
 from .prompts import PROMPT_FORMATS, check_prompt_format
 from .scoring import RULES
@@ -53,9 +54,7 @@ class AnswerOptions:
 
     def __post_init__(self):
         for name in ("mode", "retrieval_rule", "query"):
-            choices = _FIELDS[name].metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+            check_choice(_FIELDS[name].metadata["choices"], getattr(self, name), name)
         get_task(self.task)
         if self.prompt_format is not None:
             check_prompt_format(self.prompt_format)

@@ -9,15 +9,14 @@ Other families are prompted the same way in both formats.
 from __future__ import annotations
 
 from ..model.reflection import PARAGRAPH_END, PARAGRAPH_START, RETRIEVAL
+from ..registry import check_choice
 from ..tasks import TASKS, format_prompt, get_task
 
 PROMPT_FORMATS = ("released", "training")
 
 
 def check_prompt_format(prompt_format: str) -> str:
-    if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"unknown prompt format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
-    return prompt_format
+    return check_choice(PROMPT_FORMATS, prompt_format, "prompt format")
 
 
 def is_closed(task: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..model.reflection import GROUNDEDNESS_TOKENS, REFLECTION_TOKENS, RELEVANCE_TOKENS, RETRIEVAL_TOKENS, UTILITY_TOKENS
+from ..registry import lookup
 
 if TYPE_CHECKING:
     from .engine import RowResult
@@ -75,10 +76,7 @@ RULES: dict[str, RetrievalRule] = {
 
 
 def get_rule(name: str) -> RetrievalRule:
-    try:
-        return RULES[name]
-    except KeyError:
-        raise ValueError(f"unknown retrieval rule {name!r}; choose one of {', '.join(RULES)}") from None
+    return lookup(RULES, name, "retrieval rule")
 
 
 def decide(rule: str, value: float | None, threshold: float) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..answer.backends import BackendOptions
+from ..registry import check_choice, unknown
 from .metrics import METRICS
 from .runner import (Answerer, Question, RunConfig, check_output, combine_shards, metrics_path, prepare_questions, read_records,
                      run_shard, shard_path)
@@ -52,8 +53,7 @@ class EvalRequest:
     def __post_init__(self) -> None:
         self.task_info = get_eval_task(self.task)
         self.metric = self.metric or self.task_info.metric
-        if self.metric not in METRICS:
-            raise ValueError(f"unknown --metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+        check_choice(METRICS, self.metric, "--metric")
         self.dataset = self.dataset or self.task_info.default_dataset
         if self.dataset is None:
             raise ValueError(f"--task {self.task} has no official dataset on the hub; pass --dataset with a local file (e.g. ../shared/data/...)")
@@ -63,8 +63,7 @@ class EvalRequest:
         if self.baseline is not None:
             from .baseline import BASELINES
 
-            if self.baseline not in BASELINES:
-                raise ValueError(f"unknown --baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+            check_choice(BASELINES, self.baseline, "--baseline")
             if self.index is not None:
                 raise ValueError("--baseline reads the data's own passages; drop --index")
             if self.backend.backend != "torch":
@@ -195,9 +194,9 @@ def evaluate_sweep(req: EvalRequest, rules: Sequence[str] = RULES, thresholds: S
 
     if req.baseline is not None:
         raise ValueError("--baseline answers without reflection tokens: it has no retrieval decision to sweep")
-    unknown = [r for r in rules if r not in RULES]
-    if unknown:
-        raise ValueError(f"unknown retrieval rule(s) {unknown}; choose from {', '.join(RULES)}")
+    bad = [r for r in rules if r not in RULES]
+    if bad:
+        raise unknown("retrieval rule(s)", bad, RULES)
     config = run_config(req)
     with _writing(config):
         summary = _answer_all(req, config, make_answerer, both=True)

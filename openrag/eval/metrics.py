@@ -15,6 +15,8 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 
+from ..registry import unknown
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 _YES_NO = ("yes", "no", "noanswer")
@@ -122,7 +124,7 @@ def score_answer(metric: str, prediction: str, answers: list[str], labels: list[
         }
     if metric == "match":
         return {"match": match(prediction, answers), "match_norm": match_normalized(prediction, answers), "em_any": em_any, "f1_any": f1_any}
-    raise ValueError(f"unknown metric {metric!r}; choose hotpotem, match or accuracy")
+    raise unknown("metric", metric, METRICS)
 
 
 METRICS = ("hotpotem", "match", "accuracy")

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ..registry import check_choice
+
 RANKERS = ("bm25", "dense", "hybrid", "given")
 
 
@@ -77,8 +79,7 @@ class Ranker:
 
 def make_ranker(name: str, device: str | None = None) -> Ranker:
     """The ranker called ``name`` (dense and hybrid load their encoder here, once)."""
-    if name not in RANKERS:
-        raise ValueError(f"unknown ranker {name!r}; choose one of {', '.join(RANKERS)}")
+    check_choice(RANKERS, name, "ranker")
     build = {"bm25": lambda: bm25_order, "dense": lambda: DenseOrder(device), "hybrid": lambda: HybridOrder(device), "given": lambda: None}
     return Ranker(name, build[name]())
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..registry import check_choice
 from ..retrieval.metrics import retrieval_recall_at_k
 from .critique import relevance_metrics, retrieval_need_auc
 from .metrics import HEADLINE, score_answer
@@ -85,8 +86,7 @@ class RunConfig:
             raise ValueError(f"--rank {self.rank} is not in 0..{self.world_size - 1} (--world_size {self.world_size})")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
-        if self.passages not in PASSAGE_SOURCES:
-            raise ValueError(f"--passages must be one of {', '.join(PASSAGE_SOURCES)}, got {self.passages!r}")
+        check_choice(PASSAGE_SOURCES, self.passages, "--passages")
         if self.passages == "from_index" and self.index is None:
             raise ValueError("--passages from_index needs --index INDEX_DIR")
         if self.resume and self.overwrite:

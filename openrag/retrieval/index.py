@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+from openrag.registry import check_choice
 from openrag.retrieval import build as building
 from openrag.retrieval.bm25 import BM25Retriever, BM25Settings, BM25Writer
 from openrag.retrieval.build import BuildOptions
@@ -51,8 +52,7 @@ class IndexSettings:
     fusion_depth: int = 50  # hybrid: rows taken from each retriever before fusing
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown index kind {self.kind!r}: choose one of {', '.join(KINDS)}")
+        check_choice(KINDS, self.kind, "index kind")
 
     def to_dict(self) -> dict:
         """The settings that matter for this kind (a BM25 index does not record the dense encoder)."""

@@ -9,8 +9,9 @@ batches grow by themselves, with no lock serialising requests one at a time.
 A full queue is refused at once (:class:`QueueFull`, the API's 503) rather than letting waits grow without
 bound. If a batch fails, its requests are retried one by one, so one bad request fails alone.
 
-A request whose waiter is cancelled (its client disconnected, or its deadline passed) is dropped from the
-queue; once no request of the engine call in progress waits for it, the call is stopped at its next step
+A request whose waiter is cancelled (its client disconnected, or its deadline passed) leaves the queue at
+once, so abandoned requests never hold slots that live ones are refused for, and it is never handed to the
+engine; once no request of the engine call in progress waits for it, the call is stopped at its next step
 (:class:`limits.Interrupter`). After a large or stopped call the freed memory is handed back.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import threading
@@ -58,7 +60,7 @@ class ShuttingDown(Exception):
     pass
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the queue is a dict of jobs
 class Job:
     question: str
     passages: list[dict] | None  # None: let the engine's retriever find them
@@ -103,14 +105,16 @@ class Batcher:
         self.engine = engine
         self.max_batch, self.queue_size, self.max_wait_s = max_batch, queue_size, max_wait_s
         self.stats = BatcherStats()
-        self._queue: asyncio.Queue[Job] | None = None
+        # The queue, oldest first: a dict (insertion-ordered), so that a withdrawn job leaves it at once.
+        self._waiting: dict[Job, None] = {}
+        self._arrived = asyncio.Event()  # set when a job joins the queue
         self._worker: asyncio.Task | None = None
         self._interrupter: Interrupter | None = None
         self._current: _Call | None = None  # the engine call in progress
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        return len(self._waiting)
 
     @property
     def running(self) -> int:
@@ -123,7 +127,6 @@ class Batcher:
                 log.error("the batching worker stopped; starting a new one", exc_info=self._worker.exception())
             self._worker = None
         if self._worker is None:
-            self._queue = self._queue if self._queue is not None else asyncio.Queue(self.queue_size)
             self._interrupter = Interrupter.for_engine(self.engine)
             self._worker = asyncio.create_task(self._work(), name="openrag-batcher")
 
@@ -149,8 +152,8 @@ class Batcher:
         if self._interrupter is not None:
             self._interrupter.close()
             self._interrupter = None
-        while not self._queue.empty():
-            jobs.append(self._queue.get_nowait())
+        jobs.extend(self._waiting)
+        self._waiting.clear()
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(ShuttingDown("the server is shutting down"))
@@ -161,12 +164,15 @@ class Batcher:
         withdraws the question, and stops the engine call it is in once no other question of it waits."""
         await self.start()
         job = Job(question, passages, choices, dict(options or {}), asyncio.get_running_loop().create_future(), tokens)
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if len(self._waiting) >= self.queue_size:
             self.stats.rejected += 1
-            raise QueueFull(self.queue_size, self.retry_after()) from None
-        return await job.future
+            raise QueueFull(self.queue_size, self.retry_after())
+        self._waiting[job] = None
+        self._arrived.set()
+        try:
+            return await job.future
+        finally:
+            self._waiting.pop(job, None)  # withdrawn while waiting: its slot is free for the next request
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained by one batch: whole seconds, at least 1."""
@@ -176,7 +182,7 @@ class Batcher:
     async def _work(self) -> None:
         while True:
             jobs = await self._gather()
-            jobs = [j for j in jobs if not j.future.done()]  # the client went away
+            jobs = [j for j in jobs if not j.future.done()]  # withdrawn while the batch gathered
             if not jobs:
                 continue
             self.stats.batches += 1
@@ -189,11 +195,19 @@ class Batcher:
 
     async def _gather(self) -> list[Job]:
         """The first waiting job and whatever arrives within ``max_wait_s``, at most ``max_batch``."""
-        jobs = [await self._queue.get()]
-        if self.max_wait_s and self._queue.qsize() < self.max_batch - 1:
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        jobs = self._take(1)
+        if self.max_wait_s and len(self._waiting) < self.max_batch - 1:
             await asyncio.sleep(self.max_wait_s)
-        while len(jobs) < self.max_batch and not self._queue.empty():
-            jobs.append(self._queue.get_nowait())
+        return jobs + self._take(self.max_batch - 1)
+
+    def _take(self, n: int) -> list[Job]:
+        """The ``n`` oldest waiting jobs (fewer if fewer wait), out of the queue."""
+        jobs = list(itertools.islice(self._waiting, n))
+        for job in jobs:
+            del self._waiting[job]
         return jobs
 
     async def _answer(self, jobs: list[Job]) -> None:
