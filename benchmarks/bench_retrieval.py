@@ -160,12 +160,11 @@ def speed(size: int, vocabulary: Counter, work: Path, args) -> dict:
         else:
             entry["build_s"] = round(build, 2)
         started = time.perf_counter()
-        index = open_index(output)
-        entry["open_s"] = round(time.perf_counter() - started, 3)
-        entry.update(latencies(index, queries, args.single, args.batches))
+        with open_index(output) as index:
+            entry["open_s"] = round(time.perf_counter() - started, 3)
+            entry.update(latencies(index, queries, args.single, args.batches))
         results[kind] = entry
         print(f"  {size} {kind}: {entry}", flush=True)
-        del index
         shutil.rmtree(output)
     corpus.unlink()
     return results
@@ -198,6 +197,8 @@ def recall(work: Path, args) -> dict:
                 scores = [retrieval_recall_at_k([p.title for p in hits[:k]], gold)
                           for hits, (_, gold, _) in zip(results, questions)]
                 out[f"{name}_recall@{k}{suffix}"] = round(float(np.mean(scores)), 4)
+    bm25.close()  # the hybrid index reads bm25's passage store
+    dense.close()
     print(f"  2wiki: {out}", flush=True)
     return out
 

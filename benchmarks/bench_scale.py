@@ -122,13 +122,13 @@ def run_child(spec: dict) -> dict:
 # --- measurements ----------------------------------------------------------------------------------------------------
 
 def latency(output: Path, queries: list[str], single: int, search: SearchSettings | None = None) -> dict:
-    index = open_index(output, search=search)
-    index.search(queries[:1], 10)  # warm-up: loads the encoder of a dense index
     seconds = []
-    for query in queries[1:single + 1]:
-        started = time.perf_counter()
-        index.search([query], 10)
-        seconds.append(time.perf_counter() - started)
+    with open_index(output, search=search) as index:
+        index.search(queries[:1], 10)  # warm-up: loads the encoder of a dense index
+        for query in queries[1:single + 1]:
+            started = time.perf_counter()
+            index.search([query], 10)
+            seconds.append(time.perf_counter() - started)
     return percentiles(seconds)
 
 

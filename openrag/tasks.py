@@ -69,6 +69,13 @@ class Task:
             raise ValueError(f"{self.name} needs the answer choices (a list of texts or {{'label': [...], 'text': [...]}})")
         return question + format_choices(choices)
 
+    def body(self, question: str, choices=None, instruction: bool = True) -> str:
+        """What goes into the template: the instruction (if ``instruction`` and the task has one), its input
+        header, the question and any choices (the prompt of a singlehop or closed task, and of the training
+        instances of multiple-choice questions)."""
+        text = self.input_text(question, choices)
+        return f"{self.instruction}{self.input_header}{text}" if instruction and self.instruction else text
+
 
 _MULTIHOP = dict(family="multihop", metric="hotpotem", closed=False, instruction=MULTIHOP_INSTRUCTION)
 _PUBHEALTH = dict(family="closed", closed=True, instruction=PUBHEALTH_INSTRUCTION, input_header="\n\n## Input:\n\n", subject="Statement")

@@ -172,8 +172,8 @@ def test_retrieved_list_without_gold_is_a_row_error():
 def test_arc_letter_answer_and_lettered_input():
     (ex,) = read_examples(FIXTURES / "arc_ctxs.jsonl")
     made = instances_for(ex)
-    assert made[0].input == (
-        "Given 4 answer candidates, A, B, C and D, choose the best answer choice.\n\n"
+    assert made[0].input == (  # the prompt body `openrag eval --task arc_c` answers (the released ARC prompt)
+        "Given four answer candidates, A, B, C and D, choose the best answer choice.\n\n### Input:\n"
         "Which gas do plants take in for photosynthesis?\nA: oxygen\nB: nitrogen\nC: carbon dioxide\nD: helium"
     )
     assert [(i.kind, i.output) for i in made] == [

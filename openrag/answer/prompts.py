@@ -28,10 +28,9 @@ def question_prompt(task: str, question: str, choices=None, prompt_format: str =
     """The prompt that precedes any reflection token."""
     t = get_task(task)
     check_prompt_format(prompt_format)
-    body = t.input_text(question, choices)
     if t.family == "multihop":  # the instruction goes before the template, and only in the released format
-        return ("" if prompt_format == "training" else t.instruction) + format_prompt(body)
-    return format_prompt(f"{t.instruction}{t.input_header}{body}" if t.instruction else body)
+        return ("" if prompt_format == "training" else t.instruction) + format_prompt(t.body(question, instruction=False))
+    return format_prompt(t.body(question, choices))
 
 
 def evidence_content(task: str, title: str, text: str, prompt_format: str = "released") -> str:

@@ -38,6 +38,7 @@ Distractor hardness (the passages closest to the question or to the gold titles)
 from __future__ import annotations
 
 from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED, REFLECTION_TOKENS
+from ..tasks import get_task
 from .examples import Passage, QAExample, normalize_text
 
 YES_NO = frozenset({"yes", "no"})
@@ -150,10 +151,6 @@ def render_chain(passages: list[Passage]) -> str:
 
 
 def instance_input(ex: QAExample) -> str:
-    """The instruction text: the question, or for multiple choice the task line, question and lettered choices."""
-    if not ex.choices:
-        return ex.question
-    letters = [chr(65 + i) for i in range(len(ex.choices))]
-    task = f"Given {len(letters)} answer candidates, {', '.join(letters[:-1])} and {letters[-1]}, choose the best answer choice."
-    lettered = "\n".join(f"{letter}: {c}" for letter, c in zip(letters, ex.choices))
-    return f"{task}\n\n{ex.question}\n{lettered}"
+    """The instruction text: the question, or for multiple choice the ``arc_c`` task's prompt body
+    (instruction, question and lettered choices), as ``openrag eval --task arc_c`` asks it."""
+    return get_task("arc_c").body(ex.question, ex.choices) if ex.choices else ex.question
