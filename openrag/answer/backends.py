@@ -132,7 +132,7 @@ class BackendOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace, batches: bool) -> BackendOptions:
         """The options the flags give. ``--backend auto`` becomes vllm where vLLM is installed and the command
-        answers ``batches`` of questions (eval, serve: BENCHMARKS.md, "Three backends", has vLLM 1.6-1.7x the
+        answers ``batches`` of questions (eval, serve: BENCHMARKS.md, "Three backends", has vLLM 1.6-2.1x the
         built-in engine's questions/s on a CPU; GPUs are its home) or a vLLM setting is given; torch otherwise."""
         values = {f.name: getattr(args, f.name) for f in fields(cls)}
         if values["backend"] == AUTO:
