@@ -94,6 +94,14 @@ def shared_length(prefix: Sequence[int], row: Sequence[int]) -> int:
     return n
 
 
+def zero_leading_slots(k: Tensor, v: Tensor, ends: Sequence[int]) -> None:
+    """Zero slots ``[0, ends[b])`` of batch row b in ``k, v`` [B, Hkv, capacity, Dh]: the masked slots before
+    each row's start. Attention reads them with weight 0, so they must hold finite values; every other slot of
+    the engine's buffers is written before it is read, so buffers are allocated without a fill."""
+    for b, end in enumerate(ends):
+        k[b, :, :end], v[b, :, :end] = 0, 0
+
+
 class Engine:
     """Greedy batched generation with a shared-prefix KV cache for any Hugging Face causal LM.
 
@@ -226,7 +234,7 @@ class Engine:
             k0, v0 = prefixes[rows[0][0]].kv[l]  # [1, Hkv, P0, Dh]
             kbuf = k0.new_empty(n, k0.shape[1], capacity, k0.shape[3])  # [n, Hkv, P + extra, Dh]
             vbuf = v0.new_empty(n, v0.shape[1], capacity, v0.shape[3])
-            kbuf[:, :, :P], vbuf[:, :, :P] = 0, 0  # masked slots must hold finite values; the rest is written before read
+            zero_leading_slots(kbuf, vbuf, [P - c for c in shared])
             for i, ((q, _), c) in enumerate(zip(rows, shared)):
                 k, v = prefixes[q].kv[l]
                 kbuf[i, :, P - c : P] = k[0, :, :c]
@@ -249,11 +257,7 @@ class Engine:
         for l in range(self.n_layers):
             k = k0.new_empty(B, k0.shape[1], capacity, k0.shape[3])  # [B, Hkv, S + new, Dh]
             v = v0.new_empty(B, v0.shape[1], capacity, v0.shape[3])
-            # Only the masked slots before each row's start need a value (finite: zero); every other slot is
-            # written before it is read (held rows and suffixes below, decoded tokens later).
-            k[:old, :, : S - held], v[:old, :, : S - held] = 0, 0
-            for i, n in enumerate(lengths):
-                k[old + i, :, : S - n], v[old + i, :, : S - n] = 0, 0
+            zero_leading_slots(k, v, [S - held] * old + [S - n for n in lengths])
             if batch is not None:
                 k[:old, :, S - held : S], v[:old, :, S - held : S] = batch.cache.held(l)
             cache.set(l, k, v, S)
