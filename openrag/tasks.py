@@ -111,6 +111,12 @@ def format_prompt(text: str) -> str:
     return PROMPT_TEMPLATE.format(input=text)
 
 
+def evidence_chain(parts: Sequence[str]) -> str:
+    """Multi-hop evidence in one paragraph (SPEC section 3), each part ``title\\ntext``:
+    ``Knowledge 1: {part} \\n[SEP] \\nKnowledge 2: {part}``."""
+    return " \n[SEP] \n".join(f"Knowledge {i}: {part}" for i, part in enumerate(parts, start=1))
+
+
 def format_choices(choices) -> str:
     """Choices as ``\\nA: ...\\nB: ...\\nC: ...\\nD: ...`` (numeric labels 1-4 read as A-D; D always
     shown, empty when missing; E only when present)."""

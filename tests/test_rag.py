@@ -311,6 +311,36 @@ def test_training_format_is_what_data_build_trains_on(rag):
     assert not row.startswith(MULTIHOP_INSTRUCTION)
 
 
+def test_chain_candidate_is_what_data_build_trains_as_a_gold_chain(rag):
+    """``chain``: one more candidate whose row is, token for token, the start of a gold_chain instance's
+    training text (SPEC section 3's chain), marked ``chained``; single-hop tasks get no chain."""
+    from openrag.data.build import instances_for
+    from openrag.data.examples import Passage as DataPassage, QAExample
+    from openrag.data.tokenize import format_prompt
+
+    gold = [DataPassage("Kiss and Tell", "Shirley Temple played Corliss Archer.", is_gold=True),
+            DataPassage("Shirley Temple", "She was Chief of Protocol of the United States.", is_gold=True)]
+    ex = QAExample("q1", "What position was held by the actress who played Corliss Archer?", ["Chief of Protocol"],
+                   gold, False, "hotpotqa", "t:1")
+    instance = next(i for i in instances_for(ex) if i.kind == "gold_chain")
+    assert instance.passage == ("Knowledge 1: Kiss and Tell\nShirley Temple played Corliss Archer. \n[SEP] \n"
+                                "Knowledge 2: Shirley Temple\nShe was Chief of Protocol of the United States.")
+    shown = []
+    encode = rag._encode
+    rag._encode = lambda text: shown.append(text) or encode(text)
+    try:
+        passages = [{"title": p.title, "text": p.text} for p in gold]
+        a = rag.answer(ex.question, passages, mode="always_retrieve", prompt_format="training", task="hotpotqa", chain=True)
+    finally:
+        rag._encode = encode
+    assert [c.passage.get("chained") for c in a.candidates] == [None, None, 2]
+    assert a.candidates[2].passage["text"] == instance.passage
+    rows = [t for t in shown if "<paragraph>" in t]
+    assert len(rows) == 3 and (format_prompt(instance.input) + instance.output).startswith(rows[2])
+    single = rag.answer("Who wrote Hamlet?", passages, mode="always_retrieve", task="popqa", chain=True)
+    assert len(single.candidates) == 2
+
+
 def test_the_models_recorded_format_is_the_default(rag):
     """The loader's prompt_format reaches the pipeline as a value (OpenRAG(prompt_format=...)), not through
     the model's config."""

@@ -34,6 +34,8 @@ class AnswerOptions:
     retrieval_rule: str = field(default="token", metadata={"choices": tuple(RULES), "help": _rules_help()})
     threshold: float | None = field(default=None, metadata={"help": f"the adaptive rule's threshold (default {DEFAULT_THRESHOLD})"})
     ndocs: int = field(default=3, metadata={"help": "use the first NDOCS passages, one candidate each"})
+    chain: bool = field(default=False, metadata={"help": "multi-hop: one more candidate whose evidence is those "
+                        "passages in one chain ('Knowledge 1: ... [SEP] Knowledge 2: ...'), so that an answer may join them"})
     max_new_tokens: int = field(default=100, metadata={"help": "the most tokens generated per candidate"})
     use_seqscore: bool = field(default=True, metadata={"help": "add exp(mean token log-prob) to the score"})
     use_groundness: bool = field(default=True, metadata={"help": "add w_sup * the groundedness (support) score (spelled as in the seed)"})

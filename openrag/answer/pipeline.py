@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from ..model.reflection import NO_RETRIEVAL
+from ..tasks import evidence_chain, get_task
 from . import prompts
 from .backends import BackendOptions, engine_tokens, load_backend
 from .engine import Engine, RowResult
@@ -39,6 +40,7 @@ class Passage:
     text: str = ""
     is_gold: bool | None = None
     score: float | None = None
+    chained: int = 0  # the chain of this many passages (AnswerOptions.chain), not a passage as given
 
 
 def _as_dict(item) -> dict:
@@ -65,11 +67,17 @@ def as_passage(item) -> Passage:
     raise InputError(f"cannot read a passage from {type(item).__name__}; give {{'title', 'text'}} or a string")
 
 
+def chain_of(passages: list[Passage]) -> Passage:
+    """One passage holding ``passages`` as a multi-hop chain, untitled (its parts carry their titles)."""
+    return Passage(text=evidence_chain([f"{p.title}\n{p.text}" if p.title else p.text for p in passages]), chained=len(passages))
+
+
 @dataclass
 class Candidate:
     """One evidence row: the passage, what the model answered from it, and the terms of its score."""
 
-    passage: dict  # {"title", "text"} as given to the model (cut if it did not fit), and "is_gold" when the data says
+    passage: dict  # {"title", "text"} as given to the model (cut if it did not fit), "is_gold" when the data says,
+    # and "chained": n for the chain of the first n passages (AnswerOptions.chain)
     text: str  # post-processed answer
     score: float
     relevance: float
@@ -202,6 +210,8 @@ class OpenRAG:
     def _answer(self, questions, passages, choices, opts: AnswerOptions, drafts=None) -> list[Answer]:
         """``drafts``: per question, None or its no-retrieval answer generated already (reused, not redone)."""
         evidence = [[as_passage(p) for p in (ps or [])[: opts.ndocs]] for ps in passages]
+        if opts.chain and get_task(opts.task).family == "multihop":
+            evidence = [ps + [chain_of(ps)] if len(ps) > 1 else ps for ps in evidence]
         drafts = drafts or [None] * len(questions)
         answers: list[Answer] = []
         for chunk in self._chunks(evidence, opts):
@@ -312,6 +322,8 @@ class OpenRAG:
             shown = {"title": passage.title, "text": passage.text}
             if passage.is_gold is not None:
                 shown["is_gold"] = passage.is_gold
+            if passage.chained:
+                shown["chained"] = passage.chained
             q.answer.candidates.append(Candidate(passage=shown, text=text,
                                                  score=candidate_score(terms, opts), raw=raw, tokens=len(row.tokens), **terms))
         q.answer.retrieved = True

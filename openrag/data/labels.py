@@ -38,7 +38,7 @@ Distractor hardness (the passages closest to the question or to the gold titles)
 from __future__ import annotations
 
 from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED, REFLECTION_TOKENS
-from ..tasks import get_task
+from ..tasks import evidence_chain, get_task
 from .examples import Passage, QAExample, normalize_text
 
 YES_NO = frozenset({"yes", "no"})
@@ -146,8 +146,8 @@ def render_passage(p: Passage) -> str:
 
 
 def render_chain(passages: list[Passage]) -> str:
-    """Multi-hop evidence in one paragraph: ``Knowledge 1: {title}\\n{text} \\n[SEP] \\nKnowledge 2: ...``."""
-    return " \n[SEP] \n".join(f"Knowledge {i}: {render_passage(p)}" for i, p in enumerate(passages, start=1))
+    """Multi-hop evidence in one paragraph (tasks.evidence_chain)."""
+    return evidence_chain([render_passage(p) for p in passages])
 
 
 def instance_input(ex: QAExample) -> str:
