@@ -278,11 +278,12 @@ def test_ask_prints_answer_then_evidence(tiny_folder, tmp_path, capsys):
     path.write_text("Paris is the capital of France.\n\nLyon is a city in France.\n")
     with pytest.raises(SystemExit) as done:
         main(["ask", QUESTION, "--passages", str(path), "--model_name", str(tiny_folder), "--device", "cpu",
-              "--threshold", "0", "--max_new_tokens", "4"])
+              "--threshold", "0", "--max_new_tokens", "4", "--chain"])
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "evidence" in out and "retrieved: token rule" in out
     assert out.index("retrieved: token rule") < out.index("evidence")
+    assert "chain 1-2" in out
 
 
 def test_training_format_is_what_data_build_trains_on(rag):

@@ -3,7 +3,8 @@
 This layer knows reflection tokens and passages; the engine (engine.py) knows token ids and probabilities.
 Per batch of questions: prefill each prompt once; decide whether to retrieve (the token rule needs only the
 prefill, the confidence rules need the answer generated after a forced ``[No Retrieval]``); then generate
-one candidate per passage, all rows of all questions together, score each candidate and pick the answer.
+one candidate per passage (with ``chain``, multi-hop, one more whose evidence is all of them in one chain),
+all rows of all questions together, score each candidate and pick the answer.
 
 Questions without passages are given the retriever's, if there is one. Its query is the question, or with
 ``query="question+answer"`` the question followed by the model's no-retrieval answer (a multi-hop query: the

@@ -102,7 +102,7 @@ def print_answer(answer) -> None:
         for name in ("#", "title", "answer", "score", "rel", "sup", "use", "seq"):
             table.add_column(name, justify="right" if name in ("#", "score", "rel", "sup", "use", "seq") else "left")
         for i, c in enumerate(answer.candidates):
-            title = c.passage["title"] or c.passage["text"][:40]
+            title = f"chain 1-{c.passage['chained']}" if c.passage.get("chained") else c.passage["title"] or c.passage["text"][:40]
             table.add_row(("*" if i == best else "") + str(i + 1), title, c.text, f"{c.score:.3f}", f"{c.relevance:.3f}",
                           f"{c.groundedness:.3f}", f"{c.utility:.3f}", f"{c.seq_score:.3f}")
         console.print(table)
