@@ -42,7 +42,7 @@ def test_default_model_answers_the_sample_with_scored_evidence(default_rag):
     assert torch.isfinite(torch.tensor([c.score for c in answer.candidates])).all()
 
 
-KNOWN_GAP = pytest.mark.xfail(strict=True, reason="the shipped model does not yet (MODEL.md, 'What is left'); "
+KNOWN_GAP = pytest.mark.xfail(strict=True, reason="the shipped model does not yet (MODEL.md, 'What limits the targets'); "
                                "strict: a model that passes makes this fail, so the mark is removed with it")
 
 
