@@ -14,6 +14,16 @@ import pytest
 import torch
 
 
+def load_script(name: str):
+    """A script of ``scripts/`` (not a package module) imported as a module, for its tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` run where torch sees a CUDA device and are skipped elsewhere (CI has none)."""
     if torch.cuda.is_available():

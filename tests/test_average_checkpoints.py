@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "average_checkpoints.py"
+from .conftest import load_script
+
 A_KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 B_KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 EXPERT_KEY = "model.layers.0.mlp.moe_adapter.experts.expert_0.adapter_up.weight"
@@ -18,10 +18,7 @@ EXPERT_KEY = "model.layers.0.mlp.moe_adapter.experts.expert_0.adapter_up.weight"
 
 @pytest.fixture(scope="module")
 def average():
-    spec = importlib.util.spec_from_file_location("average_checkpoints", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("average_checkpoints")
 
 
 def checkpoint(folder: Path, seed: int, r: int = 4, alpha: int = 8) -> dict[str, torch.Tensor]:
