@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from openrag.model.layouts import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from openrag.model.layouts import ADAPTER_CONFIG, ADAPTER_LORA_DIR, ADAPTER_TEXT_FILES, ADAPTER_WEIGHTS
 
-LORA_DIR, LORA_CONFIG, LORA_WEIGHTS = "lora", "adapter_config.json", "adapter_model.safetensors"
-KEEP = (ADAPTER_CONFIG, "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+LORA_CONFIG, LORA_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # PEFT's file names
 
 
 def same_keys(parts: list[dict[str, torch.Tensor]], where: list[Path]) -> None:
@@ -49,32 +48,58 @@ def stack_lora(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def read(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        sys.exit(f"{path} is missing: average complete adapter checkpoints only")
+    return load_file(path)
+
+
+def averaged_lora(folders: list[Path]) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """(PEFT config, tensors) of the averaged LoRA, or None when no checkpoint has one."""
+    with_lora = [(f / ADAPTER_LORA_DIR).is_dir() for f in folders]
+    if not any(with_lora):
+        return None
+    if not all(with_lora):
+        sys.exit("some checkpoints have a LoRA and some do not: average checkpoints of one architecture only")
+    for f in folders:
+        if not (f / ADAPTER_LORA_DIR / LORA_CONFIG).is_file():
+            sys.exit(f"{f / ADAPTER_LORA_DIR / LORA_CONFIG} is missing: average complete adapter checkpoints only")
+    configs = [json.loads((f / ADAPTER_LORA_DIR / LORA_CONFIG).read_text()) for f in folders]
+    if len({(c["r"], c["lora_alpha"]) for c in configs}) != 1:
+        sys.exit("the LoRAs differ in rank or alpha: average checkpoints of one run family only")
+    loras = [read(f / ADAPTER_LORA_DIR / LORA_WEIGHTS) for f in folders]
+    same_keys(loras, folders)
+    k = len(folders)
+    return {**configs[0], "r": configs[0]["r"] * k, "lora_alpha": configs[0]["lora_alpha"] * k}, stack_lora(loras)
+
+
 def main(out: str, checkpoints: list[str]) -> None:
-    folders = [Path(c) for c in checkpoints]
+    """Everything is read and checked before anything is written; the output appears whole (a renamed folder)."""
+    folders, target = [Path(c) for c in checkpoints], Path(out)
     for folder in folders:
         if not (folder / ADAPTER_CONFIG).is_file():
             sys.exit(f"{folder} is not an openrag adapter checkpoint (no {ADAPTER_CONFIG})")
-    target = Path(out)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in KEEP:
-        if (folders[0] / name).is_file():
-            shutil.copy2(folders[0] / name, target / name)
-    adapters = [load_file(f / ADAPTER_WEIGHTS) for f in folders]
+        if folder.resolve() == target.resolve():
+            sys.exit(f"{target} is one of the checkpoints: write the average to a new folder")
+    if target.exists():
+        sys.exit(f"{target} exists: give a new folder for the average")
+    adapters = [read(f / ADAPTER_WEIGHTS) for f in folders]
     same_keys(adapters, folders)
-    save_file(average_tensors(adapters), target / ADAPTER_WEIGHTS)
-    with_lora = [(f / LORA_DIR).is_dir() for f in folders]
-    if any(with_lora):
-        if not all(with_lora):
-            sys.exit("some checkpoints have a LoRA and some do not: average checkpoints of one architecture only")
-        configs = [json.loads((f / LORA_DIR / LORA_CONFIG).read_text()) for f in folders]
-        if len({(c["r"], c["lora_alpha"]) for c in configs}) != 1:
-            sys.exit("the LoRAs differ in rank or alpha: average checkpoints of one run family only")
-        loras = [load_file(f / LORA_DIR / LORA_WEIGHTS) for f in folders]
-        same_keys(loras, folders)
-        (target / LORA_DIR).mkdir(exist_ok=True)
-        save_file(stack_lora(loras), target / LORA_DIR / LORA_WEIGHTS)
-        config = {**configs[0], "r": configs[0]["r"] * len(folders), "lora_alpha": configs[0]["lora_alpha"] * len(folders)}
-        (target / LORA_DIR / LORA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    experts, lora = average_tensors(adapters), averaged_lora(folders)
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ADAPTER_TEXT_FILES:
+        if (folders[0] / name).is_file():
+            shutil.copy2(folders[0] / name, tmp / name)
+    save_file(experts, tmp / ADAPTER_WEIGHTS)
+    if lora is not None:
+        config, tensors = lora
+        (tmp / ADAPTER_LORA_DIR).mkdir()
+        save_file(tensors, tmp / ADAPTER_LORA_DIR / LORA_WEIGHTS)
+        (tmp / ADAPTER_LORA_DIR / LORA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(target)
     print(f"averaged {len(folders)} checkpoints into {target}")
 
 

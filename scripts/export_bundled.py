@@ -15,11 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from openrag.model.bundled import DEFAULT_MODEL_DIR
-from openrag.model.layouts import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-
-LORA_DIR = "lora"  # the PEFT LoRA folder of the adapter layout
-KEEP = (ADAPTER_CONFIG, "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
-
+from openrag.model.layouts import ADAPTER_CONFIG, ADAPTER_LORA_DIR, ADAPTER_TEXT_FILES, ADAPTER_WEIGHTS
 
 def save_bf16(source: Path, target: Path) -> None:
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(source).items()}, target)
@@ -32,17 +28,17 @@ def main(checkpoint: str) -> None:
     tmp = DEFAULT_MODEL_DIR.with_name(DEFAULT_MODEL_DIR.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in KEEP:
+    for name in ADAPTER_TEXT_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, tmp / name)
     save_bf16(source / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
-    if (source / LORA_DIR).is_dir():
-        (tmp / LORA_DIR).mkdir()
-        for f in (source / LORA_DIR).iterdir():
+    if (source / ADAPTER_LORA_DIR).is_dir():
+        (tmp / ADAPTER_LORA_DIR).mkdir()
+        for f in (source / ADAPTER_LORA_DIR).iterdir():
             if f.suffix == ".safetensors":
-                save_bf16(f, tmp / LORA_DIR / f.name)
+                save_bf16(f, tmp / ADAPTER_LORA_DIR / f.name)
             elif f.suffix == ".json":
-                shutil.copy2(f, tmp / LORA_DIR / f.name)
+                shutil.copy2(f, tmp / ADAPTER_LORA_DIR / f.name)
     shutil.rmtree(DEFAULT_MODEL_DIR, ignore_errors=True)
     tmp.replace(DEFAULT_MODEL_DIR)
     size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file()) / 2**20

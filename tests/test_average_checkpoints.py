@@ -53,3 +53,14 @@ def test_checkpoints_of_different_shapes_are_refused(average, tmp_path):
     checkpoint(tmp_path / "b", seed=1, r=2, alpha=4)
     with pytest.raises(SystemExit, match="differ in rank or alpha"):
         average.main(str(tmp_path / "soup"), [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert not (tmp_path / "soup").exists() and not (tmp_path / "soup.tmp").exists()  # nothing half-written
+
+
+def test_an_existing_output_is_refused(average, tmp_path):
+    checkpoint(tmp_path / "a", seed=0)
+    checkpoint(tmp_path / "b", seed=1)
+    (tmp_path / "soup").mkdir()
+    with pytest.raises(SystemExit, match="exists"):
+        average.main(str(tmp_path / "soup"), [str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="one of the checkpoints"):
+        average.main(str(tmp_path / "a"), [str(tmp_path / "a"), str(tmp_path / "b")])

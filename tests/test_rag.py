@@ -286,6 +286,18 @@ def test_ask_prints_answer_then_evidence(tiny_folder, tmp_path, capsys):
     assert "chain 1-2" in out
 
 
+def answer_and_rows(rag, question, passages, **options):
+    """The answer, and the texts of its evidence rows as the model was given them."""
+    shown = []
+    encode = rag._encode
+    rag._encode = lambda text: shown.append(text) or encode(text)
+    try:
+        answer = rag.answer(question, passages, **options)
+    finally:
+        rag._encode = encode
+    return answer, [t for t in shown if "<paragraph>" in t]
+
+
 def test_training_format_is_what_data_build_trains_on(rag):
     """A row in the training format is, token for token, the start of the training text of a single-passage
     instance of `openrag data build` (prompt, [Retrieval], the passage)."""
@@ -299,15 +311,10 @@ def test_training_format_is_what_data_build_trains_on(rag):
                    [*gold, DataPassage("Corliss Archer", "A radio programme.", is_gold=False)], False, "hotpotqa", "t:1")
     instance = next(i for i in instances_for(ex) if i.kind == "gold")
     trained = format_prompt(instance.input) + instance.output
-    shown = []
-    encode = rag._encode
-    rag._encode = lambda text: shown.append(text) or encode(text)
-    try:
-        passage = next(p for p in gold if p.title in instance.passage)
-        rag.answer(ex.question, [{"title": passage.title, "text": passage.text}], mode="always_retrieve", prompt_format="training", task="hotpotqa")
-    finally:
-        rag._encode = encode
-    row = next(t for t in shown if "<paragraph>" in t)
+    passage = next(p for p in gold if p.title in instance.passage)
+    _, rows = answer_and_rows(rag, ex.question, [{"title": passage.title, "text": passage.text}], mode="always_retrieve",
+                              prompt_format="training", task="hotpotqa")
+    row = rows[0]
     assert trained.startswith(row)
     assert not row.startswith(MULTIHOP_INSTRUCTION)
 
@@ -326,17 +333,10 @@ def test_chain_candidate_is_what_data_build_trains_as_a_gold_chain(rag):
     instance = next(i for i in instances_for(ex) if i.kind == "gold_chain")
     assert instance.passage == ("Knowledge 1: Kiss and Tell\nShirley Temple played Corliss Archer. \n[SEP] \n"
                                 "Knowledge 2: Shirley Temple\nShe was Chief of Protocol of the United States.")
-    shown = []
-    encode = rag._encode
-    rag._encode = lambda text: shown.append(text) or encode(text)
-    try:
-        passages = [{"title": p.title, "text": p.text} for p in gold]
-        a = rag.answer(ex.question, passages, mode="always_retrieve", prompt_format="training", task="hotpotqa", chain=True)
-    finally:
-        rag._encode = encode
+    passages = [{"title": p.title, "text": p.text} for p in gold]
+    a, rows = answer_and_rows(rag, ex.question, passages, mode="always_retrieve", prompt_format="training", task="hotpotqa", chain=True)
     assert [c.passage.get("chained") for c in a.candidates] == [None, None, 2]
     assert a.candidates[2].passage["text"] == instance.passage
-    rows = [t for t in shown if "<paragraph>" in t]
     assert len(rows) == 3 and (format_prompt(instance.input) + instance.output).startswith(rows[2])
     single = rag.answer("Who wrote Hamlet?", passages, mode="always_retrieve", task="popqa", chain=True)
     assert len(single.candidates) == 2

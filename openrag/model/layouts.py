@@ -29,6 +29,8 @@ from .experts import MoEConfig, decoder_layers, moe_config_of
 ADAPTER_CONFIG = "openrag_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_LORA_DIR = "lora"  # the adapter layout's PEFT LoRA, if it has one
+# the adapter layout's files besides its tensors (settings and tokenizer; those a tokenizer lacks are absent)
+ADAPTER_TEXT_FILES = (ADAPTER_CONFIG, "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 MERGED_MOE_WEIGHTS = "moe_adapter.safetensors"
 NEW_EMBED_KEY = "new_token_rows.embed_tokens"  # [n_new, D] rows of the input embedding from num_base_tokens on
 NEW_LM_HEAD_KEY = "new_token_rows.lm_head"  # [n_new, D] rows of an untied output embedding
