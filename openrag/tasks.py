@@ -7,7 +7,10 @@ baselines, the training-data prompt and the CLI's ``choices=`` all read this tab
 
 The strings are the ones the released checkpoints were trained and evaluated with; a different wording
 changes their answers, so keep them byte for byte. This module imports nothing of openrag but
-:mod:`openrag.registry`.
+:mod:`openrag.registry` and :mod:`openrag.errors`.
+
+A question's answer choices are checked here once (:meth:`Task.check_choices`): ``openrag ask``, the server and
+``OpenRAG.answer_batch`` call it before any work, and building the task's input calls it again.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .errors import InputError
 from .registry import check_choice, lookup
 
 # The one instruction template (Alpaca's), for training instances, answering and the baselines alike.
@@ -31,6 +35,10 @@ PUBHEALTH_INSTRUCTION = "Is the following statement correct or not? Say true if 
 ARC_INSTRUCTION = "Given four answer candidates, A, B, C and D, choose the best answer choice."
 # What the plain-prompt baselines ask of a task whose released prompt has no instruction.
 SHORT_ANSWER_INSTRUCTION = "Answer the question with the shortest word, phrase or named entity, not a full sentence."
+
+CHOICE_LABELS = "ABCDE"  # the letters answer choices are shown with, in order
+MAX_CHOICES = len(CHOICE_LABELS)
+CHOICES_FORM = f"a list of 1 to {MAX_CHOICES} texts (A-E), or {{'label': [...], 'text': [...]}}"
 
 BENCH = "shayekh/openrag_bench"
 FAMILIES = ("multihop", "singlehop", "closed")
@@ -61,13 +69,22 @@ class Task:
         """The instruction of the plain-prompt baselines (the released one, else a short-answer request)."""
         return self.instruction or SHORT_ANSWER_INSTRUCTION
 
-    def input_text(self, question: str, choices=None) -> str:
-        """The question, with its lettered choices when the task has them."""
+    def check_choices(self, choices) -> None:
+        """The one check of a question's answer ``choices`` (None: none given): a task with choices needs 1 to 5
+        of them, any other task takes none. Else InputError, naming ``choices`` and the fix."""
         if not self.needs_choices:
-            return question
+            if choices is not None:
+                raise InputError(f"task {self.name} takes no answer choices; drop choices, or ask with a multiple-choice "
+                                 f"task ({', '.join(CHOICE_TASKS)})")
+            return
         if choices is None:
-            raise ValueError(f"{self.name} needs the answer choices (a list of texts or {{'label': [...], 'text': [...]}})")
-        return question + format_choices(choices)
+            raise InputError(f"task {self.name} needs the answer choices; give choices: {CHOICES_FORM}")
+        choices_by_label(choices)
+
+    def input_text(self, question: str, choices=None) -> str:
+        """The question, with its lettered choices when the task has them (checked: :meth:`check_choices`)."""
+        self.check_choices(choices)
+        return question + format_choices(choices) if self.needs_choices else question
 
     def body(self, question: str, choices=None, instruction: bool = True) -> str:
         """What goes into the template: the instruction (if ``instruction`` and the task has one), its input
@@ -96,6 +113,7 @@ TASKS: dict[str, Task] = {
     )
 }
 EVAL_TASKS = tuple(name for name, t in TASKS.items() if t.evaluated)
+CHOICE_TASKS = tuple(name for name, t in TASKS.items() if t.needs_choices)
 
 
 def get_task(name: str) -> Task:
@@ -117,16 +135,36 @@ def evidence_chain(parts: Sequence[str]) -> str:
     return " \n[SEP] \n".join(f"Knowledge {i}: {part}" for i, part in enumerate(parts, start=1))
 
 
+def choices_by_label(choices) -> dict:
+    """The choices by letter: a list's in order A, B, ...; a ``{'label', 'text'}`` mapping's by its labels
+    (numeric 1-4 read as A-D). InputError, naming ``choices`` and the fix, for none, more than five, labels
+    that are not A-E, or any other shape."""
+    if isinstance(choices, Mapping):
+        labels, texts = choices.get("label"), choices.get("text")
+        if not all(isinstance(x, Sequence) and not isinstance(x, str) for x in (labels, texts)):
+            raise InputError(f"choices: a mapping needs a 'label' list and a 'text' list, got the fields {sorted(choices)}")
+        if len(labels) != len(texts):
+            raise InputError(f"choices: {len(labels)} labels for {len(texts)} texts; give one label per text")
+        numeric = dict(zip("1234", "ABCD"))
+        letters = [numeric.get(str(l).strip(), str(l).strip()) for l in labels]
+    elif isinstance(choices, Sequence) and not isinstance(choices, str):
+        texts = list(choices)
+        labels = letters = list(CHOICE_LABELS[: len(texts)])
+    else:
+        raise InputError(f"choices must be {CHOICES_FORM}, got {type(choices).__name__}")
+    if not texts:
+        raise InputError(f"choices is empty; give {CHOICES_FORM}")
+    if len(texts) > MAX_CHOICES:
+        raise InputError(f"choices: at most {MAX_CHOICES} answer choices (A-E), got {len(texts)}; drop the extra ones")
+    if any(letter not in CHOICE_LABELS for letter in letters) or len(set(letters)) != len(letters):
+        raise InputError(f"choices: the labels must be distinct letters A-E (or 1-4), got {[str(l) for l in labels]}")
+    return dict(zip(letters, texts))
+
+
 def format_choices(choices) -> str:
     """Choices as ``\\nA: ...\\nB: ...\\nC: ...\\nD: ...`` (numeric labels 1-4 read as A-D; D always
-    shown, empty when missing; E only when present)."""
-    if isinstance(choices, Mapping):
-        numeric = dict(zip("1234", "ABCD"))
-        by_label = {numeric.get(str(l), str(l)): t for l, t in zip(choices["label"], choices["text"])}
-    elif isinstance(choices, Sequence) and not isinstance(choices, str):
-        by_label = dict(zip("ABCDE", choices))
-    else:
-        raise ValueError(f"choices must be a list of texts or {{'label': [...], 'text': [...]}}, got {type(choices).__name__}")
+    shown, empty when missing; E only when present). Checked by :func:`choices_by_label`."""
+    by_label = choices_by_label(choices)
     by_label.setdefault("D", "")
     lines = [f"\n{label}: {by_label.get(label, '')}" for label in "ABCD"]
     if "E" in by_label:

@@ -43,7 +43,8 @@ def scores(records, use_retrieval) -> tuple[float, float, float]:
     """(EM, F1, retrieval share) when question r is answered with retrieval iff use_retrieval(r)."""
     used = [use_retrieval(r) for r in records]
     chosen = [r["metrics"] if u else r["no_retrieval"]["metrics"] for r, u in zip(records, used)]
-    return mean(m["em"] for m in chosen), mean(m["f1"] for m in chosen), mean(map(float, used))
+    retrieved = [u and bool(r["retrieved"]) for r, u in zip(records, used)]  # no evidence found: answered without
+    return mean(m["em"] for m in chosen), mean(m["f1"] for m in chosen), mean(map(float, retrieved))
 
 
 def best_threshold(records, rule: str) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -328,8 +329,31 @@ def test_exclusion_by_id_and_by_normalised_question(tmp_path):
 
 
 def test_exclusion_reads_rows_a_qa_reader_rejects():
-    excl = Exclusion.from_files([str(FIXTURES / "ircot.jsonl")])
-    assert {"i1", "i3", "i4"} <= excl.ids and normalize_question("Who wrote Star Book?") in excl.questions
+    excl = Exclusion.from_files([f"{FIXTURES / 'ircot.jsonl'}:skip=2"])  # i3 has an empty answer, i4 no gold
+    assert excl.ids == {"i3", "i4"} and normalize_question("Who wrote Star Book?") in excl.questions
+
+
+def test_exclusion_refuses_an_unreadable_row_in_its_window(tmp_path):
+    """Line 2 of ircot.jsonl is broken JSON: skipping it would let its question into the training data."""
+    ircot = FIXTURES / "ircot.jsonl"
+    for spec in (str(ircot), f"{ircot}:skip=1:limit=1"):
+        with pytest.raises(ValueError, match=rf"^--exclude {re.escape(spec)}: {re.escape(str(ircot))}:2: field 'json': malformed JSON line .*repair it in the file"):
+            Exclusion.from_files([spec])
+    assert Exclusion.from_files([f"{ircot}:limit=1"]).ids == {"i1"}  # a broken row outside the window is no concern
+    rows = tmp_path / "eval.jsonl"
+    rows.write_text('{"id": "a", "question": "Q?"}\n["not", "a", "row"]\n')
+    with pytest.raises(ValueError, match=rf"{re.escape(str(rows))}:2: field 'row': expected a JSON object, got list"):
+        Exclusion.from_files([str(rows)])
+
+
+def test_exclusion_refuses_a_json_list_broken_before_its_window(tmp_path):
+    """A broken JSON list stops the reader at its error: the rows of the window after it would never be read."""
+    path = tmp_path / "eval.json"
+    path.write_text('[\n{"id": "a", "question": "Q one?"},\n{"id": "b", "question": "Q two?" "x"},\n{"id": "c", "question": "Q three?"}\n]')
+    for spec in (str(path), f"{path}:skip=2"):
+        with pytest.raises(ValueError, match=rf"^--exclude {re.escape(spec)}: {re.escape(str(path))}:3: field 'json': .*repair"):
+            Exclusion.from_files([spec])
+    assert Exclusion.from_files([f"{path}:limit=1"]).ids == {"a"}
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -381,6 +405,30 @@ def test_command_options_reach_the_build(tmp_path):
     kinds = [r["kind"] for r in rows]
     assert not [k for k in kinds if k.startswith("fact")] and kinds.count("distractor") == 8  # one per question
     assert all(r["conversation"][0]["output"].endswith("]") and "[Utility:" in r["conversation"][0]["output"] for r in rows if r["kind"] == "distractor")
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--max_gold", "0", "--max_gold must be at least 1"),
+    ("--max_gold", "-1", "--max_gold must be at least 1"),
+    ("--distractors", "-1", "--distractors must be 0 or more"),
+    ("--max_facts", "-2", "--max_facts must be 0 or more"),
+    ("--max_per_dataset", "-1", "--max_per_dataset must be 0 or more"),
+])
+def test_command_refuses_numeric_flags_out_of_range_before_the_work(tmp_path, monkeypatch, flag, value, said):
+    import openrag.data.build as build_module
+
+    monkeypatch.setattr(build_module.Exclusion, "from_files", lambda *a, **k: pytest.fail("the work began"))
+    out = tmp_path / "train.jsonl"
+    with pytest.raises(ValueError, match=f"^{re.escape(said)}.*, got {value}$"):
+        run_command(["build", *ALL_FIXTURES, "--output", str(out), "--tokenizer", "none", flag, value, "--no_chain"])
+    assert not out.exists()
+
+
+def test_config_refuses_max_gold_0_for_python_callers_too():
+    with pytest.raises(ValueError, match="max_gold must be at least 1"):
+        BuildConfig(max_gold=0)
+    with pytest.raises(ValueError, match="distractors must be 0 or more"):
+        BuildConfig(distractors=-1)
 
 
 def test_command_strict_stops_and_writes_nothing(tmp_path):

@@ -134,6 +134,57 @@ def test_ircot_malformed_line_empty_answer_and_no_gold():
     assert [(e.line, e.field) for e in errors.errors] == [(2, "json"), (3, "answers_objects"), (4, "contexts.is_supporting")]
 
 
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_lone_answer_string_is_one_answer_not_its_letters(tmp_path):
+    ircot = json.loads((FIXTURES / "ircot.jsonl").read_text().splitlines()[0])
+    musique = json.loads((FIXTURES / "musique.jsonl").read_text().splitlines()[0])
+    (i,), _ = read(write_rows(tmp_path / "ircot_s.jsonl", [{**ircot, "answers_objects": [{"spans": "Ann Lee"}]}]))
+    (m,), _ = read(write_rows(tmp_path / "musique_s.jsonl", [{**musique, "answer_aliases": "Christiania"}]))
+    assert i.answers == ["Ann Lee"] and m.answers == ["Oslo", "Christiania"]
+
+
+def test_answer_lists_of_another_type_name_their_field(tmp_path):
+    ircot = json.loads((FIXTURES / "ircot.jsonl").read_text().splitlines()[0])
+    musique = json.loads((FIXTURES / "musique.jsonl").read_text().splitlines()[0])
+    _, errors = read(write_rows(tmp_path / "ircot_n.jsonl", [{**ircot, "answers_objects": [{"spans": {"a": 1}}]}]))
+    assert [(e.line, e.field) for e in errors.errors] == [(1, "answers_objects.spans")]
+    assert "expected a list (or a single string), got dict" in errors.errors[0].message
+    _, errors = read(write_rows(tmp_path / "musique_n.jsonl", [{**musique, "answer_aliases": 7}, {**musique, "question_decomposition": 3}]))
+    assert [(e.line, e.field) for e in errors.errors] == [(1, "answer_aliases"), (2, "question_decomposition")]
+    assert "got int 7" in errors.errors[0].message
+
+
+def test_gold_flags_are_booleans_or_0_1(tmp_path):
+    musique = json.loads((FIXTURES / "musique.jsonl").read_text().splitlines()[0])
+    ircot = json.loads((FIXTURES / "ircot.jsonl").read_text().splitlines()[0])
+    ctx = lambda flag: {"question": "Who sings?", "answers": ["singer"], "ctxs": [{"title": "T", "text": "a singer", "hasanswer": flag}]}  # noqa: E731
+    rows, errors = read(write_rows(tmp_path / "popqa_f.jsonl", [ctx(True), ctx(0), ctx(1.0), ctx(None), ctx("false"), ctx(2)]))
+    assert [ex.passages[0].is_gold for ex in rows] == [True, False, True, None]
+    assert [(e.line, e.field) for e in errors.errors] == [(5, "ctxs.hasanswer"), (6, "ctxs.hasanswer")]
+    assert "got 'false'; write the flag as a JSON boolean" in errors.errors[0].message
+    bad_paragraphs = [{**p, "is_supporting": "no"} for p in musique["paragraphs"]]
+    bad_contexts = [{**c, "is_supporting": "yes"} for c in ircot["contexts"]]
+    _, errors = read(write_rows(tmp_path / "musique_f.jsonl", [{**musique, "paragraphs": bad_paragraphs}]))
+    assert [e.field for e in errors.errors] == ["paragraphs.is_supporting"]
+    _, errors = read(write_rows(tmp_path / "ircot_f.jsonl", [{**ircot, "contexts": bad_contexts}]))
+    assert [e.field for e in errors.errors] == ["contexts.is_supporting"]
+
+
+def test_choice_labels_must_match_the_texts(tmp_path):
+    arc = json.loads((FIXTURES / "arc_ctxs.jsonl").read_text().splitlines()[0])
+    rows = [{**arc, "choices": {"text": ["x", "y"], "label": ["A", "B", "C"]}, "answerKey": "C"},
+            {**arc, "choices": {"text": ["x", "y", "z"], "label": ["A", "B"]}, "answerKey": "A"},
+            {**arc, "choices": {"text": ["x", "y"], "label": "AB"}, "answerKey": "A"}]
+    _, errors = read(write_rows(tmp_path / "arc_l.jsonl", rows))
+    assert [(e.line, e.field) for e in errors.errors] == [(1, "choices"), (2, "choices"), (3, "choices")]
+    assert errors.errors[0].message.startswith("3 labels for 2 texts; give one label per choice text")
+    assert errors.errors[1].message.startswith("2 labels for 3 texts")
+
+
 def test_selfrag_ctxs_ranked_scores_and_empty_passages_dropped():
     (p1, p2), errors = read("popqa_ctxs.jsonl")
     assert (p1.id, p1.dataset, p1.ranked, p1.answers) == ("7", "popqa", True, ["singer", "vocalist"])

@@ -88,6 +88,10 @@ def test_baseline_refuses_open_rag_options_and_sweep(hotpot4, tmp_path):
         evaluate_sweep(baseline_request(hotpot4, tmp_path / "s.jsonl", "standard_rag"))
     with pytest.raises(ValueError, match="drop --index"):
         EvalRequest(task="hotpotqa", dataset=str(hotpot4), baseline="standard_rag", index=str(tmp_path))
+    with pytest.raises(ValueError, match="--ndocs/--top_k must be at least 1, got 0"):
+        EvalRequest(task="hotpotqa", dataset=str(hotpot4), baseline="standard_rag", ndocs=0)
+    with pytest.raises(ValueError, match="--max_new_tokens must be at least 1, got 0"):
+        EvalRequest(task="hotpotqa", dataset=str(hotpot4), baseline="standard_rag", options={"max_new_tokens": 0})
 
 
 def test_a_prompt_over_the_context_window_is_refused_by_name(plain_pair, hotpot4, tmp_path):

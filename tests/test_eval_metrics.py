@@ -97,6 +97,9 @@ def test_accuracy_true_false():
     assert accuracy("False.", "false") == 1.0
     assert accuracy("The claim is true", "FALSE") == 0.0
     assert accuracy("SUPPORTS", "true") == 1.0
+    assert accuracy("It is not true.", "false") == 1.0
+    assert accuracy("Not supported", "true") == 0.0
+    assert accuracy("No, false", "false") == 1.0  # only "not" right before the label negates it
     assert score_answer("accuracy", "(A)", ["A"], ["A", "B"], ["x", "y"]) == {"accuracy": 1.0}
 
 

@@ -123,6 +123,9 @@ def test_shards_combine_to_the_unsharded_result(tmp_path):
     expected_fields = without_speed(expected) | {"world_size": 3}
     assert without_speed(combined) == expected_fields
     assert json.loads(metrics_path(target).read_text()) == combined
+    metrics_path(shard_path(target, 1, 3)).write_text('{"complete": tr')  # a damaged shard summary
+    with pytest.raises(ValueError, match=r"sharded.rank1-of-3.metrics.json:1: not valid JSON .*rerun shard 1 of 3"):
+        combine_shards(target, 3)
 
 
 def test_bad_rank_is_refused(tmp_path):

@@ -10,9 +10,10 @@ from openrag.eval.report import bar_chart, load_summaries, markdown_table
 from openrag.eval.sweep import decide, plot_sweep, sweep, sweep_table
 
 
-def record(em_retrieval, em_no, p, minp, meanp):
+def record(em_retrieval, em_no, p, minp, meanp, retrieved=True):
     return {
         "id": "x",
+        "retrieved": retrieved,
         "metrics": {"em": em_retrieval},
         "no_retrieval": {"prediction": "y", "p_retrieve": p, "minp": minp, "meanp": meanp, "metrics": {"em": em_no}},
     }
@@ -47,6 +48,14 @@ def test_sweep_points_by_hand():
     # meanp < 0.0 retrieves only the row without probabilities
     assert points[("meanp", 0.0)].retrieval_frequency == 0.25
     assert points[("token", 1.0)].retrieval_frequency == 0.0
+
+
+def test_a_question_without_evidence_counts_as_not_retrieving():
+    # row 0 found no passage: its "retrieval" answer is its no-retrieval answer, and no retrieval happened
+    rows = [record(0.0, 0.0, p=0.9, minp=0.1, meanp=0.5, retrieved=False)] + RECORDS[1:]
+    points = {(p.rule, p.threshold): p for p in sweep(rows, thresholds=[0.5])}
+    assert points[("always_retrieve", None)].retrieval_frequency == 0.75  # rows 1, 2 and 3 of 4
+    assert points[("token", 0.5)].retrieval_frequency == 0.25  # rows 0 and 2 chosen; only row 2 retrieved
 
 
 def test_sweep_needs_both_answers():

@@ -13,7 +13,7 @@ def table():
 
 
 def record(index, p_retrieve, em_with, em_without, question="Who?", answers=("Ann",)):
-    return {"index": index, "id": str(index), "question": question, "answers": list(answers),
+    return {"index": index, "id": str(index), "question": question, "answers": list(answers), "retrieved": True,
             "metrics": {"em": em_with, "f1": em_with},
             "no_retrieval": {"p_retrieve": p_retrieve, "minp": None, "meanp": None, "metrics": {"em": em_without, "f1": em_without}}}
 

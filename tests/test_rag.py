@@ -13,8 +13,9 @@ import torch
 
 from openrag.answer import Answer, AnswerOptions, Candidate, OpenRAG, prompts
 from openrag.answer.engine import RowResult
+from openrag.answer.pipeline import InputError
 from openrag.answer.scoring import candidate_score, choose, postprocess, score_terms
-from openrag.tasks import MULTIHOP_INSTRUCTION, format_choices
+from openrag.tasks import MULTIHOP_INSTRUCTION, format_choices, get_task
 
 from .conftest import make_tiny_llama_for
 
@@ -131,6 +132,41 @@ def test_prompt_formats():
         prompts.question_prompt("nope", "Q?")
     with pytest.raises(ValueError, match="choices"):
         prompts.question_prompt("arc_c", "Q?")
+
+
+def test_choices_are_checked_once_for_every_task():
+    """tasks.Task.check_choices: a choice task needs 1 to 5 choices, any other takes none; never a silent drop."""
+    with pytest.raises(InputError, match=r"choices: at most 5 answer choices \(A-E\), got 6; drop the extra ones"):
+        prompts.question_prompt("arc_c", "Q?", list("abcdef"))
+    with pytest.raises(InputError, match=r"choices: at most 5"):
+        format_choices(list("abcdef"))
+    for task in ("hotpotqa", "popqa", "pubhealth"):
+        with pytest.raises(InputError, match=rf"task {task} takes no answer choices; drop choices, or ask with a "
+                                             r"multiple-choice task \(arc_c\)"):
+            prompts.question_prompt(task, "Q?", ["a", "b"])
+    with pytest.raises(InputError, match=r"task arc_c needs the answer choices; give choices: a list of 1 to 5"):
+        get_task("arc_c").check_choices(None)
+    with pytest.raises(InputError, match=r"choices: the labels must be distinct letters A-E \(or 1-4\), got \['1', '5'\]"):
+        format_choices({"label": ["1", "5"], "text": ["x", "y"]})  # "5" was dropped without a word
+    with pytest.raises(InputError, match=r"choices: 2 labels for 3 texts"):
+        format_choices({"label": ["A", "B"], "text": ["x", "y", "z"]})
+    assert format_choices(list("abcde")) == "\nA: a\nB: b\nC: c\nD: d\nE: e"
+
+
+def test_answer_refuses_choices_the_task_does_not_take_before_any_work(tiny_pair):
+    class Retriever:
+        searched = 0
+
+        def search(self, queries, top_k):
+            Retriever.searched += 1
+            return [[] for _ in queries]
+
+    rag = OpenRAG(*tiny_pair, AnswerOptions(max_new_tokens=2), retriever=Retriever())
+    with pytest.raises(InputError, match="task multihop takes no answer choices"):
+        rag.answer(QUESTION, choices=["Paris", "Lyon"])
+    with pytest.raises(InputError, match=r"question 2 of 2: choices: at most 5 answer choices \(A-E\), got 6"):
+        rag.answer_batch([QUESTION, QUESTION], None, [list("abcd"), list("abcdef")], task="arc_c")
+    assert Retriever.searched == 0
 
 
 # -- modes and rules -------------------------------------------------------------------------------------

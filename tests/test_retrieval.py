@@ -93,6 +93,9 @@ def test_checksum_follows_content(tmp_path, animals):
     ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "duplicate passage id"),
     ('{"id": "a", "text": "x"}\nnot json\n', "line 2 is not JSON"),
     ('{"id": "a", "body": "x"}\n{"id": "b", "body": "y"}\n', "no 'text' or 'contents' field"),
+    ('{"id": "a", "text": "x"}\n{"id": "b", "contents": null}\n', "line 2: field 'contents' must be a string .*got NoneType"),
+    ('{"id": "a", "text": {"body": "x"}}\n', "line 1: field 'text' must be a string .*got dict"),
+    ('{"id": "a", "title": 3, "text": "x"}\n', "line 1: field 'title' must be a string, got int"),
 ])
 def test_bad_json_corpora_are_named(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
@@ -215,6 +218,10 @@ def test_future_format_is_refused(tmp_path, animals):
     manifest["format_version"] = 99
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="version 99"):
+        open_index(tmp_path / "idx")
+    text = manifest_path.read_text()
+    manifest_path.write_text(text[: len(text) // 2])  # cut short, as by a full disk
+    with pytest.raises(ValueError, match=r"manifest.json:1: not valid JSON .*rebuild the index"):
         open_index(tmp_path / "idx")
 
 

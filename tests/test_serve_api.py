@@ -106,6 +106,22 @@ def test_answer_with_choices(client, engine):
     assert engine.calls[-1]["choices"] == [["a", "b", "c", "d"]] and engine.calls[-1]["options"] == {"task": "arc_c"}
 
 
+@pytest.mark.parametrize("body, said", [
+    ({"question": "which?", "task": "arc_c"}, "task arc_c needs the answer choices; give choices"),
+    ({"question": "which?", "choices": ["a", "b"]}, "task multihop takes no answer choices; drop choices"),
+    ({"question": "which?", "task": "popqa", "choices": ["a", "b"]}, "task popqa takes no answer choices"),
+])
+def test_choices_that_do_not_suit_the_task_get_422_naming_choices(client, engine, body, said):
+    r = client.post("/v1/answer", json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["param"] == "choices" and said in error["message"] and error["type"] == "invalid_request_error"
+    chat = {"messages": [{"role": "user", "content": body["question"]}], **{k: v for k, v in body.items() if k != "question"}}
+    r = client.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "choices"
+    assert engine.calls == []
+
+
 def test_non_finite_numbers_in_an_answer_become_null(client):
     r = client.post("/v1/answer", json={"question": "nan"})
     assert r.status_code == 200 and r.json()["retrieval_value"] is None

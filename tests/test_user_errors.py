@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +186,112 @@ def test_the_cli_reports_every_error_as_one_line(monkeypatch, capsys):
     monkeypatch.setenv("OPENRAG_TRACEBACK", "1")
     with pytest.raises(TypeError):
         main(["info"])
+
+
+# ------------------------------------------------------------------------- ask: passages files and choices
+
+
+def test_ask_passages_suffix_is_read_in_any_case(tmp_path):
+    from openrag.commands.ask import read_passages
+
+    for name in ("p.JSON", "p.Json"):
+        (tmp_path / name).write_text(json.dumps([{"title": "A", "text": "a"}, "b"]))
+        assert read_passages(str(tmp_path / name)) == [{"title": "A", "text": "a"}, "b"]
+    (tmp_path / "p.JSONL").write_text('{"title": "A", "text": "a"}\n"b"\n')
+    assert read_passages(str(tmp_path / "p.JSONL")) == [{"title": "A", "text": "a"}, "b"]
+
+
+@pytest.mark.parametrize("name, content", [("p.txt", ""), ("p.txt", "\n\n  \n"), ("p.json", "[]"),
+                                           ("p.json", '{"passages": []}'), ("p.jsonl", "\n")])
+def test_ask_passages_file_without_a_passage_is_an_error(tmp_path, monkeypatch, capsys, name, content):
+    from openrag.answer import OpenRAG
+
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(lambda cls, *a, **k: never_loaded(None, None)))
+    passages = tmp_path / name
+    passages.write_text(content)
+    code, err = run_cli(["ask", "Who?", "--passages", str(passages)], capsys)
+    assert code == 2 and f"{passages}: no passage in it (an empty file or list); give at least one passage" in err
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--choices", "a", "b"], "--choices: task multihop takes no answer choices; drop choices, or ask with a "
+                              "multiple-choice task (arc_c)"),
+    (["--task", "popqa", "--choices", "a", "b"], "--choices: task popqa takes no answer choices"),
+    (["--task", "arc_c"], "--choices: task arc_c needs the answer choices"),
+    (["--task", "arc_c", "--choices", *"abcdef"], "--choices: at most 5 answer choices (A-E), got 6; "
+                                                  "drop the extra ones"),
+])
+def test_ask_choices_must_suit_the_task_before_the_model_loads(monkeypatch, capsys, flags, said):
+    from openrag.answer import OpenRAG
+
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(lambda cls, *a, **k: never_loaded(None, None)))
+    code, err = run_cli(["ask", "Which?", *flags], capsys)
+    assert code == 2 and said in err
+
+
+class PromptingRAG:
+    """Builds each question's real prompt (openrag.answer.prompts) and answers 'C'; records the prompts."""
+
+    prompts: list[str] = []
+
+    def answer_batch(self, questions, passages=None, choices=None, **options):
+        from openrag.answer import Answer
+        from openrag.answer.prompts import question_prompt
+
+        choices = choices or [None] * len(questions)
+        PromptingRAG.prompts = [question_prompt(options["task"], q, c) for q, c in zip(questions, choices)]
+        return [Answer(question=q, text="C", retrieved=False, mode=options["mode"]) for q in questions]
+
+
+ARC = str(Path(__file__).parent / "data_fixtures" / "arc_ctxs.jsonl")  # one ARC row: 4 choices and its passages
+
+
+def test_ask_questions_passes_each_rows_choices(monkeypatch, capsys):
+    from openrag.answer import OpenRAG
+
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(lambda cls, *a, **k: PromptingRAG()))
+    with pytest.raises(SystemExit) as done:
+        main(["ask", "--questions", ARC, "--task", "arc_c", "--json"])
+    assert done.value.code == 0
+    assert json.loads(capsys.readouterr().out)[0]["gold"] == ["C", "carbon dioxide"]
+    (prompt,) = PromptingRAG.prompts
+    assert "\nA: oxygen\nB: nitrogen\nC: carbon dioxide\nD: helium\n" in prompt
+
+
+@pytest.mark.parametrize("flags, said", [
+    ([], f"{ARC}:1: task multihop takes no answer choices"),  # the file's choices would be left out of the prompt
+    (["--task", "arc_c", "--choices", "a", "b"], "--questions answers each question with its own choices (the "
+                                                 "file's): drop --choices"),
+])
+def test_ask_questions_refuses_choices_it_would_drop(monkeypatch, capsys, flags, said):
+    from openrag.answer import OpenRAG
+
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(lambda cls, *a, **k: never_loaded(None, None)))
+    code, err = run_cli(["ask", "--questions", ARC, *flags], capsys)
+    assert code == 2 and said in err
+
+
+# ------------------------------------------------------------------------- eval: shard variables
+
+
+@pytest.mark.parametrize("name, flag", [("WORLD_SIZE", "--world_size"), ("RANK", "--rank")])
+def test_eval_shard_variable_that_is_not_a_number_is_one_line(monkeypatch, capsys, name, flag):
+    monkeypatch.setenv(name, "two")
+    code, err = run_cli(["eval", "--task", "hotpotqa", "--dataset", "nowhere.jsonl"], capsys)
+    assert code == 2 and f"environment variable {name} must be a whole number (the default of {flag}), got 'two'" in err
+
+
+def test_eval_shard_variables_are_the_flags_defaults(monkeypatch):
+    from openrag.cli import build_parser
+    from openrag.commands.eval import _request
+
+    def request(*flags):
+        return _request(build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa", *flags]))
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    assert (request().world_size, request().rank) == (4, 2)
+    monkeypatch.setenv("WORLD_SIZE", "two")  # the flags given: the variables are not read
+    monkeypatch.setenv("RANK", "one")
+    req = request("--world_size", "2", "--rank", "1")
+    assert (req.world_size, req.rank) == (2, 1)

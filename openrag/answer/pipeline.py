@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
+from ..errors import InputError
 from ..model.reflection import NO_RETRIEVAL
 from ..tasks import evidence_chain, get_task
 from . import prompts
@@ -28,10 +29,6 @@ from .scoring import ANSWER_SIGNALS, answer_signals, candidate_score, choose, de
 
 CHUNK_BATCHES = 8  # questions are prefilled and decided in chunks of up to this many engine batches of rows
 
-
-class InputError(ValueError):
-    """A question or its passages cannot be answered as given (a malformed passage, a prompt longer than
-    the context window): the caller's input, not a fault of the model or the code."""
 
 @dataclass
 class Passage:
@@ -174,7 +171,8 @@ class OpenRAG:
 
     def answer_batch(self, questions: Sequence[str], passages: Sequence[Sequence] | None = None, choices: Sequence | None = None, **options) -> list[Answer]:
         """Answer many questions, batching the rows of several questions together (``batch_size`` rows).
-        ``passages``: one list per question; None (for all, or as one question's entry): the retriever's, else none."""
+        ``passages``: one list per question; None (for all, or as one question's entry): the retriever's, else none.
+        ``choices``: one entry per question (None: none), for a task that takes them; else InputError."""
         opts = replace(self.options, **options)
         if opts.prompt_format is None:
             opts = replace(opts, prompt_format=self.model_prompt_format)
@@ -184,6 +182,12 @@ class OpenRAG:
         if len(passages) != len(questions):
             raise ValueError(f"{len(passages)} passage lists for {len(questions)} questions")
         choices = list(choices) if choices is not None else [None] * len(questions)
+        task = get_task(opts.task)
+        for i, ch in enumerate(choices):  # before any work: the task's choices (tasks.Task.check_choices)
+            try:
+                task.check_choices(ch)
+            except InputError as err:
+                raise (InputError(f"question {i + 1} of {len(questions)}: {err}") if len(questions) > 1 else err) from None
         searched = self._search(questions, passages, choices, opts)
         for i, (_, hits, _) in searched.items():
             passages[i] = hits

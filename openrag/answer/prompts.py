@@ -25,11 +25,12 @@ def is_closed(task: str) -> bool:
 
 
 def question_prompt(task: str, question: str, choices=None, prompt_format: str = "released") -> str:
-    """The prompt that precedes any reflection token."""
+    """The prompt that precedes any reflection token. ``choices``: the question's answer choices, for a task
+    that takes them (checked: :meth:`openrag.tasks.Task.check_choices`)."""
     t = get_task(task)
     check_prompt_format(prompt_format)
     if t.family == "multihop":  # the instruction goes before the template, and only in the released format
-        return ("" if prompt_format == "training" else t.instruction) + format_prompt(t.body(question, instruction=False))
+        return ("" if prompt_format == "training" else t.instruction) + format_prompt(t.body(question, choices, instruction=False))
     return format_prompt(t.body(question, choices))
 
 

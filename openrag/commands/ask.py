@@ -34,14 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_passages(path: str) -> list:
     """Passages from a file: JSON (a list, or an object with ``passages``/``ctxs``), JSON lines, or plain
-    text with blank lines between passages. A problem is reported with the file and the line or passage."""
+    text with blank lines between passages, by the file's suffix (.json, .jsonl, any other; in any case).
+    A problem is reported with the file and the line or passage; a file without a passage is one too."""
+    passages = _read_passages(path)
+    if not passages:
+        raise ValueError(f"{path}: no passage in it (an empty file or list); give at least one passage, or drop "
+                         "--passages to answer without evidence")
+    return passages
+
+
+def _read_passages(path: str) -> list:
     from ..data.readers import read_utf8
 
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no passages file at {path}")
     text = read_utf8(file)
-    if file.suffix == ".jsonl":
+    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
         items = []
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
@@ -50,7 +60,7 @@ def read_passages(path: str) -> list:
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{number}: not a JSON line ({err.msg} at column {err.colno})") from None
         return [_passage(where, item) for where, item in items]
-    if file.suffix == ".json":
+    if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -110,15 +120,23 @@ def print_answer(answer) -> None:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
 
 
-def read_questions(path: str, ndocs: int, with_index: bool) -> tuple[list, list]:
+def read_questions(path: str, ndocs: int, with_index: bool, task: str = "multihop") -> tuple[list, list]:
     """(examples, passages per example): each row's own passages, the first ndocs after BM25 ranking of
-    unranked candidates; None for every row when an index answers instead."""
+    unranked candidates; None for every row when an index answers instead. A row's answer choices (ARC) must
+    suit ``task`` (tasks.Task.check_choices): else an error naming the row's file and line."""
     from ..data.readers import read_examples
     from ..eval.passages import make_ranker, select_passages
+    from ..tasks import get_task
 
     examples = list(read_examples(path, passages_required=not with_index))
     if not examples:
         raise ValueError(f"{path}: no question could be read")
+    checked = get_task(task)
+    for ex in examples:
+        try:
+            checked.check_choices(ex.choices)
+        except ValueError as err:
+            raise ValueError(f"{ex.source}: {err}") from None
     if with_index:
         return examples, [None] * len(examples)
     ranker = make_ranker("bm25")
@@ -137,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --passages or --index, not both")
     if args.top_k is not None and not args.index:
         raise ValueError("--top_k needs --index (with --passages, --ndocs says how many are used)")
+    if args.questions and args.choices:
+        raise ValueError("--questions answers each question with its own choices (the file's): drop --choices")
     options = AnswerOptions.from_args(args, "ask")
     backend = BackendOptions.from_args(args, batches=False)
     if options.query != "question" and not args.index:
@@ -144,8 +164,15 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None:
         options = replace(options, ndocs=args.top_k)
     if args.questions:
-        examples, passages = read_questions(args.questions, options.ndocs, bool(args.index))
+        examples, passages = read_questions(args.questions, options.ndocs, bool(args.index), options.task)
     else:
+        from ..tasks import get_task
+
+        try:
+            get_task(options.task).check_choices(args.choices)  # before the model loads
+        except ValueError as err:
+            said = str(err)
+            raise ValueError("--" + said if said.startswith("choices") else f"--choices: {said}") from None
         passages = read_passages(args.passages) if args.passages else None  # read before the model loads
     retriever = None
     if args.index:
@@ -154,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         retriever = open_index(args.index)
     rag = OpenRAG.from_pretrained(args.model_name, device=args.device, dtype=args.dtype, retriever=retriever, backend=backend)
     if args.questions:
-        answers = rag.answer_batch([ex.question for ex in examples], passages, **vars(options))
+        choices = [ex.choices for ex in examples] if any(ex.choices for ex in examples) else None
+        answers = rag.answer_batch([ex.question for ex in examples], passages, choices, **vars(options))
         if args.json:
             print(json.dumps([{**a.to_dict(), "gold": ex.answers} for a, ex in zip(answers, examples)], indent=2, ensure_ascii=False))
             return 0

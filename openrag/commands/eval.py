@@ -17,9 +17,25 @@ import os
 ACTIONS = ("run", "sweep", "combine")
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+def _env_int(name: str, default: int, flag: str) -> int:
+    """The whole number in environment variable ``name`` (unset or empty: ``default``); read in ``run``, not
+    when the parser is built, so that a bad value is the command's one-line error naming the variable."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a whole number (the default of {flag}), got {value!r}; "
+                         f"set it to one, unset it, or give {flag}") from None
+
+
+def _shard_defaults(args: argparse.Namespace) -> None:
+    """--world_size and --rank not given: $WORLD_SIZE (else 1) and $RANK (else 0)."""
+    if args.world_size is None:
+        args.world_size = _env_int("WORLD_SIZE", 1, "--world_size")
+    if args.rank is None:
+        args.rank = _env_int("RANK", 0, "--rank")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "(refused when they were made with other settings)")
     out.add_argument("--overwrite", action="store_true", help="replace the answers already in --output_file "
                      "(without --resume or --overwrite, a file that holds answers is refused)")
-    out.add_argument("--world_size", type=int, default=_env_int("WORLD_SIZE", 1), help="processes sharing the dataset (default $WORLD_SIZE or 1)")
-    out.add_argument("--rank", type=int, default=_env_int("RANK", 0), help="this process's share, 0..world_size-1 (default $RANK or 0)")
+    out.add_argument("--world_size", type=int, default=None, help="processes sharing the dataset (default $WORLD_SIZE or 1)")
+    out.add_argument("--rank", type=int, default=None, help="this process's share, 0..world_size-1 (default $RANK or 0)")
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
 
     add_option_arguments(parser, "eval")  # --mode, --threshold, --ndocs, --use_*, ... (openrag.answer.options)
@@ -76,6 +92,7 @@ def _request(args: argparse.Namespace):
     from ..eval.evaluate import EvalRequest
     from ..tasks import EVAL_TASKS
 
+    _shard_defaults(args)
     if not args.task:
         raise ValueError("--task is required; choose one of " + ", ".join(EVAL_TASKS))
     if args.top_k is not None and not args.index:
@@ -104,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval import evaluate as ev
     from ..eval.runner import format_summary, metrics_path, shard_path
 
+    _shard_defaults(args)
     if args.action == "combine":
         if not args.output_file or args.world_size < 2:
             raise ValueError("combine needs --output_file and --world_size N (N >= 2) of the sharded run")

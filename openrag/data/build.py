@@ -104,6 +104,14 @@ class BuildConfig:
     facts: bool = True  # single-hop instances from the facts a row names (MuSiQue hops, 2Wiki evidences)
     max_facts: int | None = None  # facts used per question at most (the first ones in the row's order)
 
+    def __post_init__(self):  # messages name the `openrag data build` flags of the same names
+        if not isinstance(self.max_gold, int) or self.max_gold < 1:
+            raise ValueError(f"--max_gold must be at least 1 (each question needs a gold instance), got {self.max_gold!r}")
+        for name in ("distractors", "max_per_dataset", "max_facts"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"--{name} must be 0 or more, got {value!r}")
+
 
 def instances_for(ex: QAExample, config: BuildConfig = BuildConfig()) -> list[Instance]:
     """The instances of one question; a RowError when it has no gold passage to learn from."""
@@ -177,17 +185,31 @@ class Exclusion:
     @classmethod
     def from_files(cls, specs: Iterable[str], task: str | None = None) -> Exclusion:
         """Read every row of each evaluation file (``path[:skip=N][:limit=M]`` or hub name), leniently:
-        a row only needs an id or a question to be excluded, even one a QA reader would reject."""
+        a row only needs an id or a question to be excluded, even one a QA reader would reject.
+
+        A row of the window that cannot be read (malformed JSON, not an object) is an error, never skipped:
+        its question would reach the training data. So is a file whose reading stops at an unreadable row
+        before the window ends (a broken JSON list cannot be read past its first error)."""
         out = cls()
         for spec in specs:
             name, skip, limit = split_window(spec)
-            _, rows = iter_rows(name, task)
-            for index, (_, row) in enumerate(rows):
-                if index < skip or not isinstance(row, dict):
-                    continue
+            source, rows = iter_rows(name, task)
+            stopped_at = None  # the last row read, when it was unreadable
+            for index, (line, row) in enumerate(rows):
                 if limit is not None and index >= skip + limit:
                     break
-                out.add_row(row)
+                bad = row if isinstance(row, RowError) else None
+                if bad is None and not isinstance(row, dict):
+                    bad = RowError(source, line, "row", f"expected a JSON object, got {type(row).__name__}")
+                if bad is not None and index >= skip:
+                    raise _unreadable(spec, bad, "that row is inside the excluded rows: repair it in the file")
+                stopped_at = bad
+                if index >= skip:
+                    out.add_row(row)
+            else:
+                if stopped_at is not None:  # e.g. a JSON list broken before the window: its rows were never read
+                    raise _unreadable(spec, stopped_at, "the file cannot be read past it, so the excluded rows after it "
+                                      "were never read: repair the file")
         return out
 
     def add_row(self, row: dict) -> None:
@@ -206,6 +228,11 @@ class Exclusion:
 
     def __len__(self) -> int:
         return len(self.questions | self.ids)
+
+
+def _unreadable(spec: str, err: RowError, why: str) -> ValueError:
+    return ValueError(f"--exclude {spec}: {err}; {why} and run again (an evaluation question left unread "
+                      "could reach the training data)")
 
 
 # ------------------------------------------------------------------------------------------ building

@@ -284,6 +284,27 @@ def _answers(values, field: str) -> list[str]:
     return out
 
 
+def _as_list(value, field: str) -> list:
+    """A field that holds a list: absent (None) is an empty list, a lone string a one-element list (never its
+    letters); any other type is a bad field."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise _Bad(field, f"expected a list (or a single string), got {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def _flag(value, field: str) -> bool:
+    """A gold flag: true/false or 1/0 (``bool("false")`` would be True). Absent (None) is False."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise _Bad(field, f"expected true or false (or 1 or 0), got {value!r:.40}; write the flag as a JSON boolean")
+
+
 def _sentences(value, field: str) -> str:
     if isinstance(value, str):
         return value.strip()
@@ -361,7 +382,7 @@ def _parse_musique(row: dict, passages_required: bool = True) -> dict:
         raise _Bad("answerable", "unanswerable question (MuSiQue-Full): no gold answer to use")
     qid = _text(_need(row, "id", "_id"), "id")
     question = _text(_need(row, "question"), "question")
-    answers = _answers([_need(row, "answer")] + list(row.get("answer_aliases") or []), "answer")
+    answers = _answers([_need(row, "answer")] + _as_list(row.get("answer_aliases"), "answer_aliases"), "answer")
     paragraphs = _paragraph_list(row, "paragraphs", passages_required, "a non-empty list")
     if paragraphs is None:  # the decomposition names paragraphs by index only: no gold titles without them
         return dict(id=qid, question=question, answers=answers, passages=[], ranked=False)
@@ -373,11 +394,11 @@ def _parse_musique(row: dict, passages_required: bool = True) -> dict:
         text = _text(_need(p, "paragraph_text", "text"), "paragraphs.paragraph_text")
         titles_by_idx[p.get("idx", i)] = title
         position.setdefault(p.get("idx", i), i)  # the decomposition names paragraphs by idx
-        passages.append(Passage(title, text, is_gold=bool(p.get("is_supporting", False))))
+        passages.append(Passage(title, text, is_gold=_flag(p.get("is_supporting"), "paragraphs.is_supporting")))
     if not any(p.is_gold for p in passages):
         raise _Bad("paragraphs.is_supporting", "no paragraph is marked supporting (a paragraph list without gold)")
     # Reasoning order from the decomposition (hop 1 first); paragraphs not named there keep list order.
-    decomposition = [s for s in row.get("question_decomposition") or [] if isinstance(s, dict)]
+    decomposition = [s for s in _as_list(row.get("question_decomposition"), "question_decomposition") if isinstance(s, dict)]
     steps = [s.get("paragraph_support_idx") for s in decomposition]
     supporting = [titles_by_idx[i] for i in steps if i in titles_by_idx]
     supporting += [p.title for p in passages if p.is_gold and p.title not in supporting]
@@ -413,7 +434,7 @@ def _parse_ircot(row: dict, passages_required: bool = True) -> dict:
     spans: list = []
     for obj in objects:
         if isinstance(obj, dict):
-            spans += obj.get("spans") or []
+            spans += _as_list(obj.get("spans"), "answers_objects.spans")
             if obj.get("number"):
                 spans.append(str(obj["number"]))
     answers = _answers(spans, "answers_objects")
@@ -425,7 +446,7 @@ def _parse_ircot(row: dict, passages_required: bool = True) -> dict:
         if not isinstance(c, dict):
             raise _Bad("contexts", "each context must be an object")
         text = _text(_need(c, "paragraph_text", "text"), "contexts.paragraph_text")
-        passages.append(Passage(str(c.get("title") or "").strip(), text, is_gold=bool(c.get("is_supporting", False))))
+        passages.append(Passage(str(c.get("title") or "").strip(), text, is_gold=_flag(c.get("is_supporting"), "contexts.is_supporting")))
     if not any(p.is_gold for p in passages):
         raise _Bad("contexts.is_supporting", "no context is marked supporting (a paragraph list without gold)")
     supporting = list(dict.fromkeys(p.title for p in passages if p.is_gold))
@@ -447,7 +468,12 @@ def _parse_choices(row: dict) -> tuple[list[str], str, str]:
     if not isinstance(choices, dict) or not isinstance(choices.get("text"), list) or not choices["text"]:
         raise _Bad("choices", "expected {text: [...], label: [...]}")
     texts = [str(t).strip() for t in choices["text"]]
-    labels = [str(x).strip() for x in choices.get("label") or []] or [chr(65 + i) for i in range(len(texts))]
+    given = choices.get("label")
+    if given is not None and not isinstance(given, list):
+        raise _Bad("choices", f"choices.label: expected a list of labels, got {type(given).__name__}")
+    labels = [str(x).strip() for x in given or []] or [chr(65 + i) for i in range(len(texts))]
+    if len(labels) != len(texts):
+        raise _Bad("choices", f"{len(labels)} labels for {len(texts)} texts; give one label per choice text (or no labels: A, B, C, ...)")
     key = _text(_need(row, "answerKey", "answer_key"), "answerKey")
     if key not in labels:
         raise _Bad("answerKey", f"{key!r} is not one of the choice labels {labels}")
@@ -478,13 +504,14 @@ def _parse_retrieved(row: dict, line: int, dataset: str) -> dict:
         text = str(_need(c, "text", "paragraph_text", "content")).strip()
         if not text:  # retrieved lists hold a few empty pages (PopQA's category pages): not evidence
             continue
-        gold = next((c[k] for k in ("is_gold", "is_supporting", "hasanswer", "has_answer") if k in c), None)
+        key = next((k for k in ("is_gold", "is_supporting", "hasanswer", "has_answer") if k in c), None)
+        gold = None if key is None or c[key] is None else _flag(c[key], f"ctxs.{key}")
         score = c.get("score")
         try:
             score = float(score) if score is not None else None
         except (TypeError, ValueError):
             raise _Bad("ctxs.score", f"not a number: {score!r}") from None
-        passages.append(Passage(str(c.get("title") or "").strip(), text, None if gold is None else bool(gold), score))
+        passages.append(Passage(str(c.get("title") or "").strip(), text, gold, score))
     return dict(id=qid, question=question, answers=answers, passages=passages, ranked=True, choices=choices, answer_key=answer_key)
 
 

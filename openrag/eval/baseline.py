@@ -96,7 +96,7 @@ def baseline_answerer_factory(req, both: bool):
 
     model, tokenizer = load_model(req.model_name, device=req.device)
     model.eval()
-    max_new_tokens = req.options.get("max_new_tokens") or 100
+    max_new_tokens = req.options.get("max_new_tokens", 100)
     answerer = PlainAnswerer(model, tokenizer, req.task, req.baseline == "standard_rag", max_new_tokens, req.instruction)
     settings = {"max_new_tokens": max_new_tokens, "chat_template": bool(getattr(tokenizer, "chat_template", None)),
                 "instruction": req.instruction or "the task's"}

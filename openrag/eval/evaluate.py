@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..answer.backends import BackendOptions
+from ..jsonfiles import read_json_object
 from ..registry import check_choice, unknown
 from .metrics import METRICS
 from .runner import (Answerer, Question, RunConfig, check_output, combine_shards, metrics_path, prepare_questions, read_records,
@@ -60,6 +61,10 @@ class EvalRequest:
         self.output_file = Path(self.output_file or Path("eval") / f"{self.task}.jsonl")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {self.limit}")
+        if self.ndocs < 1:
+            raise ValueError(f"--ndocs/--top_k must be at least 1, got {self.ndocs}")
+        if self.options.get("max_new_tokens", 1) < 1:
+            raise ValueError(f"--max_new_tokens must be at least 1, got {self.options['max_new_tokens']}")
         if self.baseline is not None:
             from .baseline import BASELINES
 
@@ -222,9 +227,7 @@ def combine(output_file: Path, world_size: int) -> dict:
 
 
 def _complete(path: Path) -> bool:
-    import json
-
     m = metrics_path(path)
-    return m.exists() and bool(json.loads(m.read_text()).get("complete"))
+    return m.exists() and bool(read_json_object(m, "rerun this shard with --resume").get("complete"))
 
 

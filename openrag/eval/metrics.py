@@ -74,7 +74,8 @@ def closed_label(prediction: str, labels: list[str] | None = None, choices: list
 
     Multiple choice (``labels`` like A-D with their ``choices`` texts): a leading label (``C``, ``(C)``,
     ``C.``, ``C: text``; not ``A`` followed by a word, which is the article), or "answer is C", else the choice whose normalised text the prediction contains (the longest such).
-    True/false tasks (no labels): the first of true/false/supports/refutes among the words. Otherwise the
+    True/false tasks (no labels): the first of true/false/supports/refutes among the words, flipped when
+    "not" comes just before it ("not supported" is false). Otherwise the
     normalised prediction itself. Self-RAG took the *last* label letter occurring anywhere in the text,
     which reads the article "A" of any sentence as choice A; this does not.
     """
@@ -88,9 +89,12 @@ def closed_label(prediction: str, labels: list[str] | None = None, choices: list
         if found:
             return max(found)[1].upper()
         return pred
-    for word in normalize_answer(prediction).split():
+    words = normalize_answer(prediction).split()
+    for i, word in enumerate(words):
         if word in _TRUE_FALSE:
-            return _TRUE_FALSE[word]
+            label = _TRUE_FALSE[word]
+            negated = i > 0 and words[i - 1] == "not"  # "not true", "not supported"
+            return ("false" if label == "true" else "true") if negated else label
     return normalize_answer(prediction)
 
 

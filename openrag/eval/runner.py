@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..jsonfiles import read_json_object
 from ..registry import check_choice
 from ..retrieval.metrics import retrieval_recall_at_k
 from .critique import relevance_metrics, retrieval_need_auc
@@ -340,7 +341,7 @@ def combine_shards(output_file: Path, world_size: int) -> dict | None:
         mpath = metrics_path(path)
         if not mpath.exists():
             return None
-        summary = json.loads(mpath.read_text())
+        summary = read_json_object(mpath, f"rerun shard {rank} of {world_size} with --resume")
         if not summary.get("complete"):
             return None
         summaries.append(summary)

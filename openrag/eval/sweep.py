@@ -43,8 +43,8 @@ def _point(rule: str, threshold: float | None, records: Sequence[dict], choose) 
     sums = dict.fromkeys(keys, 0.0)
     retrieved = 0
     for r in records:
-        use_retrieval = choose(r)
-        retrieved += use_retrieval
+        use_retrieval = bool(choose(r))
+        retrieved += use_retrieval and bool(r["retrieved"])  # a question with no evidence answered without it
         chosen = r["metrics"] if use_retrieval else r["no_retrieval"]["metrics"]
         for k in keys:
             sums[k] += chosen[k]

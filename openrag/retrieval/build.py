@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from openrag.jsonfiles import read_json_object
 from openrag.retrieval.corpus import (
     PassageStore,
     corpus_checksum,
@@ -166,7 +167,7 @@ def read_record(folder: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{folder} is not an openrag index shard (no {BUILD}): give the folders written by "
                          f"`openrag index ... --shard i/n`")
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json_object(path, "rebuild this shard with the same `openrag index ... --shard i/n` command")
     if record.get("format") != BUILD_FORMAT:
         raise ValueError(f"{path} is not an openrag build record")
     return record
@@ -187,7 +188,7 @@ def _resume_or_start(building: Path, key: dict) -> dict:
     if building.is_dir():
         try:
             record = read_record(building)
-        except (ValueError, json.JSONDecodeError):
+        except ValueError:  # an unreadable record: start the build again
             record = None
         if record is not None and record["key"] == key and not record.get("complete"):
             if record.get("passages") is None:  # stage 1 had not finished: redo it

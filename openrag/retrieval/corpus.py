@@ -188,19 +188,22 @@ def _passage_from_record(record, where: str, position: int) -> RetrievedPassage:
     if not isinstance(record, dict):
         raise ValueError(f"{where} is a {type(record).__name__}, expected an object with 'text' or 'contents'")
     title = record.get("title")
-    if "text" in record or "paragraph_text" in record:
-        text = record.get("text", record.get("paragraph_text"))
-    elif "contents" in record:
-        text = record["contents"]
-        if title is None and "\n" in text:  # FlashRAG: '"Title"\ntext'
-            first, text = text.split("\n", 1)
-            title = first.strip().strip('"')
-    else:
+    names = [name for name in ("text", "paragraph_text", "contents") if name in record]
+    if not names:
         raise ValueError(f"{where} has no 'text' or 'contents' field (keys: {', '.join(sorted(record)) or 'none'})")
-    if isinstance(text, list):
-        text = " ".join(map(str, text))
+    name = names[0]
+    text = record[name]
+    if isinstance(text, list) and all(isinstance(part, str) for part in text):  # sentences, as in HotpotQA
+        text = " ".join(text)
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: field '{name}' must be a string (or a list of strings), got {type(text).__name__}")
+    if title is not None and not isinstance(title, str):
+        raise ValueError(f"{where}: field 'title' must be a string, got {type(title).__name__}")
+    if name == "contents" and title is None and "\n" in text:  # FlashRAG: '"Title"\ntext'
+        first, text = text.split("\n", 1)
+        title = first.strip().strip('"')
     passage_id = record.get("id", record.get("_id", position))
-    return RetrievedPassage(title=str(title or ""), text=str(text), id=str(passage_id))
+    return RetrievedPassage(title=title or "", text=text, id=str(passage_id))
 
 
 def _check_unique_ids(passages: list[RetrievedPassage], path: Path) -> None:

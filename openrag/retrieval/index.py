@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+from openrag.jsonfiles import read_json_object
 from openrag.registry import check_choice
 from openrag.retrieval import build as building
 from openrag.retrieval.bm25 import BM25Retriever, BM25Settings, BM25Writer
@@ -237,7 +238,7 @@ def read_manifest(folder: Path) -> dict:
                                     f"`openrag index --merge SHARD_FOLDERS... --output INDEX`")
         raise FileNotFoundError(f"{folder} is not an openrag index (no {MANIFEST}): build one with "
                                 f"`openrag index --corpus CORPUS --output {folder}`")
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    manifest = read_json_object(folder / MANIFEST, "rebuild the index with `openrag index --overwrite`")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"index {folder} has format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
                          f"this openrag reads {FORMAT!r} version {FORMAT_VERSION}: rebuild it with `openrag index --overwrite`")

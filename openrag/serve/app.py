@@ -34,7 +34,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..answer import AnswerOptions
-from ..answer.pipeline import InputError
+from ..errors import InputError
+from ..tasks import get_task
 from .batcher import AnsweringEngine, Batcher, QueueFull, ShuttingDown
 from .limits import ClientGone, DeadlineExceeded, answer_or_give_up, request_tokens, token_counter
 from .schemas import AnswerRequest, ChatRequest
@@ -105,6 +106,10 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
 
     async def ask(request: Request, question: str, body) -> dict:
         passages, options = body.passage_dicts(), body.options()
+        try:  # the task's choices, before the request waits in the queue (the one check: tasks.Task.check_choices)
+            get_task(options.get("task", defaults.task)).check_choices(body.choices)
+        except InputError as err:
+            raise ApiError(422, str(err), "invalid_request_error", param="choices") from None
         work = await asyncio.to_thread(request_tokens, count_tokens, question, passages, options, defaults,
                                        settings.max_request_tokens)
         if work.tokens > settings.max_request_tokens:
