@@ -67,10 +67,11 @@ RULES: dict[str, RetrievalRule] = {
         RetrievalRule("token", "p_retrieve", True, False, lambda first: group_shares(first["retrieval"])[0],
                       "P([Retrieval]) / (P([Retrieval]) + P([No Retrieval])) at the first position (Self-RAG)"),
         RetrievalRule("minp", "minp", False, True, lambda row: min(token_probabilities(row)),
-                      "the smallest token probability of the [No Retrieval] answer (Open-RAG)"),
+                      "the smallest token probability of the [No Retrieval] answer (Open-RAG), over every generated "
+                      "token: the answer's, its closing [Utility:k] and the end of sequence"),
         RetrievalRule("meanp", "meanp", False, True,
                       lambda row: sum(token_probabilities(row)) / len(row.logprobs),
-                      "the mean token probability of the [No Retrieval] answer (Open-RAG)"),
+                      "the mean token probability of the [No Retrieval] answer (Open-RAG), over the same tokens as minp"),
     )
 }
 
