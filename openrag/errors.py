@@ -1,7 +1,8 @@
 """The error of input that cannot be answered as given, shared by every layer that checks input.
 
 This module imports nothing of openrag, so any module may use it (``openrag.tasks`` checks a question's
-answer choices with it; ``openrag.answer.pipeline`` re-exports it; the server answers it 422).
+answer choices with it, ``openrag.answer.pipeline`` raises it for malformed passages and oversize prompts, and the
+server answers it 422).
 """
 
 from __future__ import annotations

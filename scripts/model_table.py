@@ -29,7 +29,7 @@ from openrag.data.examples import QAExample
 from openrag.data.labels import needs_retrieval
 from openrag.eval.critique import relevance_metrics, retrieval_need_auc
 from openrag.eval.runner import read_records
-from openrag.eval.sweep import DEFAULT_THRESHOLDS, sweep
+from openrag.eval.sweep import DEFAULT_THRESHOLDS, sweep, sweep_point
 
 TASKS = (("hotpotqa", "HotpotQA"), ("musique", "MuSiQue"), ("2wikimultihopqa", "2Wiki"))
 
@@ -41,10 +41,8 @@ def mean(values) -> float:
 
 def scores(records, use_retrieval) -> tuple[float, float, float]:
     """(EM, F1, retrieval share) when question r is answered with retrieval iff use_retrieval(r)."""
-    used = [use_retrieval(r) for r in records]
-    chosen = [r["metrics"] if u else r["no_retrieval"]["metrics"] for r, u in zip(records, used)]
-    retrieved = [u and bool(r["retrieved"]) for r, u in zip(records, used)]  # no evidence found: answered without
-    return mean(m["em"] for m in chosen), mean(m["f1"] for m in chosen), mean(map(float, retrieved))
+    point = sweep_point("", None, records, use_retrieval)
+    return point.metrics["em"], point.metrics["f1"], point.retrieval_frequency
 
 
 def best_threshold(records, rule: str) -> float:

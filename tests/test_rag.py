@@ -13,7 +13,7 @@ import torch
 
 from openrag.answer import Answer, AnswerOptions, Candidate, OpenRAG, prompts
 from openrag.answer.engine import RowResult
-from openrag.answer.pipeline import InputError
+from openrag.errors import InputError
 from openrag.answer.scoring import candidate_score, choose, postprocess, score_terms
 from openrag.tasks import MULTIHOP_INSTRUCTION, format_choices, get_task
 

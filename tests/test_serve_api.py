@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from openrag.answer.pipeline import InputError
+from openrag.errors import InputError
 from openrag.serve import ServeSettings, create_app
 from openrag.serve.schemas import MAX_PASSAGE_CHARS, MAX_PASSAGES, MAX_QUESTION_CHARS
 

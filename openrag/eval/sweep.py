@@ -37,7 +37,8 @@ class SweepPoint:
     metrics: dict[str, float]  # mean of each per-question metric
 
 
-def _point(rule: str, threshold: float | None, records: Sequence[dict], choose) -> SweepPoint:
+def sweep_point(rule: str, threshold: float | None, records: Sequence[dict], choose) -> SweepPoint:
+    """The mean metrics and retrieval frequency when question r is answered with retrieval iff ``choose(r)``."""
     n = len(records)
     keys = list(records[0]["metrics"]) if records else []
     sums = dict.fromkeys(keys, 0.0)
@@ -65,12 +66,12 @@ def sweep(records: Sequence[dict], rules: Sequence[str] = RULES, thresholds: Seq
     missing = [r.get("id") for r in records if "no_retrieval" not in r]
     if missing:
         raise ValueError(f"{len(missing)} answers lack the no-retrieval generation a sweep needs (first id {missing[0]!r}); were they written by `openrag eval sweep`?")
-    points = [_point("no_retrieval", None, records, lambda r: False), _point("always_retrieve", None, records, lambda r: True)]
+    points = [sweep_point("no_retrieval", None, records, lambda r: False), sweep_point("always_retrieve", None, records, lambda r: True)]
     for rule in rules:
         key = get_rule(rule).signal
         grid = sorted(set(thresholds) | set(observed_thresholds(records, rule) if observed else ()))
         for t in grid:
-            points.append(_point(rule, t, records, lambda r, rule=rule, key=key, t=t: decide(rule, r["no_retrieval"].get(key), t)))
+            points.append(sweep_point(rule, t, records, lambda r, rule=rule, key=key, t=t: decide(rule, r["no_retrieval"].get(key), t)))
     return points
 
 
