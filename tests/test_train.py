@@ -250,3 +250,15 @@ def test_no_experts_is_a_lora_only_baseline(tmp_path):
     loaded = load_pretrained(str(tmp_path / "out"), device="cpu")
     assert getattr(loaded.model.config, "num_experts", None) is None
     assert loaded.prompt_format == "training"  # answered in the format it learned (openrag.answer.prompts)
+
+
+def test_lora_only_run_resumes(tmp_path):
+    """A killed run without experts resumes from its checkpoint (it once failed looking for expert modules)."""
+    base, data = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl")
+    common = ("--max_steps", "4", "--save_steps", "2", "--num_experts", "0")
+    full = run_train(train_argv(base, data, tmp_path / "full", *common))
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "killed" / "checkpoint-2")
+    resumed = run_train(train_argv(base, data, tmp_path / "killed", *common, "--resume_from_checkpoint", "True"))
+    before, after = losses(full), losses(resumed)
+    for step in (3, 4):
+        assert after[step] == pytest.approx(before[step], abs=1e-6), (step, before, after)

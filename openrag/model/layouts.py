@@ -160,9 +160,11 @@ def load_moe_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], wher
     if extra:
         raise CheckpointError(f"{where}: tensor {extra[0]!r} has no place in this model (is num_experts or the layer count different?)")
     for i, layer in enumerate(decoder_layers(model)):
+        adapter = getattr(layer.mlp, "moe_adapter", None)  # None in a model without experts (LoRA only)
+        if adapter is None:
+            continue
         prefix = f"model.layers.{i}.mlp.moe_adapter."
-        own = {k[len(prefix):]: v for k, v in by_layer.items() if k.startswith(prefix)}
-        layer.mlp.moe_adapter.load_state_dict(own, strict=True)
+        adapter.load_state_dict({k[len(prefix):]: v for k, v in by_layer.items() if k.startswith(prefix)}, strict=True)
 
 
 # --- the adapter layout ------------------------------------------------------------------------
