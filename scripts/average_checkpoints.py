@@ -1,6 +1,6 @@
 """Average adapter checkpoints of one run family (a "model soup") into a new adapter folder.
 
-    python scripts/average_checkpoints.py OUT CKPT [CKPT ...]
+    python scripts/average_checkpoints.py OUT CKPT CKPT [CKPT ...]
 
 Experts, routers and new token rows are averaged tensor by tensor. The LoRA is averaged exactly: the mean
 of k updates B_i A_i (each scaled alpha / r) is one LoRA of rank k * r whose A stacks the A_i and whose B

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default="smollm2", help="checkpoint folder, hub name, or 'smollm2' (default)")
+    parser.add_argument("model", nargs="?", default="default", help="checkpoint folder, hub name, 'smollm2' (the bare base) or 'default' (the bundled model, the default)")
     parser.add_argument("--json", action="store_true", help="print the facts as one JSON object")
 
 

@@ -164,6 +164,7 @@ class OpenRAGTrainingArguments(TrainingArguments):
             if self.tf32:
                 warnings.warn("--tf32 is for CUDA GPUs; ignored on the CPU", stacklevel=2)
                 self.tf32 = None
+            self.dataloader_pin_memory = False  # pinned memory speeds copies to a GPU; on the CPU torch only warns
         super().__post_init__()
 
 
