@@ -128,3 +128,30 @@ def test_evaluate_sweep_writes_table_json_and_plot(tmp_path):
     assert points[("always_retrieve", None)]["metrics"]["match"] == 0.5
     assert "| token | 0.5 | 50.0 |" in paths["md"].read_text()
     assert paths["png"].stat().st_size > 1000
+
+
+def test_report_names_the_file_and_field_it_cannot_read(tmp_path, capsys):
+    from openrag.cli import main
+
+    (tmp_path / "bytes.metrics.json").write_bytes(b"\xff\xfe{}")
+    (tmp_path / "text.metrics.json").write_text(json.dumps({"n": 3, "em": "0.5"}))
+    (tmp_path / "nested.metrics.json").write_text(json.dumps({"n": 3, "f1": {"mean": 0.5}}))
+    for name, said in [("bytes", "not UTF-8"), ("text", "'em'"), ("nested", "'f1'")]:
+        path = tmp_path / f"{name}.metrics.json"
+        with pytest.raises(SystemExit) as done:
+            main(["report", str(path)])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and err.startswith(f"openrag report: error: {path}") and said in err, err
+
+
+def test_report_checks_its_output_paths_before_writing(tmp_path, capsys):
+    from openrag.cli import main
+
+    metrics = tmp_path / "a.metrics.json"
+    metrics.write_text(json.dumps({"n": 3, "em": 0.5}))
+    for flag in ("--output", "--plot"):
+        target = metrics / "table.out"  # under a file: no folder can be made there
+        with pytest.raises(SystemExit) as done:
+            main(["report", str(metrics), flag, str(target)])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and err == f"openrag report: error: {flag} {target}: {metrics} is a file, not a folder; choose another {flag}\n"

@@ -91,3 +91,40 @@ def test_merge_errors_say_what_is_missing(trained, tmp_path):
         merge(released, base_model=str(base))
     with pytest.raises(ValueError, match="--base_model"):
         merge(released)
+
+
+def test_merge_refuses_an_output_folder_that_holds_files(trained, tmp_path):
+    """Given the base's own folder as the output (a slip of the flags), merging would overwrite the base."""
+    base, out, _ = trained
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    with pytest.raises(FileExistsError, match="--output_dir"):
+        merge(out, base_model=str(base), output_dir=base)
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before
+    (tmp_path / "empty").mkdir()  # an empty folder holds nothing to lose
+    assert (merge(out, base_model=str(base), output_dir=tmp_path / "empty") / "config.json").is_file()
+
+
+def test_an_interrupted_merge_leaves_no_half_written_model(trained, tmp_path, monkeypatch):
+    import openrag.model.layouts as layouts
+
+    base, out, _ = trained
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(layouts, "save_file", disk_full)  # the expert tensors, written after the dense weights
+    with pytest.raises(OSError, match="No space left"):
+        merge(out, base_model=str(base), output_dir=tmp_path / "merged")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_merge_says_to_pass_base_model_when_the_recorded_base_is_gone(trained, tmp_path):
+    base, out, _ = trained
+    moved = tmp_path / "checkpoint"
+    shutil.copytree(out / "checkpoint-4", moved)
+    config = json.loads((moved / "openrag_config.json").read_text())
+    config["base_model"] = str(tmp_path / "base-moved-away")
+    (moved / "openrag_config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="base-moved-away.*--base_model"):
+        merge(moved)
+    assert not (moved / "merged").exists()

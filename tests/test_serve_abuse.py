@@ -221,6 +221,21 @@ def test_the_budget_counts_every_rows_prompt_and_new_tokens():
     assert utf8_bytes("né") == 3 + 1
 
 
+def test_the_budget_counts_the_chain_row():
+    """--chain adds one row whose evidence is every used passage again (multi-hop tasks, two passages or more)."""
+    passages = [{"title": "ab", "text": "cdef"}, {"title": "", "text": "gh"}, {"title": "", "text": "unused"}]
+    count = len  # one token per character
+    chain = {"ndocs": 2, "max_new_tokens": 10, "chain": True}
+    work = request_tokens(count, "qqq", passages, chain, None, limit=70)
+    # rows: no retrieval, "ab"+"cdef", ""+"gh", and the chain of both; the question in each
+    assert (work.rows, work.prompt_tokens, work.new_tokens) == (4, 4 * 3 + (2 + 4 + 0 + 2) * 2, 40) and work.complete
+    work = request_tokens(count, "qqq", passages, chain, None, limit=10**6)
+    assert work.prompt_tokens == 4 * 3 + ((2 + 1) + (4 + 1) + (0 + 1) + (2 + 1)) * 2  # far within: UTF-8 bytes
+    assert request_tokens(count, "qqq", passages, {**chain, "task": "popqa"}, None, limit=10**6).rows == 3  # single-hop: no chain
+    assert request_tokens(count, "qqq", passages, {**chain, "ndocs": 1}, None, limit=10**6).rows == 2  # one passage: no chain
+    assert request_tokens(count, "qqq", None, {**chain, "ndocs": 4}, None, limit=10**6).rows == 6  # the index's passages
+
+
 def test_host_names_and_settings():
     assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "127.0.0.1", "[::1]")] == ["::1", "localhost", "127.0.0.1", "::1"]
     assert ServeSettings(allowed_hosts=("[::1]", " Example.org ")).allowed_hosts == ("::1", "example.org")

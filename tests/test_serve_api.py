@@ -286,9 +286,32 @@ def test_invalid_json_gets_422(client, content):
     assert r.json()["error"]["param"] in ("body", "threshold")
 
 
+def test_a_body_that_is_not_utf8_gets_422_saying_so(client, engine):
+    r = client.post("/v1/answer", content="{\"question\": \"caf\u00e9?\"}".encode("latin-1"),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["param"] == "body" and "not UTF-8" in error["message"] and "byte 0xe9" in error["message"]
+    assert engine.calls == []
+
+
 def test_a_body_that_is_not_json_gets_422(client):
     r = client.post("/v1/answer", content=b"question=q", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 422 and r.json()["error"]["param"] == "body"
+
+
+@pytest.mark.parametrize("path, content, field_name", [
+    ("/v1/answer", rb'{"question": "q \ud800"}', "question"),
+    ("/v1/chat/completions", rb'{"messages": [{"role": "user", "content": "hi \ud83d"}]}', "messages.0.content"),
+    ("/v1/chat/completions", rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}',
+     "messages.0.content"),
+])
+def test_text_with_a_lone_surrogate_gets_422_naming_the_field(client, engine, path, content, field_name):
+    """JSON may escape half of a UTF-16 pair (\\ud83d alone): no character, so no UTF-8 text to count or answer."""
+    r = client.post(path, content=content, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == field_name
+    assert engine.calls == []
 
 
 def test_bodies_over_the_limit_get_413_declared_or_streamed(engine):

@@ -70,6 +70,11 @@ def chain_of(passages: list[Passage]) -> Passage:
     return Passage(text=evidence_chain([f"{p.title}\n{p.text}" if p.title else p.text for p in passages]), chained=len(passages))
 
 
+def has_chain(task: str, chain: bool, passages: int) -> bool:
+    """Whether a question with ``passages`` passages gets the chain candidate: asked for, on a multi-hop task, of two or more."""
+    return chain and passages > 1 and get_task(task).family == "multihop"
+
+
 @dataclass
 class Candidate:
     """One evidence row: the passage, what the model answered from it, and the terms of its score."""
@@ -215,8 +220,7 @@ class OpenRAG:
     def _answer(self, questions, passages, choices, opts: AnswerOptions, drafts=None) -> list[Answer]:
         """``drafts``: per question, None or its no-retrieval answer generated already (reused, not redone)."""
         evidence = [[as_passage(p) for p in (ps or [])[: opts.ndocs]] for ps in passages]
-        if opts.chain and get_task(opts.task).family == "multihop":
-            evidence = [ps + [chain_of(ps)] if len(ps) > 1 else ps for ps in evidence]
+        evidence = [ps + [chain_of(ps)] if has_chain(opts.task, opts.chain, len(ps)) else ps for ps in evidence]
         drafts = drafts or [None] * len(questions)
         answers: list[Answer] = []
         for chunk in self._chunks(evidence, opts):

@@ -15,7 +15,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..eval.report import bar_chart, load_summaries, markdown_table
+    from ..outputs import check_output_path
 
+    for flag, path in (("--output", args.output), ("--plot", args.plot)):  # before the work, not after it
+        if path:
+            check_output_path(path, flag)
     runs = load_summaries(args.metrics_files)
     table = markdown_table(runs)
     print(table, end="")

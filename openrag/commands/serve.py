@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits (README, Security)")
     limits.add_argument("--max_request_tokens", type=int, default=defaults.max_request_tokens,
                         help="tokens of work one request may ask for: the prompt of each row it makes (one per passage "
-                             "used, plus the no-retrieval row) and the new tokens of each; more gets 413 (default: %(default)s)")
+                             "used, plus the no-retrieval row and any chain) and the new tokens of each; more gets 413 (default: %(default)s)")
     limits.add_argument("--request_timeout_s", type=float, default=defaults.request_timeout_s,
                         help="seconds from a request read to its answer, queue included; then 504 and its work is "
                              "stopped, as it is when the client disconnects (default: %(default)s)")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
+
+from ..jsonfiles import read_json_object
 
 # Columns in the order a reader looks for them; only those some run reports are shown.
 SCORE_COLUMNS = ("em", "f1", "precision", "recall", "em_any", "f1_any", "match", "match_norm", "accuracy")
 CHART_COLUMNS = ("em", "f1", "match", "accuracy")
+NUMBER_FIELDS = (*SCORE_COLUMNS, "retrieval_frequency", "gold_recall", "questions_per_second")  # or null
+NOT_METRICS = "not an `openrag eval` metrics file: pass the .metrics.json that `openrag eval` wrote"
 
 
 def load_summaries(paths: Sequence[Path]) -> list[tuple[str, dict]]:
@@ -17,12 +20,12 @@ def load_summaries(paths: Sequence[Path]) -> list[tuple[str, dict]]:
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"no metrics file at {path}; pass the .metrics.json that `openrag eval` wrote")
-        try:
-            summary = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not JSON ({err})") from None
-        if not isinstance(summary, dict) or "n" not in summary:
-            raise ValueError(f"{path} is not an `openrag eval` metrics file (no 'n' field)")
+        summary = read_json_object(path, NOT_METRICS)
+        if "n" not in summary:
+            raise ValueError(f"{path}: no 'n' field; {NOT_METRICS}")
+        for key in NUMBER_FIELDS:
+            if summary.get(key) is not None and not isinstance(summary[key], (int, float)):
+                raise ValueError(f"{path}: {key!r} is {summary[key]!r}, not a number; {NOT_METRICS}")
         name = path.name[: -len(".metrics.json")] if path.name.endswith(".metrics.json") else path.stem
         runs.append((name, summary))
     return runs

@@ -8,17 +8,20 @@ and the released trainer's (``adapter_model/`` PEFT LoRA + ``moe_model.bin``, ex
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from ..outputs import check_output_path
 from .experts import inject_moe
 from .layouts import (
     ADAPTER_CONFIG,
     RELEASED_LORA_DIR,
     RELEASED_MOE_FILE,
+    AdapterConfig,
     find_checkpoint,
     load_moe_state_dict,
     read_released_moe_bin,
@@ -32,21 +35,49 @@ log = logging.getLogger(__name__)
 
 
 def merge(model_path: str | Path, base_model: str | None = None, output_dir: str | Path | None = None, dtype: str = "auto") -> Path:
-    """Write the merged model of the checkpoint in ``model_path`` (default output: ``MODEL_PATH/merged``)."""
+    """Write the merged model of the checkpoint in ``model_path`` (default output: ``MODEL_PATH/merged``), a new or
+    empty folder: it appears whole, or not at all."""
     folder = find_checkpoint(model_path)
     log.info("merging %s", folder)
-    out = Path(output_dir) if output_dir else Path(model_path).expanduser() / "merged"
+    out = _new_folder(Path(output_dir) if output_dir else Path(model_path).expanduser() / "merged")
     if (folder / ADAPTER_CONFIG).is_file():
-        model, tokenizer = load_adapter(folder, torch.float32, "cpu", base_model=base_model).pair
-        base_name = base_model or json.loads((folder / ADAPTER_CONFIG).read_text())["base_model"]
+        base_name = base_model or _recorded_base(folder)
+        model, tokenizer = load_adapter(folder, torch.float32, "cpu", base_model=base_name).pair
     else:
         if base_model is None:
             raise ValueError(f"{folder} is a released-layout checkpoint, which does not name its base: pass --base_model")
         model, tokenizer = _load_official(folder, base_model)
         base_name = base_model
     model.to(_save_dtype(dtype, base_name))
-    save_merged(model, tokenizer, out)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        save_merged(model, tokenizer, tmp)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
+
+
+def _new_folder(out: Path) -> Path:
+    """``out``, checked before the work: a folder that holds files (an earlier merge, the base itself) is never
+    written into."""
+    out = check_output_path(out, "--output_dir", folder=True)
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"--output_dir {out} already holds files; give a new folder for the merged model "
+                              "(or delete this one to merge again)")
+    return out
+
+
+def _recorded_base(folder: Path) -> str:
+    """The base an adapter checkpoint names, checked to be there (training records its path, which may have moved)."""
+    name = AdapterConfig.read(folder).base_model
+    try:
+        resolve_folder(name)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{folder} was trained on {name}, which cannot be found ({err}); pass --base_model, "
+                                "the folder or hub name of that base") from None
+    return name
 
 
 def _save_dtype(dtype: str, base_name: str) -> torch.dtype:

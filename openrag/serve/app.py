@@ -208,6 +208,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
+        if isinstance(err.__cause__, UnicodeDecodeError):  # FastAPI's 400 "error parsing the body", for bytes
+            return error_response(422, f"body: not UTF-8 ({err.__cause__}); send JSON encoded in UTF-8",
+                                  "invalid_request_error", "body")
         kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
         return error_response(err.status_code, str(err.detail), kind, headers=getattr(err, "headers", None))
 

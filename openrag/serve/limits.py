@@ -1,8 +1,8 @@
 """Limits on the work one request may cause, not only on its bytes.
 
 - :func:`request_tokens` prices a request in tokens of work: the prompt of every row it makes (one per
-  passage used, plus the no-retrieval row) and the new tokens each row may generate. Over the budget, the
-  request is refused before it reaches the queue.
+  passage used, plus the no-retrieval row and, with ``chain``, the chain's) and the new tokens each row may
+  generate. Over the budget, the request is refused before it reaches the queue.
 - :func:`answer_or_give_up` waits for an answer until the client disconnects or the deadline passes, and
   cancels the request either way.
 - :class:`Interrupter` stops an engine call that nobody waits for any more at its next forward of the model,
@@ -58,18 +58,19 @@ class Work:
     def describe(self) -> str:
         prompt = f"{'more than ' if not self.complete else ''}{self.prompt_tokens:,}"
         return (f"{prompt} prompt tokens and up to {self.new_tokens:,} new ones over {self.rows} rows "
-                f"(one per passage used, plus the no-retrieval row)")
+                f"(one per passage used, plus the no-retrieval row and any chain)")
 
 
 def request_tokens(count: Callable[[str], int], question: str, passages: Sequence[dict] | None, options: dict,
                    defaults, limit: int) -> Work:
-    """The work of one request: every row's prompt (the question, and its passage) and its new tokens.
+    """The work of one request: every row's prompt (the question, and its passage or chain) and its new tokens.
 
     ``options``: what the request set; ``defaults``: the engine's options (an AnswerOptions, or None: the
     most a request may ask for). Passages the engine will not use (past ``ndocs``) are not counted; without
     passages, the index's ``ndocs`` passages are counted as rows but not by length (the index is trusted).
     Counting stops once ``limit`` is exceeded, so a huge request costs little to refuse.
     """
+    from ..answer.pipeline import has_chain
     from .schemas import MAX_NEW_TOKENS, MAX_PASSAGES
 
     def option(name: str, fallback):
@@ -77,16 +78,18 @@ def request_tokens(count: Callable[[str], int], question: str, passages: Sequenc
 
     ndocs, mode = option("ndocs", MAX_PASSAGES), option("mode", "adaptive_retrieval")
     used = ndocs if passages is None else min(ndocs, len(passages))
-    rows = 1 if mode == "no_retrieval" else 1 + used
+    chained = has_chain(option("task", "multihop"), option("chain", False), used)  # one more row: every used passage
+    rows = 1 if mode == "no_retrieval" else 1 + used + chained
     work = Work(rows, count(question) * rows, rows * option("max_new_tokens", MAX_NEW_TOKENS))
     if passages is None or mode == "no_retrieval":
         return work
-    cheap = sum(utf8_bytes(p.get("title", "")) + utf8_bytes(p["text"]) for p in passages[:used])
+    copies = 1 + chained  # each used passage is in its own row, and in the chain's
+    cheap = copies * sum(utf8_bytes(p.get("title", "")) + utf8_bytes(p["text"]) for p in passages[:used])
     if work.tokens + cheap <= limit or count is utf8_bytes:  # within the budget even by the upper bound
         work.prompt_tokens += cheap
         return work
     for i, passage in enumerate(passages[:used]):
-        work.prompt_tokens += count(passage.get("title", "")) + count(passage["text"])
+        work.prompt_tokens += copies * (count(passage.get("title", "")) + count(passage["text"]))
         if work.tokens > limit:
             work.complete = i == used - 1
             break

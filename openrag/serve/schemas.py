@@ -100,6 +100,11 @@ class ChatMessage(BaseModel):
             p.get("text", "") for p in content or [] if isinstance(p.get("text"), str))
         if len(text) > MAX_MESSAGE_CHARS:
             raise ValueError(f"a message may hold at most {MAX_MESSAGE_CHARS} characters, got {len(text)}")
+        try:  # a str field checks this itself; a union with list[dict] lets it through
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"the text holds {text[err.start]!r} at character {err.start}, half of a UTF-16 surrogate "
+                             "pair and no character; send valid Unicode") from None
         return content
 
 
