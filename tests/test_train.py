@@ -128,12 +128,15 @@ def test_loss_on_target_positions_equals_transformers(trained):
 
 
 def test_resume_after_kill_gives_the_same_later_losses(tmp_path):
-    """A run stopped after its step-3 save and resumed equals the run that never stopped."""
+    """A run killed while saving step 6 resumes from its step-3 save and equals the run that never stopped."""
     base, data = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl")
     common = ("--max_steps", "6", "--save_steps", "3", "--lora_dropout", "0.1")
     full = run_train(train_argv(base, data, tmp_path / "full", *common))
-    # The killed run: everything it left on disk is its step-3 checkpoint (what the full run wrote at step 3).
+    # The killed run left its step-3 checkpoint (what the full run wrote at step 3) and a step-6 save cut short
+    # before the optimizer and the trainer state were written.
     shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "killed" / "checkpoint-3")
+    shutil.copytree(tmp_path / "full" / "checkpoint-6", tmp_path / "killed" / "checkpoint-6",
+                    ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"))
     resumed = run_train(train_argv(base, data, tmp_path / "killed", *common, "--resume_from_checkpoint", "True"))
     before, after = losses(full), losses(resumed)
     assert sorted(after) == [1, 2, 3, 4, 5, 6]  # 1-3 come back with the checkpoint's trainer state
@@ -262,3 +265,13 @@ def test_lora_only_run_resumes(tmp_path):
     before, after = losses(full), losses(resumed)
     for step in (3, 4):
         assert after[step] == pytest.approx(before[step], abs=1e-6), (step, before, after)
+
+
+def test_resume_without_a_finished_checkpoint_says_so(tmp_path):
+    from openrag.model.layouts import CheckpointError
+    from openrag.training.checkpointing import last_finished_checkpoint
+
+    (tmp_path / "checkpoint-20").mkdir()  # killed during its first save
+    (tmp_path / "checkpoint-20" / "adapter.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"no finished checkpoint-N in {tmp_path}.*start without --resume_from_checkpoint"):
+        last_finished_checkpoint(tmp_path)

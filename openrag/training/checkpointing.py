@@ -43,6 +43,28 @@ def save_checkpoint(setup: TrainableModel, folder: str | Path, state_dict: dict 
     return folder
 
 
+def last_finished_checkpoint(output_dir: str | Path) -> str:
+    """The newest ``checkpoint-N`` in ``output_dir`` whose save finished: the Trainer writes its
+    ``trainer_state.json`` last, so a run killed while saving leaves a folder without it, which is skipped."""
+    import re
+
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    folder = Path(output_dir)
+    found = sorted(
+        (int(m.group(1)), sub) for sub in (folder.iterdir() if folder.is_dir() else ())
+        if sub.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", sub.name))
+    )
+    while found and not (found[-1][1] / TRAINER_STATE_NAME).is_file():
+        log.warning("skipping %s: its save did not finish (no %s)", found.pop()[1], TRAINER_STATE_NAME)
+    if not found:
+        raise CheckpointError(
+            f"--resume_from_checkpoint: no finished checkpoint-N in {folder} (one with {TRAINER_STATE_NAME}); "
+            "start without --resume_from_checkpoint, or give a checkpoint folder"
+        )
+    return str(found[-1][1])
+
+
 @torch.no_grad()
 def load_checkpoint(setup: TrainableModel, folder: str | Path) -> None:
     """Put a checkpoint's trained tensors back into the model being trained (to resume a run)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .args import DataArguments, ModelArguments, MoEArguments, OpenRAGTrainingArguments
-from .checkpointing import warm_start
+from .checkpointing import last_finished_checkpoint, warm_start
 from .data import Collator, PackingCollator, load_tokenized
 from .setup import build_model, trainable_summary
 from .trainer import OpenRAGTrainer
@@ -16,11 +16,11 @@ from .trainer import OpenRAGTrainer
 log = logging.getLogger(__name__)
 
 
-def resume_target(value: str | None) -> str | bool | None:
-    """``--resume_from_checkpoint``: a checkpoint folder, or True/last for the newest in the output folder."""
+def resume_target(value: str | None, output_dir: str) -> str | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or True/last for the newest finished one in the output folder."""
     if value is None or value.lower() in ("", "false", "none", "no"):
         return None
-    return True if value.lower() in ("true", "last", "yes") else value
+    return last_finished_checkpoint(output_dir) if value.lower() in ("true", "last", "yes") else value
 
 
 def run_training(
@@ -30,7 +30,7 @@ def run_training(
 
     set_seed(args.seed)  # before the experts are initialised, so that a run is reproducible
     setup = build_model(model_args, moe_args, bf16=args.bf16, fp16=args.fp16)
-    resume = resume_target(args.resume_from_checkpoint)
+    resume = resume_target(args.resume_from_checkpoint, args.output_dir)
     if model_args.init_from and not resume:  # a resumed run takes everything from its checkpoint
         warm_start(setup, model_args.init_from)
     if data_args.packing and setup.inner.config._attn_implementation not in ("sdpa", "eager"):
