@@ -128,3 +128,34 @@ def test_merge_says_to_pass_base_model_when_the_recorded_base_is_gone(trained, t
     with pytest.raises(FileNotFoundError, match="base-moved-away.*--base_model"):
         merge(moved)
     assert not (moved / "merged").exists()
+
+
+@pytest.mark.parametrize("config_text, said", [
+    ('{"num_experts": 4, "topk": 2,', "config.json:1: not valid JSON"),
+    ('{"num_experts": null, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25}', "'num_experts' is None, not a number"),
+    ('{"num_experts": 4, "topk": "2", "adapter_dim": 8, "moe_scaling": 0.25}', "'topk' is '2', not a number"),
+    ('{"num_experts": 4, "topk": 5, "adapter_dim": 8, "moe_scaling": 0.25}', "topk must be between 1 and num_experts=4"),
+])
+def test_merge_names_the_file_and_field_of_bad_expert_settings(trained, tmp_path, config_text, said):
+    base, out, _ = trained
+    released = tmp_path / "released"
+    shutil.copytree(out / "adapter_model", released / "adapter_model")
+    shutil.copy(out / "moe_model.bin", released)
+    (released / "config.json").write_text(config_text)
+    with pytest.raises(ValueError, match=f"{released / 'config.json'}.*{said}" if "JSON" not in said else said):
+        merge(released, base_model=str(base))
+    assert not (released / "merged").exists()
+
+
+@pytest.mark.parametrize("moe, said", [
+    ({"topk": 2, "adapter_dim": 8, "moe_scaling": 0.25}, "'num_experts' is None, not a number"),
+    ({"num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": None}, "'moe_scaling' is None, not a number"),
+])
+def test_loading_names_a_bad_expert_entry_in_the_adapter_config(trained, tmp_path, moe, said):
+    _, out, _ = trained
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(out / "checkpoint-4", ckpt)
+    config = json.loads((ckpt / "openrag_config.json").read_text())
+    (ckpt / "openrag_config.json").write_text(json.dumps({**config, "moe": moe}))
+    with pytest.raises(CheckpointError, match=f"openrag_config.json: expert setting {said}"):
+        load_model(str(ckpt), device="cpu")

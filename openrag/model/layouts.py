@@ -74,6 +74,21 @@ class AdapterConfig:
         (folder / ADAPTER_CONFIG).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
+def moe_settings(data: dict, where: str) -> MoEConfig:
+    """The expert settings a checkpoint file records (``num_experts``, ``topk``, ``adapter_dim``, ``moe_scaling``
+    and, if recorded, ``dropout``), each checked to be a number: CheckpointError naming the file and the field."""
+    for key in (*MOE_KEYS_FIELDS, "dropout"):
+        value = data.get(key, 0.1 if key == "dropout" else None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CheckpointError(f"{where}: expert setting {key!r} is {value!r}, not a number; "
+                                  "restore the file as training wrote it")
+    try:
+        return MoEConfig(int(data["num_experts"]), int(data["topk"]), int(data["adapter_dim"]), float(data["moe_scaling"]),
+                         float(data.get("dropout", 0.1)))
+    except ValueError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+
+
 def released_moe_config(config) -> MoEConfig | None:
     """MoE settings from a released/merged ``config.json``, or None when it has none."""
     if all(getattr(config, k, None) is not None for k in MOE_KEYS_FIELDS):
@@ -306,14 +321,16 @@ def find_checkpoint(model_path: str | Path) -> Path:
     return steps[-1][1]
 
 
-def released_training_moe_config(folder: Path) -> dict:
+def released_training_moe_config(folder: Path) -> MoEConfig:
     """Expert settings of a released training checkpoint, from a ``config.json`` beside ``moe_model.bin``
     (or in its parent): never from defaults."""
+    from ..jsonfiles import read_json_object
+
     for candidate in (folder / "config.json", folder.parent / "config.json"):
         if candidate.is_file():
-            data = json.loads(candidate.read_text())
+            data = read_json_object(candidate, "restore the model config the checkpoint was trained with")
             if all(k in data for k in MOE_KEYS_FIELDS):
-                return data
+                return moe_settings(data, str(candidate))
     raise CheckpointError(
         f"{folder} does not record its expert settings: put a config.json with num_experts, topk, adapter_dim "
         "and moe_scaling beside moe_model.bin (the released training wrote them in its model config)"

@@ -170,8 +170,8 @@ def load_adapter(folder: Path, dtype, device, base_model: str | None = None) -> 
     tokenizer = read_tokenizer(folder)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # its tokenizer has the reflection tokens
     if config.moe:  # the same order as training: experts first, then LoRA over the dense projections
-        m = config.moe
-        inject_moe(model, m["num_experts"], m["topk"], m["adapter_dim"], m["moe_scaling"], m.get("dropout", 0.1))
+        m = ckpt.moe_settings(config.moe, str(folder / ckpt.ADAPTER_CONFIG))
+        inject_moe(model, m.num_experts, m.topk, m.adapter_dim, m.moe_scaling, m.dropout)
     tensors = ckpt.read_tensors([folder / ckpt.ADAPTER_WEIGHTS], keep=lambda k: True)
     experts = {k: v for k, v in tensors.items() if ".moe_adapter." in k}
     if config.moe:

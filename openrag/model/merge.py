@@ -104,6 +104,6 @@ def _load_official(folder: Path, base_model: str):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(folder / RELEASED_LORA_DIR)).merge_and_unload()
-    inject_moe(model, int(moe["num_experts"]), int(moe["topk"]), int(moe["adapter_dim"]), float(moe["moe_scaling"]))
+    inject_moe(model, moe.num_experts, moe.topk, moe.adapter_dim, moe.moe_scaling)
     load_moe_state_dict(model, read_released_moe_bin(folder / RELEASED_MOE_FILE), str(folder / RELEASED_MOE_FILE))
     return model, tokenizer
