@@ -10,6 +10,7 @@ page under a foreign name (DNS rebinding) asking a keyless local server. Pure pi
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import random
@@ -283,13 +284,14 @@ def test_a_withdrawn_request_stops_its_engine_call():
         waiter = asyncio.ensure_future(batcher.submit("q"))
         await _started(engine)
         waiter.cancel()  # what a deadline or a disconnect does
-        while batcher.running and time.monotonic() - start < 10:
+        while batcher.running and time.monotonic() - start < 60:  # the engine loops until it is interrupted
             await asyncio.sleep(0.01)
+        stats = copy.copy(batcher.stats)  # before stop(), which would interrupt the call itself
         await batcher.stop()
-        return batcher.stats, time.monotonic() - start
+        return stats
 
-    stats, took = asyncio.run(work())
-    assert stats.interrupted == 1 and stats.answered == 0 and took < 10
+    stats = asyncio.run(work())
+    assert stats.interrupted == 1 and stats.answered == 0
 
 
 def test_stopping_the_server_stops_the_engine_call_in_progress():

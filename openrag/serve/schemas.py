@@ -25,7 +25,7 @@ MAX_MESSAGES = 64
 MAX_MESSAGE_CHARS = 20_000
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION_CHARS)]
-Choice = Annotated[str, StringConstraints(max_length=MAX_CHOICE_CHARS)]
+Choice = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_CHOICE_CHARS)]
 WEIGHT = dict(ge=-100, le=100, allow_inf_nan=False)
 # Per option, the bounds a request must respect (the others: the option's type and choices).
 OPTION_LIMITS = {"threshold": dict(ge=-1e6, le=1e6, allow_inf_nan=False), "ndocs": dict(ge=1, le=MAX_PASSAGES),
@@ -37,7 +37,9 @@ def _option_model() -> type[BaseModel]:
     specs = {}
     for f in option_fields("request"):
         kind = Literal[tuple(f.metadata["choices"])] if "choices" in f.metadata else field_kind(f)
-        specs[f.name] = (kind | None, Field(default=None, description=f.metadata["help"], **OPTION_LIMITS.get(f.name, {})))
+        strict = kind in (bool, int)  # "ndocs": true or "3", "chain": "yes" are mistakes, not numbers and flags
+        specs[f.name] = (kind | None, Field(default=None, description=f.metadata["help"], strict=strict or None,
+                                            **OPTION_LIMITS.get(f.name, {})))
     return create_model("AnswerOptionFields", **specs)
 
 
@@ -50,6 +52,13 @@ class PassageIn(BaseModel):
 
     title: str = Field(default="", max_length=MAX_TITLE_CHARS)
     text: str = Field(min_length=1, max_length=MAX_PASSAGE_CHARS)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("a passage needs text, not only white space")
+        return text
 
 
 class AnswerFields(AnswerOptionFields):
