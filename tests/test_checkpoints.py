@@ -113,6 +113,25 @@ def test_adapter_layout_round_trip_is_exact(tmp_path, smollm2_tokenizer):
         assert torch.equal(loaded(IDS).logits, model.eval()(IDS).logits)
 
 
+def test_a_save_cut_short_is_passed_over_for_the_last_whole_one(tmp_path, smollm2_tokenizer, monkeypatch):
+    from openrag.model.layouts import find_checkpoint
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    model = make_tiny_llama_for(tokenizer)
+    n0 = len(tokenizer)
+    add_reflection_tokens(model, tokenizer)
+    save_adapter(model, tokenizer, tmp_path / "checkpoint-2", base_model="base", num_base_tokens=n0)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", killed)  # the run is killed while saving step 4
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(model, tokenizer, tmp_path / "checkpoint-4", base_model="base", num_base_tokens=n0)
+    assert (tmp_path / "checkpoint-4" / "adapter.safetensors").is_file()
+    assert find_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
 def test_released_moe_bin_is_read_without_unpickling_objects(tmp_path):
     good = {"base_model.model.model.layers.0.mlp.moe_adapter.router.weight": torch.ones(2, 3)}
     torch.save(good, tmp_path / "moe_model.bin")

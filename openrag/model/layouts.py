@@ -248,17 +248,17 @@ def save_adapter(
     else:
         tensors = _adapter_tensors_from_state_dict(lora_model if lora_model is not None else model, state_dict, num_base_tokens)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / ADAPTER_WEIGHTS))
+    if lora_model is not None:
+        lora_model.save_pretrained(str(folder / ADAPTER_LORA_DIR), state_dict=state_dict, save_embedding_layers=False)
+    tokenizer.save_pretrained(folder)
     moe = moe_config_of(model)
-    AdapterConfig(
+    AdapterConfig(  # last: a folder with it holds every file (find_checkpoint passes over a save cut short)
         base_model=base_model,
         num_base_tokens=num_base_tokens,
         moe=moe.to_dict() if moe else None,
         lora=lora_model is not None,
         extra={"prompt_format": prompt_format} if prompt_format else {},
     ).write(folder)
-    if lora_model is not None:
-        lora_model.save_pretrained(str(folder / ADAPTER_LORA_DIR), state_dict=state_dict, save_embedding_layers=False)
-    tokenizer.save_pretrained(folder)
     return folder
 
 
