@@ -155,3 +155,7 @@ def test_report_checks_its_output_paths_before_writing(tmp_path, capsys):
             main(["report", str(metrics), flag, str(target)])
         err = capsys.readouterr().err
         assert done.value.code == 2 and err == f"openrag report: error: {flag} {target}: {metrics} is a file, not a folder; choose another {flag}\n"
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(metrics), "--plot", str(tmp_path / "chart.xyz")])
+    out, err = capsys.readouterr()
+    assert done.value.code == 2 and out == "" and "--plot" in err and ".png, .svg, .pdf" in err

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # what the chart can be written as
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics_files", nargs="+", help="the .metrics.json files that `openrag eval` wrote")
     parser.add_argument("--output", default=None, help="write the markdown table here too (default: print only)")
-    parser.add_argument("--plot", default=None, help="write a PNG bar chart of the scores here")
+    parser.add_argument("--plot", default=None, help="write a bar chart of the scores here (.png, .svg or .pdf)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--output", args.output), ("--plot", args.plot)):  # before the work, not after it
         if path:
             check_output_path(path, flag)
+    if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+        raise ValueError(f"--plot {args.plot}: give a file name ending in {', '.join(PLOT_SUFFIXES)}")
     runs = load_summaries(args.metrics_files)
     table = markdown_table(runs)
     print(table, end="")
