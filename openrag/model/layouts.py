@@ -37,7 +37,7 @@ NEW_LM_HEAD_KEY = "new_token_rows.lm_head"  # [n_new, D] rows of an untied outpu
 MOE_KEYS_FIELDS = ("num_experts", "topk", "adapter_dim", "moe_scaling")
 RELEASED_LORA_DIR = "adapter_model"  # released training checkpoint: PEFT LoRA over the dense projections
 RELEASED_MOE_FILE = "moe_model.bin"  # released training checkpoint: every state key containing "adapter"
-_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # a Trainer save in an output folder
 
 
 class CheckpointError(ValueError):
@@ -314,7 +314,7 @@ def find_checkpoint(model_path: str | Path) -> Path:
     if is_training_checkpoint(folder):
         return folder
     steps = sorted(
-        (int(m.group(1)), sub) for sub in folder.iterdir() if (m := _CHECKPOINT_DIR.match(sub.name)) and is_training_checkpoint(sub)
+        (int(m.group(1)), sub) for sub in folder.iterdir() if (m := CHECKPOINT_DIR.match(sub.name)) and is_training_checkpoint(sub)
     )
     if not steps:
         raise FileNotFoundError(f"{folder} holds no training checkpoint ({ADAPTER_CONFIG}, or {RELEASED_MOE_FILE} with {RELEASED_LORA_DIR}/)")

@@ -17,6 +17,7 @@ from ..model.layouts import (
     ADAPTER_CONFIG,
     ADAPTER_LORA_DIR,
     ADAPTER_WEIGHTS,
+    CHECKPOINT_DIR,
     AdapterConfig,
     CheckpointError,
     load_moe_state_dict,
@@ -46,14 +47,12 @@ def save_checkpoint(setup: TrainableModel, folder: str | Path, state_dict: dict 
 def last_finished_checkpoint(output_dir: str | Path) -> str:
     """The newest ``checkpoint-N`` in ``output_dir`` whose save finished: the Trainer writes its
     ``trainer_state.json`` last, so a run killed while saving leaves a folder without it, which is skipped."""
-    import re
-
     from transformers.trainer import TRAINER_STATE_NAME
 
     folder = Path(output_dir)
     found = sorted(
         (int(m.group(1)), sub) for sub in (folder.iterdir() if folder.is_dir() else ())
-        if sub.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", sub.name))
+        if sub.is_dir() and (m := CHECKPOINT_DIR.match(sub.name))
     )
     while found and not (found[-1][1] / TRAINER_STATE_NAME).is_file():
         log.warning("skipping %s: its save did not finish (no %s)", found.pop()[1], TRAINER_STATE_NAME)
