@@ -27,7 +27,7 @@ INIT=${INIT:-default}
 WARM=()
 [ "$INIT" = none ] || WARM=(--init_from "$INIT")
 RESUME=()
-ls -d "$OUT"/ckpt/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume_from_checkpoint True)
+ls "$OUT"/ckpt/checkpoint-*/trainer_state.json >/dev/null 2>&1 && RESUME=(--resume_from_checkpoint True)  # a save that finished
 .venv/bin/openrag train --model_name_or_path smollm2 "${WARM[@]}" --data_path "$OUT/train.jsonl" --output_dir "$OUT/ckpt" \
   --num_experts 8 --topk 2 --adapter_dim 32 --moe_scaling 0.25 --expert_dropout 0 \
   --lora_r 16 --lora_alpha 16 --lora_dropout 0 --lora_target_modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \

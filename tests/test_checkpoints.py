@@ -1,6 +1,7 @@
 """Every checkpoint layout load_model accepts, against a reference built in the test."""
 
 import copy
+import re
 import json
 
 import pytest
@@ -147,3 +148,21 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(str(tmp_path / "empty"), device="cpu")
+
+
+def test_expert_settings_are_checked_wherever_they_are_read():
+    from types import SimpleNamespace
+
+    from openrag.model.layouts import moe_settings, released_moe_config
+
+    good = {"num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25}
+    assert moe_settings({**good, "num_experts": 4.0}, "f").num_experts == 4
+    for bad, said in [({**good, "num_experts": 4.7}, "'num_experts' is 4.7, not a whole number"),
+                      ({**good, "moe_scaling": float("inf")}, "'moe_scaling' is inf, not a finite number"),
+                      ({**good, "topk": True}, "'topk' is True"), ([4, 2], "not an object")]:
+        with pytest.raises(CheckpointError, match=f"^f: .*{re.escape(said)}"):
+            moe_settings(bad, "f")
+    merged = SimpleNamespace(_name_or_path="/m", **{**good, "topk": None})  # a merged config.json missing a field
+    with pytest.raises(CheckpointError, match="^/m/config.json: expert setting 'topk' is None"):
+        released_moe_config(merged)
+    assert released_moe_config(SimpleNamespace(num_experts=60, num_experts_per_tok=4)) is None  # another kind of MoE

@@ -132,8 +132,8 @@ def test_merge_says_to_pass_base_model_when_the_recorded_base_is_gone(trained, t
 
 @pytest.mark.parametrize("config_text, said", [
     ('{"num_experts": 4, "topk": 2,', "config.json:1: not valid JSON"),
-    ('{"num_experts": null, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25}', "'num_experts' is None, not a number"),
-    ('{"num_experts": 4, "topk": "2", "adapter_dim": 8, "moe_scaling": 0.25}', "'topk' is '2', not a number"),
+    ('{"num_experts": null, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25}', "'num_experts' is None, not a whole number"),
+    ('{"num_experts": 4, "topk": "2", "adapter_dim": 8, "moe_scaling": 0.25}', "'topk' is '2', not a whole number"),
     ('{"num_experts": 4, "topk": 5, "adapter_dim": 8, "moe_scaling": 0.25}', "topk must be between 1 and num_experts=4"),
 ])
 def test_merge_names_the_file_and_field_of_bad_expert_settings(trained, tmp_path, config_text, said):
@@ -148,8 +148,8 @@ def test_merge_names_the_file_and_field_of_bad_expert_settings(trained, tmp_path
 
 
 @pytest.mark.parametrize("moe, said", [
-    ({"topk": 2, "adapter_dim": 8, "moe_scaling": 0.25}, "'num_experts' is None, not a number"),
-    ({"num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": None}, "'moe_scaling' is None, not a number"),
+    ({"topk": 2, "adapter_dim": 8, "moe_scaling": 0.25}, "'num_experts' is None, not a whole number"),
+    ({"num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": None}, "'moe_scaling' is None, not a finite number"),
 ])
 def test_loading_names_a_bad_expert_entry_in_the_adapter_config(trained, tmp_path, moe, said):
     _, out, _ = trained

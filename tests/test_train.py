@@ -267,11 +267,25 @@ def test_lora_only_run_resumes(tmp_path):
         assert after[step] == pytest.approx(before[step], abs=1e-6), (step, before, after)
 
 
-def test_resume_without_a_finished_checkpoint_says_so(tmp_path):
+def test_resume_refuses_a_save_that_did_not_finish(tmp_path, monkeypatch):
     from openrag.model.layouts import CheckpointError
-    from openrag.training.checkpointing import last_finished_checkpoint
+    from openrag.training.checkpointing import resume_folder
 
-    (tmp_path / "checkpoint-20").mkdir()  # killed during its first save
-    (tmp_path / "checkpoint-20" / "adapter.safetensors").write_bytes(b"")
+    first = tmp_path / "checkpoint-20"  # killed during its first save
+    first.mkdir()
+    (first / "adapter.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match=f"no finished checkpoint-N in {tmp_path}.*start without --resume_from_checkpoint"):
-        last_finished_checkpoint(tmp_path)
+        resume_folder("True", tmp_path)
+    with pytest.raises(CheckpointError, match=f"--resume_from_checkpoint {first}: its save did not finish.*give an earlier"):
+        resume_folder(str(first), tmp_path)
+    (first / "trainer_state.json").write_text('{"global_step": 2')  # cut short while being written
+    with pytest.raises(CheckpointError, match="no finished checkpoint-N"):
+        resume_folder("last", tmp_path)
+    (first / "trainer_state.json").write_text('{"global_step": 20}')
+    assert resume_folder("last", tmp_path) == str(first)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: rank 0 wrote the state before rank 1 wrote its RNG file
+    (first / "rng_state_0.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no finished checkpoint-N"):
+        resume_folder("True", tmp_path)
+    (first / "rng_state_1.pth").write_bytes(b"")
+    assert resume_folder("True", tmp_path) == str(first)

@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -74,26 +75,33 @@ class AdapterConfig:
         (folder / ADAPTER_CONFIG).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
-def moe_settings(data: dict, where: str) -> MoEConfig:
+def moe_settings(data, where: str) -> MoEConfig:
     """The expert settings a checkpoint file records (``num_experts``, ``topk``, ``adapter_dim``, ``moe_scaling``
-    and, if recorded, ``dropout``), each checked to be a number: CheckpointError naming the file and the field."""
-    for key in (*MOE_KEYS_FIELDS, "dropout"):
-        value = data.get(key, 0.1 if key == "dropout" else None)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CheckpointError(f"{where}: expert setting {key!r} is {value!r}, not a number; "
+    and, if recorded, ``dropout``), each checked: CheckpointError naming the file and the field."""
+    import math
+
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: the expert settings are {data!r}, not an object; restore the file as training wrote it")
+    values = {**{k: data.get(k) for k in MOE_KEYS_FIELDS}, "dropout": data.get("dropout", MoEConfig.dropout)}
+    for key, value in values.items():
+        whole = key in ("num_experts", "topk", "adapter_dim")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (whole and value != int(value)):
+            raise CheckpointError(f"{where}: expert setting {key!r} is {value!r}, not a {'whole' if whole else 'finite'} number; "
                                   "restore the file as training wrote it")
     try:
-        return MoEConfig(int(data["num_experts"]), int(data["topk"]), int(data["adapter_dim"]), float(data["moe_scaling"]),
-                         float(data.get("dropout", 0.1)))
+        return MoEConfig(int(values["num_experts"]), int(values["topk"]), int(values["adapter_dim"]), float(values["moe_scaling"]),
+                         float(values["dropout"]))
     except ValueError as err:
         raise CheckpointError(f"{where}: {err}") from None
 
 
 def released_moe_config(config) -> MoEConfig | None:
-    """MoE settings from a released/merged ``config.json``, or None when it has none."""
-    if all(getattr(config, k, None) is not None for k in MOE_KEYS_FIELDS):
-        return MoEConfig(int(config.num_experts), int(config.topk), int(config.adapter_dim), float(config.moe_scaling))
-    return None
+    """MoE settings from a released/merged ``config.json``, or None when it has none (a dense model, or another
+    kind of MoE: ``num_experts`` alone is Qwen's too; ``adapter_dim`` and ``moe_scaling`` are Open-RAG's own)."""
+    if all(getattr(config, k, None) is None for k in ("adapter_dim", "moe_scaling")):
+        return None
+    where = f"{getattr(config, '_name_or_path', '') or 'the model'}/config.json"
+    return moe_settings({k: getattr(config, k, None) for k in MOE_KEYS_FIELDS}, where)
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -313,12 +321,16 @@ def find_checkpoint(model_path: str | Path) -> Path:
         raise FileNotFoundError(f"no folder at {model_path}; give a training output folder or one of its checkpoint-N folders")
     if is_training_checkpoint(folder):
         return folder
-    steps = sorted(
-        (int(m.group(1)), sub) for sub in folder.iterdir() if (m := CHECKPOINT_DIR.match(sub.name)) and is_training_checkpoint(sub)
-    )
-    if not steps:
+    newest = newest_checkpoint(folder, is_training_checkpoint)
+    if newest is None:
         raise FileNotFoundError(f"{folder} holds no training checkpoint ({ADAPTER_CONFIG}, or {RELEASED_MOE_FILE} with {RELEASED_LORA_DIR}/)")
-    return steps[-1][1]
+    return newest
+
+
+def newest_checkpoint(folder: Path, whole: Callable[[Path], bool]) -> Path | None:
+    """The ``checkpoint-N`` folder in ``folder`` with the largest N among those ``whole`` accepts (None if none)."""
+    steps = sorted((int(m.group(1)), sub) for sub in folder.iterdir() if (m := CHECKPOINT_DIR.match(sub.name)) and sub.is_dir())
+    return next((sub for _, sub in reversed(steps) if whole(sub)), None)
 
 
 def released_training_moe_config(folder: Path) -> MoEConfig:

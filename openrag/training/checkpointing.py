@@ -17,11 +17,12 @@ from ..model.layouts import (
     ADAPTER_CONFIG,
     ADAPTER_LORA_DIR,
     ADAPTER_WEIGHTS,
-    CHECKPOINT_DIR,
     AdapterConfig,
     CheckpointError,
     load_moe_state_dict,
     load_new_token_rows,
+    moe_settings,
+    newest_checkpoint,
     read_tensors,
     save_adapter,
     save_released_training,
@@ -44,24 +45,35 @@ def save_checkpoint(setup: TrainableModel, folder: str | Path, state_dict: dict 
     return folder
 
 
-def last_finished_checkpoint(output_dir: str | Path) -> str:
-    """The newest ``checkpoint-N`` in ``output_dir`` whose save finished: the Trainer writes its
-    ``trainer_state.json`` last, so a run killed while saving leaves a folder without it, which is skipped."""
+def resume_folder(value: str, output_dir: str | Path) -> str:
+    """The checkpoint ``--resume_from_checkpoint`` names: a folder, or ``True``/``last`` for the newest one in
+    ``output_dir`` whose save finished. A folder whose save did not finish is refused (named, with the fix)."""
+    if value.lower() in ("true", "last", "yes"):
+        newest = newest_checkpoint(Path(output_dir), save_finished) if Path(output_dir).is_dir() else None
+        if newest is None:
+            raise CheckpointError(f"--resume_from_checkpoint: no finished checkpoint-N in {output_dir} (a save that wrote "
+                                  "all its files); start without --resume_from_checkpoint, or give a checkpoint folder")
+        return str(newest)
+    if not save_finished(Path(value)):
+        raise CheckpointError(f"--resume_from_checkpoint {value}: its save did not finish (files missing or cut short); "
+                              "give an earlier checkpoint-N, or True for the newest finished one")
+    return value
+
+
+def save_finished(folder: Path) -> bool:
+    """Whether a Trainer save in ``folder`` wrote all its files. The Trainer writes its state file last, but under
+    torchrun rank 0 writes it without waiting for the other ranks' RNG files, so those are checked too."""
+    import json
+    import os
+
     from transformers.trainer import TRAINER_STATE_NAME
 
-    folder = Path(output_dir)
-    found = sorted(
-        (int(m.group(1)), sub) for sub in (folder.iterdir() if folder.is_dir() else ())
-        if sub.is_dir() and (m := CHECKPOINT_DIR.match(sub.name))
-    )
-    while found and not (found[-1][1] / TRAINER_STATE_NAME).is_file():
-        log.warning("skipping %s: its save did not finish (no %s)", found.pop()[1], TRAINER_STATE_NAME)
-    if not found:
-        raise CheckpointError(
-            f"--resume_from_checkpoint: no finished checkpoint-N in {folder} (one with {TRAINER_STATE_NAME}); "
-            "start without --resume_from_checkpoint, or give a checkpoint folder"
-        )
-    return str(found[-1][1])
+    try:
+        json.loads((folder / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return world_size <= 1 or all((folder / f"rng_state_{rank}.pth").is_file() for rank in range(world_size))
 
 
 @torch.no_grad()
@@ -100,10 +112,11 @@ def _read_config(folder: Path) -> AdapterConfig:
 def _check_fits(setup: TrainableModel, config: AdapterConfig, folder: Path, lora: bool) -> None:
     """The checkpoint's token count and expert shapes (and, if ``lora``, its LoRA switch) match this run's."""
     moe = moe_config_of(setup.inner)
-    shape = lambda d: {k: v for k, v in d.items() if k != "dropout"} if d else None  # dropout may differ between runs
+    saved = moe_settings(config.moe, str(folder / ADAPTER_CONFIG)) if config.moe else None
+    shape = lambda m: {k: v for k, v in m.to_dict().items() if k != "dropout"} if m else None  # dropout may differ between runs
     expected = {
         "num_base_tokens": (config.num_base_tokens, setup.num_base_tokens),
-        "experts": (shape(config.moe), shape(moe.to_dict() if moe else None)),
+        "experts": (shape(saved), shape(moe)),
     }
     if lora:
         expected["lora"] = (config.lora, setup.lora)

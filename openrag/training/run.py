@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .args import DataArguments, ModelArguments, MoEArguments, OpenRAGTrainingArguments
-from .checkpointing import last_finished_checkpoint, warm_start
+from .checkpointing import resume_folder, warm_start
 from .data import Collator, PackingCollator, load_tokenized
 from .setup import build_model, trainable_summary
 from .trainer import OpenRAGTrainer
@@ -20,7 +20,7 @@ def resume_target(value: str | None, output_dir: str) -> str | None:
     """``--resume_from_checkpoint``: a checkpoint folder, or True/last for the newest finished one in the output folder."""
     if value is None or value.lower() in ("", "false", "none", "no"):
         return None
-    return last_finished_checkpoint(output_dir) if value.lower() in ("true", "last", "yes") else value
+    return resume_folder(value, output_dir)
 
 
 def run_training(
@@ -28,9 +28,9 @@ def run_training(
 ) -> OpenRAGTrainer:
     from transformers import set_seed
 
+    resume = resume_target(args.resume_from_checkpoint, args.output_dir)  # before the model: a bad one is refused at once
     set_seed(args.seed)  # before the experts are initialised, so that a run is reproducible
     setup = build_model(model_args, moe_args, bf16=args.bf16, fp16=args.fp16)
-    resume = resume_target(args.resume_from_checkpoint, args.output_dir)
     if model_args.init_from and not resume:  # a resumed run takes everything from its checkpoint
         warm_start(setup, model_args.init_from)
     if data_args.packing and setup.inner.config._attn_implementation not in ("sdpa", "eager"):
