@@ -1,8 +1,8 @@
 """Every checkpoint layout load_model accepts, against a reference built in the test."""
 
 import copy
-import re
 import json
+import re
 
 import pytest
 import torch

@@ -136,7 +136,8 @@ def test_report_names_the_file_and_field_it_cannot_read(tmp_path, capsys):
     (tmp_path / "bytes.metrics.json").write_bytes(b"\xff\xfe{}")
     (tmp_path / "text.metrics.json").write_text(json.dumps({"n": 3, "em": "0.5"}))
     (tmp_path / "nested.metrics.json").write_text(json.dumps({"n": 3, "f1": {"mean": 0.5}}))
-    for name, said in [("bytes", "not UTF-8"), ("text", "'em'"), ("nested", "'f1'")]:
+    (tmp_path / "flag.metrics.json").write_text(json.dumps({"n": 3, "em": True}))
+    for name, said in [("bytes", "not UTF-8"), ("text", "'em'"), ("nested", "'f1'"), ("flag", "'em'")]:
         path = tmp_path / f"{name}.metrics.json"
         with pytest.raises(SystemExit) as done:
             main(["report", str(path)])

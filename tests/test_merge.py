@@ -97,11 +97,14 @@ def test_merge_refuses_an_output_folder_that_holds_files(trained, tmp_path):
     """Given the base's own folder as the output (a slip of the flags), merging would overwrite the base."""
     base, out, _ = trained
     before = {p.name: p.read_bytes() for p in base.iterdir()}
-    with pytest.raises(FileExistsError, match="--output_dir"):
+    with pytest.raises(FileExistsError, match="--output_dir .* already holds files; give a new folder") as refused:
         merge(out, base_model=str(base), output_dir=base)
+    assert "delete" not in str(refused.value)  # never suggest deleting the base
     assert {p.name: p.read_bytes() for p in base.iterdir()} == before
     (tmp_path / "empty").mkdir()  # an empty folder holds nothing to lose
     assert (merge(out, base_model=str(base), output_dir=tmp_path / "empty") / "config.json").is_file()
+    with pytest.raises(FileExistsError, match="already holds an earlier merge; delete it to merge again"):
+        merge(out, base_model=str(base), output_dir=tmp_path / "empty")
 
 
 def test_an_interrupted_merge_leaves_no_half_written_model(trained, tmp_path, monkeypatch):

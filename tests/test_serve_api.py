@@ -241,6 +241,8 @@ BAD_ANSWER_BODIES = [
     ({"question": "q", "ndocs": "3"}, "ndocs"),
     ({"question": "q", "ndocs": 2.5}, "ndocs"),
     ({"question": "q", "chain": "yes"}, "chain"),
+    ({"question": "q", "threshold": True}, "threshold"),
+    ({"question": "q", "w_rel": "0.5"}, "w_rel"),
     ({"question": "q", "passages": [{"text": " \n "}]}, "passages.0.text"),
     ({"question": "q", "task": "arc_c", "choices": ["a", " "]}, "choices.1"),
     ({"question": "q", "max_new_tokens": 100_000}, "max_new_tokens"),
@@ -273,6 +275,9 @@ BAD_CHAT_BODIES = [
     ({"messages": [{"role": "user", "content": "q"}], "stream": True}, "stream"),
     ({"messages": [{"role": "user", "content": "q"}], "n": 2}, "n"),
     ({"messages": [{"role": "user", "content": "q"}], "max_tokens": 0}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "q"}], "max_tokens": True}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "q"}], "max_completion_tokens": "3"}, "max_completion_tokens"),
+    ({"messages": [{"role": "user", "content": "q"}], "stream": "no"}, "stream"),
     ({"messages": [{"role": "user", "content": "q"}], "mode": "sometimes"}, "mode"),
 ]
 

@@ -9,7 +9,7 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # what the chart can be written as
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics_files", nargs="+", help="the .metrics.json files that `openrag eval` wrote")
     parser.add_argument("--output", default=None, help="write the markdown table here too (default: print only)")
-    parser.add_argument("--plot", default=None, help="write a bar chart of the scores here (.png, .svg or .pdf)")
+    parser.add_argument("--plot", default=None, help=f"write a bar chart of the scores here ({', '.join(PLOT_SUFFIXES)})")
 
 
 def run(args: argparse.Namespace) -> int:

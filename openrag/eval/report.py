@@ -24,7 +24,7 @@ def load_summaries(paths: Sequence[Path]) -> list[tuple[str, dict]]:
         if "n" not in summary:
             raise ValueError(f"{path}: no 'n' field; {NOT_METRICS}")
         for key in NUMBER_FIELDS:
-            if summary.get(key) is not None and not isinstance(summary[key], (int, float)):
+            if summary.get(key) is not None and (isinstance(summary[key], bool) or not isinstance(summary[key], (int, float))):
                 raise ValueError(f"{path}: {key!r} is {summary[key]!r}, not a number; {NOT_METRICS}")
         name = path.name[: -len(".metrics.json")] if path.name.endswith(".metrics.json") else path.stem
         runs.append((name, summary))

@@ -37,7 +37,7 @@ def _option_model() -> type[BaseModel]:
     specs = {}
     for f in option_fields("request"):
         kind = Literal[tuple(f.metadata["choices"])] if "choices" in f.metadata else field_kind(f)
-        strict = kind in (bool, int)  # "ndocs": true or "3", "chain": "yes" are mistakes, not numbers and flags
+        strict = kind in (bool, int, float)  # "ndocs": true or "3", "chain": "yes" are mistakes (JSON integers stay floats)
         specs[f.name] = (kind | None, Field(default=None, description=f.metadata["help"], strict=strict or None,
                                             **OPTION_LIMITS.get(f.name, {})))
     return create_model("AnswerOptionFields", **specs)
@@ -126,10 +126,10 @@ class ChatRequest(AnswerFields):
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str | None = Field(default=None, max_length=200)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
-    stream: bool = False
-    n: int = 1
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS, strict=True)
+    stream: bool = Field(default=False, strict=True)
+    n: int = Field(default=1, strict=True)
 
     @field_validator("stream")
     @classmethod
