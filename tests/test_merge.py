@@ -119,6 +119,11 @@ def test_an_interrupted_merge_leaves_no_half_written_model(trained, tmp_path, mo
     with pytest.raises(OSError, match="No space left"):
         merge(out, base_model=str(base), output_dir=tmp_path / "merged")
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / ".merged.tmp99999").mkdir()  # what a merge killed outright (SIGKILL) leaves
+    (tmp_path / ".merged.tmp99999" / "model.safetensors").write_bytes(b"partial")
+    merge(out, base_model=str(base), output_dir=tmp_path / "merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
 
 
 def test_merge_says_to_pass_base_model_when_the_recorded_base_is_gone(trained, tmp_path):

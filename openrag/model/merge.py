@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..outputs import check_output_path
+from ..outputs import check_output_path, output_lock
 from .experts import inject_moe
 from .layouts import (
     ADAPTER_CONFIG,
@@ -51,13 +51,17 @@ def merge(model_path: str | Path, base_model: str | None = None, output_dir: str
         model, tokenizer = _load_official(folder, base_model)
         base_name = base_model
     model.to(_save_dtype(dtype, base_name))
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        save_merged(model, tokenizer, tmp)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(out, "openrag merge"):
+        _new_folder(out)  # again, now that no other merge can be writing it
+        for stale in out.parent.glob(f".{out.name}.tmp*"):  # left by a merge that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        try:
+            save_merged(model, tokenizer, tmp)
+            tmp.replace(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 
