@@ -6,6 +6,7 @@ import argparse
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # what the chart can be written as
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics_files", nargs="+", help="the .metrics.json files that `openrag eval` wrote")
     parser.add_argument("--output", default=None, help="write the markdown table here too (default: print only)")

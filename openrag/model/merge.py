@@ -8,7 +8,6 @@ and the released trainer's (``adapter_model/`` PEFT LoRA + ``moe_model.bin``, ex
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ from ..outputs import check_output_path, output_lock
 from .experts import inject_moe
 from .layouts import (
     ADAPTER_CONFIG,
-    MOE_KEYS_FIELDS,
+    MERGED_MOE_WEIGHTS,
     RELEASED_LORA_DIR,
     RELEASED_MOE_FILE,
     AdapterConfig,
@@ -70,7 +69,7 @@ def _new_folder(out: Path) -> Path:
     written into."""
     out = check_output_path(out, "--output_dir", folder=True)
     if out.is_dir() and any(out.iterdir()):
-        earlier = (out / "config.json").is_file() and all(k in json.loads((out / "config.json").read_text()) for k in MOE_KEYS_FIELDS)
+        earlier = (out / MERGED_MOE_WEIGHTS).is_file()  # an Open-RAG merge; a dense folder may be a base, never offered for deletion
         raise FileExistsError(f"--output_dir {out} already holds " + ("an earlier merge; delete it to merge again, or give a new folder"
                               if earlier else "files; give a new folder for the merged model"))
     return out
