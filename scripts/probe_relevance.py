@@ -81,7 +81,8 @@ def main(argv=None) -> None:
     rows = rows[: args.instances]
     for name in args.models:
         model, tokenizer = load_model(name)
-        if add_reflection_tokens(model, tokenizer) and args.words:  # a bare base: it had no reflection tokens
+        words = bool(add_reflection_tokens(model, tokenizer)) and args.words  # a bare base: it had no reflection tokens
+        if words:
             word_rows(model, tokenizer)
         ids = reflection_token_ids(tokenizer)
         pair = [ids[RELEVANT], ids[IRRELEVANT]]
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
             labels.append(float(t.labels[at] == ids[RELEVANT]))
         features, shares, labels = torch.stack(features), torch.stack(shares), torch.tensor(labels)
         questions = [r["conversation"][0]["input"] for r in rows]
-        print(f"{name}{' (word rows)' if args.words else ''}: {len(labels)} instances ({int(labels.sum())} gold); "
+        print(f"{name}{' (word rows)' if words else ''}: {len(labels)} instances ({int(labels.sum())} gold); "
               f"token AUC {auc(shares, labels):.3f}, P([Relevant]) {shares.min():.2f}-{shares.max():.2f}; "
               f"probe AUC {probe_auc(features, labels, questions):.3f}", flush=True)
 
