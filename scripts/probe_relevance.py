@@ -16,24 +16,39 @@ brackets, ``</paragraph>`` as "end of paragraph"), to ask whether the base start
 from __future__ import annotations
 
 import argparse
-import json
 import random
+import sys
 
 import torch
 
 from openrag import add_reflection_tokens, load_model
+from openrag.data.examples import RowError
+from openrag.data.readers import iter_json_rows
 from openrag.data.tokenize import tokenize_instance
+from openrag.eval.critique import auc
 from openrag.model.reflection import IRRELEVANT, RELEVANT, reflection_token_ids
 
 DATASETS = ("hotpotqa", "2wikimultihopqa")
 MAX_LENGTH = 320  # scripts/train_bundled.sh's --model_max_length
 
 
-def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """P(a gold score > a non-gold score), ties half."""
-    pos, neg = scores[labels == 1], scores[labels == 0]  # [P], [N]
-    diff = pos[:, None] - neg[None, :]  # [P, N]
-    return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
+def read_rows(path: str) -> list[dict]:
+    """The builder's gold and distractor rows of the probed datasets; a clear exit on a missing or malformed file."""
+    rows = []
+    try:
+        for _, row in iter_json_rows(path):
+            if isinstance(row, RowError):
+                raise row
+            turns = row.get("conversation")
+            if not (isinstance(turns, list) and turns and isinstance(turns[0], dict) and {"input", "output"} <= turns[0].keys()):
+                raise ValueError(f"{path}: a row without conversation[0].input/output; give a file from `openrag data build`")
+            if row.get("kind") in ("gold", "distractor") and row.get("dataset") in DATASETS:
+                rows.append(row)
+    except (OSError, ValueError) as err:
+        sys.exit(f"probe_relevance: {err}")
+    if not rows:
+        sys.exit(f"probe_relevance: {path} holds no HotpotQA or 2Wiki gold/distractor instances; give a file from `openrag data build`")
+    return rows
 
 
 @torch.no_grad()
@@ -65,7 +80,7 @@ def probe_auc(features: torch.Tensor, labels: torch.Tensor, questions: list[str]
         return loss
 
     opt.step(closure)
-    return auc((z[~fit] @ w + b).detach(), labels[~fit])
+    return auc((z[~fit] @ w + b).detach().tolist(), (labels[~fit] == 1).tolist())
 
 
 def main(argv=None) -> None:
@@ -75,12 +90,14 @@ def main(argv=None) -> None:
     ap.add_argument("--instances", type=int, default=400, help="how many gold/distractor instances (a seeded draw)")
     ap.add_argument("--words", action="store_true", help="a bare base's new token rows from their words, not the mean")
     args = ap.parse_args(argv)
-    rows = [json.loads(line) for line in open(args.data, encoding="utf-8")]
-    rows = [r for r in rows if r.get("kind") in ("gold", "distractor") and r.get("dataset") in DATASETS]
+    rows = read_rows(args.data)
     random.Random(0).shuffle(rows)
     rows = rows[: args.instances]
     for name in args.models:
-        model, tokenizer = load_model(name)
+        try:
+            model, tokenizer = load_model(name)
+        except (OSError, ValueError) as err:
+            sys.exit(f"probe_relevance: cannot load {name}: {err}")
         words = bool(add_reflection_tokens(model, tokenizer)) and args.words  # a bare base: it had no reflection tokens
         if words:
             word_rows(model, tokenizer)
@@ -99,7 +116,7 @@ def main(argv=None) -> None:
         features, shares, labels = torch.stack(features), torch.stack(shares), torch.tensor(labels)
         questions = [r["conversation"][0]["input"] for r in rows]
         print(f"{name}{' (word rows)' if words else ''}: {len(labels)} instances ({int(labels.sum())} gold); "
-              f"token AUC {auc(shares, labels):.3f}, P([Relevant]) {shares.min():.2f}-{shares.max():.2f}; "
+              f"token AUC {auc(shares.tolist(), (labels == 1).tolist()):.3f}, P([Relevant]) {shares.min():.2f}-{shares.max():.2f}; "
               f"probe AUC {probe_auc(features, labels, questions):.3f}", flush=True)
 
 

@@ -21,7 +21,9 @@ from types import SimpleNamespace
 from openrag.answer.scoring import candidate_score, choose
 from openrag.eval.metrics import score_answer
 from openrag.eval.runner import read_records
-from openrag.tasks import get_task
+from openrag.tasks import TASKS, get_task
+
+SCORED_TASKS = tuple(name for name, t in TASKS.items() if t.metric == "hotpotem")  # EM and F1 per answer
 
 W_REL = (0.0, 0.5, 1.0, 2.0, 4.0)
 W_SUP = (0.0, 0.5, 1.0, 2.0)
@@ -58,9 +60,20 @@ def recorded(records: list[dict]) -> float:
 
 
 def load(path: Path) -> list[dict]:
-    records = [r for r in read_records(path) if r.get("candidates")]
+    """The answers of a sweep file that have candidates; a clear exit on a missing, malformed or foreign file."""
+    if not path.is_file():
+        sys.exit(f"tune_weights: no file at {path}; give a .sweep.jsonl written by `openrag eval sweep`")
+    try:
+        records = [r for r in read_records(path) if r.get("candidates")]
+    except ValueError as err:
+        sys.exit(f"tune_weights: {err}")
     if not records:
         sys.exit(f"tune_weights: {path} holds no answers with candidates; give a file written by `openrag eval sweep`")
+    fields = ("text", "relevance", "groundedness", "utility", "seq_score")
+    for r in records:
+        if "answers" not in r or "em" not in r.get("metrics", {}) or any(f not in c for c in r["candidates"] for f in fields):
+            sys.exit(f"tune_weights: {path}: answer {r.get('id')!r} lacks its gold answers, EM or candidate score terms; "
+                     "give a file written by `openrag eval sweep` with --metric hotpotem")
     return records
 
 
@@ -68,7 +81,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tune", type=Path, help="sweep file of training questions (weights are chosen here)")
     ap.add_argument("--apply", type=Path, action="append", default=[], help="sweep file of held-out questions (repeatable)")
-    ap.add_argument("--task", default="hotpotqa", help="the task the files answer (its metric and answer aggregation)")
+    ap.add_argument("--task", default="hotpotqa", choices=SCORED_TASKS, help="the task the files answer (its answer aggregation)")
     ap.add_argument("--top", type=int, default=5, help="how many of the best settings to list")
     args = ap.parse_args(argv)
     task = get_task(args.task)

@@ -62,3 +62,12 @@ def test_a_file_without_candidates_is_refused(tune, tmp_path):
     path.write_text(json.dumps({"index": 0, "answers": ["x"], "metrics": {"em": 0.0}}) + "\n")
     with pytest.raises(SystemExit, match="openrag eval sweep"):
         tune.main([str(path)])
+
+
+def test_missing_files_and_records_without_score_terms_are_refused(tune, tmp_path):
+    with pytest.raises(SystemExit, match="no file at"):
+        tune.main([str(tmp_path / "absent.jsonl")])
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps({"index": 0, "id": "a", "answers": ["x"], "metrics": {"em": 0.0}, "candidates": [{"text": "x"}]}) + "\n")
+    with pytest.raises(SystemExit, match="candidate score terms"):
+        tune.main([str(path)])
