@@ -501,3 +501,37 @@ def test_shared_training_split_never_holds_an_evaluation_question():
     assert not {i.id for i in result.instances} & eval_ids
     assert not {normalize_question(i.input) for i in result.instances} & eval_questions
     assert set(result.questions) == {"hotpotqa", "musique", "2wikimultihopqa"}
+
+
+CITEPROBE = SHARED / "hotpotqa/hotpotqa_train500_citeprobe.json"
+
+
+@pytest.mark.skipif(not CITEPROBE.is_file(), reason="../shared/data is not here")
+def test_distractor_train_rows_build_from_their_own_paragraphs_with_one_decision_each():
+    rows = list(read_examples(f"{CITEPROBE}:limit=40", errors=ErrorLog()))
+    result = build([f"{CITEPROBE}:limit=40"], BuildConfig(chain=False, seed=0))
+    assert sum(result.questions.values()) == 40 and not result.errors.count
+    by_id: dict[str, list[Instance]] = {}
+    for inst in result.instances:
+        by_id.setdefault(inst.id, []).append(inst)
+    with_distractors = 0
+    for row in rows:
+        made = by_id[row.id]
+        assert sum(i.train_decision for i in made) == 1  # one retrieval target per question
+        own = {f"{p.title}\n{p.text}" for p in row.passages}
+        gold = {f"{p.title}\n{p.text}" for p in row.passages if p.is_gold}
+        assert {i.passage for i in made if i.kind == "gold"} == gold
+        distractors = [i.passage for i in made if i.kind == "distractor"]
+        assert set(distractors) <= own - gold  # the row's own real distractors, never borrowed
+        with_distractors += bool(distractors)
+    assert with_distractors >= 38  # a row whose other paragraphs all contain the answer has none
+
+
+def test_a_question_repeated_across_inputs_is_built_once(tmp_path):
+    first = FIXTURES / "gold_evidence.jsonl"
+    again = tmp_path / "again.jsonl"
+    again.write_text(first.read_text().splitlines()[0] + "\n")
+    result = build([str(first), str(again)])
+    assert result.duplicates == {"hotpotqa": 1}
+    assert build_report(result)["duplicates"] == 1
+    assert sum(result.questions.values()) == sum(build([str(first)]).questions.values())

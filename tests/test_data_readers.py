@@ -328,3 +328,60 @@ def test_hub_names_load_through_datasets(monkeypatch):
     assert (ex.dataset, ex.id, ex.source, ex.ranked) == ("hotpotqa", "hotpotqa-1", "shayekh/openrag_bench[hotpotqa]:1", True)
     assert load_training_instances("shayekh/openrag_train_data", "moe") == [{"input": "Q", "output": "[No Retrieval]A[Utility:5]"}]
     assert calls == [("shayekh/openrag_bench", "hotpotqa", None), ("shayekh/openrag_train_data", "moe", "train")]
+
+
+CITEPROBE = SHARED / "hotpotqa/hotpotqa_train500_citeprobe.json"
+
+
+@pytest.mark.skipif(not CITEPROBE.is_file(), reason="../shared/data is not here")
+def test_sources_rows_of_hotpotqa_distractor_train():
+    """Real rows: values written from the file's first row by hand (its line 12 opens the row)."""
+    errors = ErrorLog()
+    rows = list(read_examples(CITEPROBE, errors=errors))
+    assert errors.count == 0 and len(rows) == 500
+    first = rows[0]
+    assert (first.id, first.dataset, first.answers, first.ranked) == ("45069", "hotpotqa", ["Jim Obergefell"], False)
+    assert first.source == f"{CITEPROBE}:12"
+    assert first.question.startswith("Who was the widow affected by the Same-sex marriage decision")
+    assert len(first.passages) == 10 and [p.is_gold for p in first.passages].count(True) == 2
+    assert first.passages[0].title == "Bourke v. Beshear" and first.passages[0].is_gold is False
+    assert first.passages[0].text.startswith("The lead cases on same-sex marriage in Kentucky are Bourke v. Beshear, and its "
+                                             "companion case Love v. Beshear. In \"Bourke\", a U.S. district court")
+    assert [p.title for p in first.gold_passages] == ["Same-sex marriage in Ohio", "Same-sex marriage in the Sixth Circuit"]
+    assert sorted(len(r.passages) for r in rows)[:4] == [3, 4, 5, 10]  # three rows hold fewer paragraphs
+    assert all(sum(p.is_gold for p in r.passages) == 2 for r in rows)
+
+
+def _sources_row(**changes) -> dict:
+    row = {
+        "dataset_index": 7, "question": "Who wrote Blue Fox?", "answer": "Anna Marek",
+        "gold_source_indices": [[1, 0], [0, 1]],
+        "sources": [
+            {"title": "Blue Fox", "text": ["Blue Fox is a novel.", " It was written by Anna Marek."], "is_gold": True, "gold_sentence_indices": [1]},
+            {"title": "Novels", "text": ["A novel is a long story."], "is_gold": True, "gold_sentence_indices": [0]},
+            {"title": "Red Fox", "text": ["The red fox is an animal."], "is_gold": False, "gold_sentence_indices": []},
+        ],
+    }
+    return {**row, **changes}
+
+
+def test_sources_object_file_lines_order_and_bad_rows(tmp_path):
+    sources = _sources_row()["sources"]
+    rows = [
+        _sources_row(),
+        _sources_row(question="Q two?", gold_source_indices=[[2, 0]]),  # flags and pairs disagree
+        _sources_row(question="Q three?", gold_source_indices=[[0, 5]]),  # no sentence 5
+        _sources_row(question="Q four?", sources=[{**s, "is_gold": False} for s in sources], gold_source_indices=[]),
+    ]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"split": "train", "seed": 1, "examples": rows}, indent=1))
+    errors = ErrorLog()
+    (ok,) = read_examples(path, errors=errors)
+    assert ok.id == "7" and ok.passages[0] == Passage("Blue Fox", "Blue Fox is a novel. It was written by Anna Marek.", is_gold=True)
+    assert [p.title for p in ok.gold_passages] == ["Novels", "Blue Fox"]  # the pairs' order, not the list's
+    text = path.read_text().splitlines()
+    starts = [i + 1 for i, line in enumerate(text) if line.startswith("  {")]  # where each row object opens
+    assert ok.source == f"{path}:{starts[0]}"
+    assert [(e.line, e.field) for e in errors.errors] == [
+        (starts[1], "gold_source_indices"), (starts[2], "gold_source_indices"), (starts[3], "sources.is_gold")]
+    assert "flagged is_gold" in errors.errors[0].message and "2 sentences" in errors.errors[1].message

@@ -181,19 +181,94 @@ def test_tied_embeddings_get_no_lora_but_new_rows_train(tmp_path):
     assert embed.grad[: setup.num_base_tokens].abs().sum() == 0 and embed.grad[setup.num_base_tokens :].abs().sum() > 0
 
 
-def test_bf16_without_cuda_trains_in_float32():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32(monkeypatch):
     from openrag.training.args import parse_train_args
 
+    monkeypatch.setenv("OPENRAG_CPU_BF16", "0")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         *_, args = parse_train_args(["--data_path", "x.jsonl", "--bf16", "True", "--tf32", "True", "--evaluation_strategy", "no"])
     assert not args.bf16 and not args.tf32
-    assert any("float32" in str(w.message) for w in caught)
+    assert any("OPENRAG_CPU_BF16=0" in str(w.message) and "training in float32" in str(w.message) for w in caught)
     assert args.eval_strategy == "no"
     *_, args = parse_train_args(["--data_path", "x.jsonl", "--group_by_length", "False"])  # the pre-v5 flag
     assert args.train_sampling_strategy == "random"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_bf16_on_a_cpu_with_native_bf16_keeps_autocast_and_fp16_falls_back(monkeypatch):
+    from openrag.training.args import parse_train_args
+
+    monkeypatch.setenv("OPENRAG_CPU_BF16", "1")
+    *_, args = parse_train_args(["--data_path", "x.jsonl", "--bf16", "True"])
+    assert args.bf16 and args.use_cpu and args.mixed_precision == "bf16"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        *_, args = parse_train_args(["--data_path", "x.jsonl", "--fp16", "True"])
+    assert not args.fp16 and not args.bf16
+    assert any("--fp16 on the CPU" in str(w.message) for w in caught)
+
+
+def test_a_bf16_autocast_step_is_close_to_float32(tmp_path):
+    """One training step's loss and gradients under CPU bf16 autocast against the same step in float32:
+    the float32 step is the reference; bf16 keeps 8 bits of mantissa, so agreement is to about 1e-2."""
+    from openrag.training.args import ModelArguments, MoEArguments
+    from openrag.training.data import Collator, tokenize_instances
+    from openrag.training.setup import build_model
+    from openrag.training.trainer import target_loss
+
+    from .train_helpers import instances
+
+    base = write_base(tmp_path / "base", hidden_size=64, intermediate_size=128)
+    setup = build_model(ModelArguments(str(base), lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules="q_proj,v_proj,up_proj"),
+                        MoEArguments(4, 2, 8, 0.25, 0.0))
+    torch.manual_seed(0)
+    for p in setup.model.parameters():  # zero-initialised expert up-projections and LoRA B would give no gradient to their partners
+        if p.requires_grad and p.dim() == 2 and p.abs().sum() == 0:
+            p.data.normal_(0, 0.05)
+    dataset = tokenize_instances(setup.tokenizer, instances(8), 256)
+    batch = Collator(setup.tokenizer.pad_token_id)([dataset[i] for i in range(8)])
+    trained = [(n, p) for n, p in setup.model.named_parameters() if p.requires_grad]
+
+    def step(autocast: bool):
+        setup.model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss_sum, count, _ = target_loss(setup.model, dict(batch))
+            loss = loss_sum / count
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in trained}
+
+    loss32, grads32 = step(False)
+    loss16, grads16 = step(True)
+    assert all(p.dtype == torch.float32 for _, p in trained)  # master weights stay float32
+    assert all(g.dtype == torch.float32 for g in grads16.values())
+    assert abs(loss16 - loss32) / loss32 < 2e-2
+    for name, g32 in grads32.items():
+        g16 = grads16[name]
+        if g32.norm() == 0:
+            continue
+        relative = ((g16 - g32).norm() / g32.norm()).item()
+        cosine = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0).item()
+        assert relative < 0.1 and cosine > 0.99, f"{name}: relative error {relative:.3f}, cosine {cosine:.4f}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_bf16_training_on_the_cpu_runs_under_autocast_and_saves_float32(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENRAG_CPU_BF16", "1")  # the code path a CPU with native bf16 takes (slow elsewhere, still right)
+    base, data, out = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl"), tmp_path / "out"
+    trainer = run_train(train_argv(base, data, out, "--max_steps", "8", "--bf16", "True", "--save_steps", "8"))
+    assert trainer.accelerator.mixed_precision == "bf16" and trainer.accelerator.native_amp
+    seen = []
+    hook = trainer.setup.inner.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.compute_loss(trainer.model_wrapped, dict(batch))  # the forward accelerate wrapped in autocast
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    steps = losses(trainer)
+    assert all(torch.isfinite(torch.tensor(v)) for v in steps.values()) and steps[8] < steps[1]
+    saved = load_file(out / ADAPTER_WEIGHTS)
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
 
 
 def test_seed_command_line_parses():

@@ -112,7 +112,7 @@ def run_stats(args: argparse.Namespace) -> int:
 def print_report(report: dict) -> None:
     out = sys.stdout
     out.write(f"questions {report['questions']}, instances {report['instances']}, "
-              f"excluded {report['excluded']}, bad rows skipped {report['rows_skipped']}\n")
+              f"excluded {report['excluded']}, repeated questions skipped {report['duplicates']}, bad rows skipped {report['rows_skipped']}\n")
     for name, entry in sorted(report["per_dataset"].items()):
         kinds = ", ".join(f"{k} {v}" for k, v in entry["kinds"].items())
         out.write(f"  {name:<16} questions {entry['questions']:>6}  instances {entry['instances']:>7}  ({kinds})\n")

@@ -246,6 +246,7 @@ class BuildResult:
     sampled_out: Counter  # per dataset, dropped by max_per_dataset
     errors: ErrorLog
     decisions: Counter = field(default_factory=Counter)  # questions labelled [Retrieval] / [No Retrieval]
+    duplicates: Counter = field(default_factory=Counter)  # per dataset, questions an earlier input already gave
 
 
 def build(
@@ -257,18 +258,25 @@ def build(
     critic=None,
 ) -> BuildResult:
     """Read every input (a path with an optional ``:skip=N:limit=M`` window, or a hub name), drop
-    excluded questions, build and label instances, and shuffle them with ``config.seed``."""
+    excluded questions and repeats of a question already read (the first reading is kept), build and label
+    instances, and shuffle them with ``config.seed``."""
     errors = errors if errors is not None else ErrorLog()
     exclude = exclude or Exclusion()
     by_dataset: dict[str, list[QAExample]] = defaultdict(list)
     excluded: Counter = Counter()
+    duplicates: Counter = Counter()
+    seen: set[str] = set()
     rng = random.Random(config.seed)
     for spec in inputs:
         kept = []
         for ex in read_examples(spec, errors=errors):
+            key = normalize_question(ex.question)
             if ex in exclude:
                 excluded[ex.dataset] += 1
+            elif key in seen:
+                duplicates[ex.dataset] += 1
             else:
+                seen.add(key)
                 kept.append(ex)
         borrow_distractors(kept, rng)
         for ex in kept:
@@ -296,7 +304,7 @@ def build(
         for inst in instances:
             critic.relabel(inst)
     rng.shuffle(instances)
-    return BuildResult(instances, questions, excluded, sampled_out, errors, decisions)
+    return BuildResult(instances, questions, excluded, sampled_out, errors, decisions, duplicates)
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
@@ -374,6 +382,7 @@ def build_report(result: BuildResult, tokenizer=None, tokenizer_name: str | None
         entry["kinds"] = dict(sorted(entry["kinds"].items()))
         entry["excluded"] = result.excluded[name]
         entry["sampled_out"] = result.sampled_out[name]
+        entry["duplicates"] = result.duplicates[name]
     report = {
         "instances": len(result.instances),
         "questions": sum(result.questions.values()),
@@ -383,6 +392,7 @@ def build_report(result: BuildResult, tokenizer=None, tokenizer_name: str | None
         "questions_per_decision": {t: result.decisions[t] for t in (RETRIEVAL, NO_RETRIEVAL)},
         "excluded": sum(result.excluded.values()),
         "excluded_by_dataset": dict(result.excluded),
+        "duplicates": sum(result.duplicates.values()),
         "rows_skipped": result.errors.count,
         "skipped_by_field": result.errors.by_field(),
         "skipped_by_file": result.errors.by_file(),

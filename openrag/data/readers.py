@@ -11,7 +11,13 @@ format                  fields                                                  
 ``ircot``               ``question_id, question_text, answers_objects, contexts``              unranked
 ``retrieved``           Self-RAG eval / openrag_bench: ``question, answers|answer, ctxs|top_contexts``  ranked
 ``gold_evidence``       ``question, answer, evidence[str]``: the gold paragraphs only, untitled  unranked
+``sources``             ``question, answer, gold_source_indices, sources[title, text, is_gold]``  unranked
 ======================  ===================================================================  ========
+
+``sources`` is HotpotQA distractor-train as one JSON object ``{split, seed, filters, examples: [...]}``
+(``hotpotqa_train500_citeprobe.json``): each row's 10 paragraphs, the gold ones flagged and their gold
+sentences named as ``[paragraph, sentence]`` pairs in ``gold_source_indices``, whose order (HotpotQA's
+supporting-fact order) is the row's reasoning order. The flags and the pairs must agree.
 
 Single-hop facts inside multi-hop rows become :class:`SubQuestion` s: MuSiQue's ``question_decomposition``
 (a natural question, or ``entity >> relation``, with ``#k`` standing for hop k's answer) and 2Wiki's
@@ -55,6 +61,7 @@ _DATASET_HINTS = (
     ("health", "pubhealth"),
 )
 _SPLIT_PREFERENCE = ("dev", "validation", "test", "train")
+_ROW_LISTS = ("data", "examples")  # the field holding the rows of a file that is one JSON object
 
 
 class _Bad(Exception):
@@ -134,11 +141,15 @@ def iter_json_rows(path: str | Path) -> Iterator[tuple[int, dict | RowError]]:
         except json.JSONDecodeError:
             whole = None
         if isinstance(whole, dict):
-            rows = whole.get("data")
-            if not isinstance(rows, list):
-                raise ValueError(f"{path} is one JSON object without a 'data' list; expected JSON lines or a JSON list of rows")
-            for i, row in enumerate(rows):
-                yield i + 1, row
+            key = next((k for k in _ROW_LISTS if isinstance(whole.get(k), list)), None)
+            if key is None:
+                raise ValueError(f"{path} is one JSON object without a {' or '.join(map(repr, _ROW_LISTS))} list; "
+                                 "expected JSON lines or a JSON list of rows")
+            found = re.search(rf'"{key}"\s*:\s*\[', text)
+            if found:  # decode the list in place, so that each row knows its line
+                yield from _iter_json_list(text, found.end() - 1, str(path))
+            else:
+                yield from enumerate(whole[key], start=1)
             return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -226,6 +237,8 @@ def detect_format(row: dict) -> str:
         return "original"
     if "evidence" in row and "question" in row and not ("ctxs" in row or "top_contexts" in row):
         return "gold_evidence"
+    if "sources" in row and "question" in row:
+        return "sources"
     if "question" in row or "instruction" in row:
         return "retrieved"
     if "title" in row and "text" in row:
@@ -243,7 +256,7 @@ def guess_dataset(source: str, fmt: str, row: dict) -> str:
         return "musique"
     if fmt == "original":
         return "2wikimultihopqa" if "evidences" in row else "hotpotqa"
-    if fmt == "gold_evidence":
+    if fmt in ("gold_evidence", "sources"):
         return "hotpotqa"
     if fmt == "ircot":
         qid = str(row.get("question_id", ""))
@@ -463,6 +476,40 @@ def _parse_gold_evidence(row: dict, passages_required: bool = True) -> dict:
     return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False)
 
 
+def _parse_sources(row: dict, passages_required: bool = True) -> dict:
+    question = _text(_need(row, "question"), "question")
+    answers = _answers(_need(row, "answer"), "answer")
+    qid = row.get("id", row.get("_id", row.get("dataset_index")))
+    qid = str(qid) if qid not in (None, "") else "q-" + hashlib.sha1(question.encode()).hexdigest()[:12]
+    sources = _paragraph_list(row, "sources", passages_required, "a non-empty list of {title, text, is_gold}")
+    if sources is None:
+        return dict(id=qid, question=question, answers=answers, passages=[], ranked=False)
+    passages = []
+    for s in sources:
+        if not isinstance(s, dict):
+            raise _Bad("sources", "each source must be an object {title, text, is_gold}")
+        title = _text(_need(s, "title"), "sources.title")
+        passages.append(Passage(title, _sentences(_need(s, "text"), "sources.text"), is_gold=_flag(s.get("is_gold"), "sources.is_gold")))
+    pairs = _as_list(_need(row, "gold_source_indices"), "gold_source_indices")
+    order = []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
+                and 0 <= pair[0] < len(sources)):
+            raise _Bad("gold_source_indices", f"expected [source index, sentence index] pairs within the {len(sources)} sources, got {pair!r:.40}")
+        text = sources[pair[0]].get("text")
+        if isinstance(text, list) and not 0 <= pair[1] < len(text):
+            raise _Bad("gold_source_indices", f"{pair}: source {pair[0]} has {len(text)} sentences")
+        order.append(pair[0])
+    named = set(order)
+    flagged = {i for i, p in enumerate(passages) if p.is_gold}
+    if not flagged:
+        raise _Bad("sources.is_gold", "no source is flagged gold (a paragraph list without gold)")
+    if named != flagged:
+        raise _Bad("gold_source_indices", f"names sources {sorted(named)} but sources {sorted(flagged)} are flagged is_gold; make them agree")
+    supporting = list(dict.fromkeys(passages[i].title for i in order))
+    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False, supporting_titles=supporting)
+
+
 def _parse_choices(row: dict) -> tuple[list[str], str, str]:
     choices = row["choices"]
     if not isinstance(choices, dict) or not isinstance(choices.get("text"), list) or not choices["text"]:
@@ -569,7 +616,8 @@ def read_examples(
             if fmt == "retrieved":
                 fields = _parse_retrieved(row, line, ds)
             else:
-                parse = {"original": _parse_original, "musique": _parse_musique, "ircot": _parse_ircot, "gold_evidence": _parse_gold_evidence}[fmt]
+                parse = {"original": _parse_original, "musique": _parse_musique, "ircot": _parse_ircot, "gold_evidence": _parse_gold_evidence,
+                         "sources": _parse_sources}[fmt]
                 fields = parse(row, passages_required)
         except _Bad as bad:
             errors.report(RowError(source, line, bad.field, bad.message))

@@ -61,7 +61,7 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, topk: int) -> tuple[torc
     (softmax over the k chosen logits only)."""
     logits = F.linear(x, router_weight)  # [N, E]
     top_logits, top_idx = logits.topk(topk, dim=-1)  # [N, k]
-    top_w = F.softmax(top_logits, dim=-1, dtype=torch.float32).to(x.dtype)  # [N, k]
+    top_w = F.softmax(top_logits, dim=-1, dtype=torch.float32).to(logits.dtype)  # [N, k] (bf16 under autocast)
     return logits, top_idx, top_w
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
+from ..precision import training_precision
+
 log = logging.getLogger(__name__)
 
 RELEASED_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,embed_tokens,lm_head"
@@ -154,13 +156,13 @@ class OpenRAGTrainingArguments(TrainingArguments):
         if self.report_to == "auto":
             self.report_to = "tensorboard" if _tensorboard_installed() else "none"
         if not torch.cuda.is_available():
-            if self.bf16 or self.fp16:
-                warnings.warn(
-                    "--bf16/--fp16 asked for, but there is no CUDA device: training in float32 on the CPU instead "
-                    "(CPU half precision is many times slower)",
-                    stacklevel=2,
-                )
-                self.bf16 = self.fp16 = False
+            precision = training_precision(self.bf16, self.fp16, cuda=False)
+            if (precision.bf16, precision.fp16) != (self.bf16, self.fp16):
+                warnings.warn(precision.reason, stacklevel=2)
+            elif precision.bf16:
+                log.info("%s", precision.reason)
+                self.use_cpu = True  # transformers accepts bf16 without a GPU only when told the run is on the CPU
+            self.bf16, self.fp16 = precision.bf16, precision.fp16
             if self.tf32:
                 warnings.warn("--tf32 is for CUDA GPUs; ignored on the CPU", stacklevel=2)
                 self.tf32 = None
