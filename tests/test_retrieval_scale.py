@@ -176,7 +176,7 @@ def test_killed_build_resumes_to_the_uninterrupted_index(tmp_path, corpus, encod
     assert not output.exists()  # never a half-written index at the output
     building = tmp_path / ".idx.building"
     assert sorted(f.name for f in (building / "chunks").glob("dense-*.npy")) == [f"dense-00000{k}.npy" for k in range(3)]
-    (building / "chunks" / "dense-000003.npy.tmp.npy").write_bytes(b"half a chunk")  # killed mid-write
+    (building / "chunks" / ".dense-000003.npy.tmp-99999").write_bytes(b"half a chunk")  # killed mid-write
     kill["armed"] = False
     encoder.calls.clear()
     index = build_index(corpus, output, settings, chunk_size=6, show_progress=False)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from ..answer.backends import BackendOptions
 from ..jsonfiles import read_json_object
+from ..outputs import write_atomic, write_json
 from ..registry import check_choice, unknown
 from .metrics import METRICS
 from .runner import (Answerer, Question, RunConfig, check_output, combine_shards, metrics_path, prepare_questions, read_records,
@@ -195,8 +196,6 @@ def sweep_paths(output_file: Path) -> dict[str, Path]:
 
 def evaluate_sweep(req: EvalRequest, rules: Sequence[str] = RULES, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, make_answerer: AnswererFactory | None = None) -> tuple[dict, dict[str, Path] | None]:
     """Generate both answers per question once, then score every (rule, threshold); table, JSON and plot."""
-    import json
-
     if req.baseline is not None:
         raise ValueError("--baseline answers without reflection tokens: it has no retrieval decision to sweep")
     bad = [r for r in rules if r not in RULES]
@@ -211,8 +210,9 @@ def evaluate_sweep(req: EvalRequest, rules: Sequence[str] = RULES, thresholds: S
         points = sweep(records, rules, thresholds)
         paths = sweep_paths(req.output_file)
         table = sweep_table(points, req.metric)
-        paths["md"].write_text(f"# {req.task}: accuracy against retrieval frequency ({len(records)} questions)\n\n{table}")
-        paths["json"].write_text(json.dumps(sweep_json(points), indent=2) + "\n")
+        with write_atomic(paths["md"]) as f:
+            f.write(f"# {req.task}: accuracy against retrieval frequency ({len(records)} questions)\n\n{table}")
+        write_json(paths["json"], sweep_json(points))
         plot_sweep(points, req.metric, paths["png"], title=f"{req.task}: {req.model_name}, {len(records)} questions")
         return summary, paths
 

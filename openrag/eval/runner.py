@@ -27,7 +27,6 @@ and ``X.metrics.json`` (``openrag eval combine`` does the same by hand).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..jsonfiles import read_json_object
+from ..outputs import write_json, write_jsonl
 from ..registry import check_choice
 from ..retrieval.metrics import retrieval_recall_at_k
 from .critique import relevance_metrics, retrieval_need_auc
@@ -289,7 +289,7 @@ def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, 
     elif path.exists() and path.stat().st_size:
         print(f"openrag eval: overwriting {path} (--overwrite)", file=sys.stderr)
     # Written first: the settings the answers below are made with (a resume checks them), and no stale summary.
-    _write_json(metrics_path(path), _summary(done, config, load_seconds, skipped or {}, complete=False))
+    write_json(metrics_path(path), _summary(done, config, load_seconds, skipped or {}, complete=False))
     answered = {r["index"] for r in done}
     todo = [q for q in questions if q.index not in answered]
     headline = HEADLINE[config.metric]
@@ -315,7 +315,7 @@ def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, 
         bar.close()
     done.sort(key=lambda r: r["index"])
     summary = _summary(done, config, load_seconds, skipped or {}, complete=len(done) == len(questions))
-    _write_json(metrics_path(path), summary)
+    write_json(metrics_path(path), summary)
     return summary
 
 
@@ -358,19 +358,9 @@ def combine_shards(output_file: Path, world_size: int) -> dict | None:
     combined["wall_seconds"] = max(s["seconds"] for s in summaries)  # the ranks run side by side
     combined["throughput"] = len(records) / combined["wall_seconds"] if combined["wall_seconds"] > 0 else None
     combined["complete"] = True
-    tmp = Path(output_file).with_name(Path(output_file).name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as out:
-        for r in records:
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, output_file)
-    _write_json(metrics_path(output_file), combined)
+    write_jsonl(output_file, records)
+    write_json(metrics_path(output_file), combined)
     return combined
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _progress(config: RunConfig, total: int, initial: int):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openrag.outputs import write_atomic
 from openrag.retrieval.passage import Hit
 
 
@@ -101,12 +102,10 @@ class BM25Writer:
         flat = np.fromiter(chain.from_iterable(tokenized.ids), dtype=np.int64, count=int(lengths.sum()))
         docs = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         keys, tf = np.unique((docs << 32) | flat, return_counts=True)  # (passage, term) pairs, passage-major
-        target = self._file(chunks, k)
-        temporary = target.with_name(target.name + ".tmp.npz")
-        np.savez(temporary, terms=(keys & 0xFFFFFFFF).astype(np.int32), tf=tf.astype(np.float32),
-                 unique=np.bincount(keys >> 32, minlength=len(texts)).astype(np.int32), lengths=lengths.astype(np.int32),
-                 vocab=np.array(list(tokenized.vocab), dtype=object).astype(str))  # chunk-local ids, in id order
-        os.replace(temporary, target)
+        with write_atomic(self._file(chunks, k), "wb") as f:
+            np.savez(f, terms=(keys & 0xFFFFFFFF).astype(np.int32), tf=tf.astype(np.float32),
+                     unique=np.bincount(keys >> 32, minlength=len(texts)).astype(np.int32), lengths=lengths.astype(np.int32),
+                     vocab=np.array(list(tokenized.vocab), dtype=object).astype(str))  # chunk-local ids, in id order
 
     def finish(self, folder: Path, sources: list[Path], passages: int, show_progress: bool = False) -> None:
         """Write bm25s's files into ``folder/bm25`` from chunk k's counts in ``sources[k]``."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openrag.outputs import write_atomic
 from openrag.retrieval.passage import Hit
 
 BUNDLED_ENCODER = "all-MiniLM-L6-v2"
@@ -191,10 +192,8 @@ class DenseWriter:
     def add(self, chunks: Path, k: int, texts: list[str]) -> None:
         texts = [self.settings.passage_prefix + t for t in texts]
         vectors = encode(self.encoder, texts, self.settings, self.batch_size, self.show_progress)  # [C, D]
-        target = self._file(chunks, k)
-        temporary = target.with_name(target.name + ".tmp.npy")
-        np.save(temporary, vectors, allow_pickle=False)
-        os.replace(temporary, target)
+        with write_atomic(self._file(chunks, k), "wb") as f:
+            np.save(f, vectors, allow_pickle=False)
 
     def finish(self, folder: Path, sources: list[Path], passages: int, show_progress: bool = False) -> None:
         import faiss

@@ -18,7 +18,6 @@ change how an index is searched, not what it holds: the manifest keeps them as t
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
@@ -26,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from openrag.jsonfiles import read_json_object
+from openrag.outputs import write_json
 from openrag.registry import check_choice
 from openrag.retrieval import build as building
 from openrag.retrieval.bm25 import BM25Retriever, BM25Settings, BM25Writer
@@ -323,9 +323,7 @@ def update_search_settings(output: str | Path, search: SearchSettings) -> bool:
         return False
     open_index(output, search=search).close()  # refuses parameters that do not fit the index
     manifest["search"] = asdict(search)
-    temporary = output / (MANIFEST + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, output / MANIFEST)
+    write_json(output / MANIFEST, manifest)
     return True
 
 
@@ -354,7 +352,7 @@ def _write_manifest(folder: Path, settings: IndexSettings, corpus: dict, search:
     }
     if prebuilt:
         manifest["prebuilt_faiss"] = prebuilt
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(folder / MANIFEST, manifest)
 
 
 def existing_index_matches(output: str | Path, corpus: str | Path, settings: IndexSettings) -> bool:
