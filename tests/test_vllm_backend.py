@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from openrag.answer import OpenRAG  # noqa: E402
-from openrag.answer.backends import BackendOptions  # noqa: E402
+from openrag.answer.backend_types import BackendOptions  # noqa: E402
 from openrag.answer.options import DEFAULT_THRESHOLD  # noqa: E402
 from openrag.answer.scoring import RULES, decide  # noqa: E402
 

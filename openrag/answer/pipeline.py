@@ -22,7 +22,8 @@ from ..errors import InputError
 from ..model.reflection import NO_RETRIEVAL
 from ..tasks import evidence_chain, get_task
 from . import prompts
-from .backends import BackendOptions, engine_tokens, load_backend
+from .backend_types import BackendOptions, engine_tokens
+from .backends import load_backend
 from .engine import Engine, RowResult
 from .options import AnswerOptions
 from .scoring import ANSWER_SIGNALS, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
@@ -165,7 +166,7 @@ class OpenRAG:
                         backend: str | BackendOptions = "torch", **options) -> OpenRAG:
         """Load any checkpoint ``openrag.load_model`` reads (``default``: the bundled trained model).
         A model without reflection tokens gets them (untrained), with a note. ``backend``: ``torch`` (the
-        built-in engine) or ``vllm``, by name or as :class:`~openrag.answer.backends.BackendOptions` with
+        built-in engine) or ``vllm``, by name or as :class:`~openrag.answer.backend_types.BackendOptions` with
         vLLM's settings (backends.BACKENDS)."""
         loaded = load_backend(name_or_path, device=device, dtype=dtype, backend=backend)
         return cls(loaded.model, loaded.tokenizer, AnswerOptions(**options), retriever=retriever, notes=loaded.notes,

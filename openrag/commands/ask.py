@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..answer.backends import BackendOptions
+    from ..answer.backends import add_backend_flags
     from ..answer.options import AnswerOptions
 
     parser.add_argument("question", nargs="?", help="the question to answer")
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
     AnswerOptions.add_arguments(parser, "ask")
-    BackendOptions.add_arguments(parser)
+    add_backend_flags(parser)
 
 
 def read_passages(path: str) -> list:
@@ -145,7 +145,7 @@ def read_questions(path: str, ndocs: int, with_index: bool, task: str = "multiho
 
 def run(args: argparse.Namespace) -> int:
     from ..answer import AnswerOptions, OpenRAG
-    from ..answer.backends import BackendOptions
+    from ..answer.backends import backend_options
 
     if (args.question is None) == (args.questions is None):
         raise ValueError("give a question, or --questions FILE (not both)")
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if args.questions and args.choices:
         raise ValueError("--questions answers each question with its own choices (the file's): drop --choices")
     options = AnswerOptions.from_args(args, "ask")
-    backend = BackendOptions.from_args(args, batches=False)
+    backend = backend_options(args, batches=False)
     if options.query != "question" and not args.index:
         raise ValueError(f"--query {options.query} needs --index (it says what the index is asked)")
     if args.top_k is not None:

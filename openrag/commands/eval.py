@@ -39,7 +39,7 @@ def _shard_defaults(args: argparse.Namespace) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..answer.backends import BackendOptions
+    from ..answer.backends import add_backend_flags
     from ..answer.options import add_option_arguments
     from ..tasks import EVAL_TASKS
 
@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
 
     add_option_arguments(parser, "eval")  # --mode, --threshold, --ndocs, --use_*, ... (openrag.answer.options)
-    BackendOptions.add_arguments(parser)  # --backend auto|torch|vllm and vLLM's settings (openrag.answer.backends)
+    add_backend_flags(parser)  # --backend auto|torch|vllm and vLLM's settings (openrag.answer.backends)
 
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--thresholds", default=None, help="comma-separated thresholds (default 0,0.05,0.1,0.2,...,0.9,0.95,1)")
@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _request(args: argparse.Namespace):
-    from ..answer.backends import BackendOptions
+    from ..answer.backends import backend_options
     from ..answer.options import default_of, given_options
     from ..eval.evaluate import EvalRequest
     from ..tasks import EVAL_TASKS
@@ -104,7 +104,7 @@ def _request(args: argparse.Namespace):
         split=args.split, limit=args.limit, resume=args.resume, overwrite=args.overwrite, strict=args.strict, world_size=args.world_size, rank=args.rank,
         batch_size=args.batch_size, ranker=args.ranker, ndocs=ndocs if args.top_k is None else args.top_k, progress=not args.no_progress,
         device=args.device, index=args.index, passages=args.passages, options=options, baseline=args.baseline,
-        instruction=args.instruction, backend=BackendOptions.from_args(args, batches=not args.baseline),
+        instruction=args.instruction, backend=backend_options(args, batches=not args.baseline),
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..answer.backends import BackendOptions
+from ..answer.backend_types import BackendOptions
 from ..jsonfiles import read_json_object
 from ..outputs import write_atomic, write_json
 from ..registry import check_choice, unknown

@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
 
-from ..answer.options import field_kind, option_fields
+from ..answer.options import option_fields
+from ..flags import field_kind
 
 MAX_QUESTION_CHARS = 4_000
 MAX_TITLE_CHARS = 500
