@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from openrag.data.examples import Passage, QAExample
+from openrag.data.examples import QAExample
+from openrag.passage import Passage
 from openrag.eval.runner import RunConfig, combine_shards, metrics_path, prepare_questions, read_records, run_shard, shard_path
 from openrag.tasks import get_task
 

@@ -17,7 +17,7 @@ TOLERANCE = 1e-3  # float32 on both devices; kernels differ, so sums differ in t
 
 
 def _questions(n: int):
-    from openrag.commands.ask import read_questions
+    from openrag.eval.passages import read_questions
 
     examples, passages = read_questions(str(SAMPLE), 3, False)
     return [ex.question for ex in examples[:n]], passages[:n]

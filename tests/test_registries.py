@@ -88,7 +88,8 @@ CORPUS = [{"id": "cat", "title": "Cat", "text": "The cat is a small domesticated
 @pytest.mark.parametrize("query", ["which domesticated animal purrs", "what do owls hunt at night",
                                    "electric fish prey", "domesticated wolf descendant barks"])
 def test_eval_bm25_ranking_equals_the_index(tmp_path, query):
-    from openrag.eval.passages import bm25_order, passage_text
+    from openrag.eval.passages import bm25_order
+    from openrag.passage import titled_text
     from openrag.retrieval import IndexSettings, build_index
     from openrag.retrieval.corpus import PassageStore
 
@@ -97,7 +98,7 @@ def test_eval_bm25_ranking_equals_the_index(tmp_path, query):
     index = build_index(corpus, tmp_path / "idx", IndexSettings(kind="bm25"), show_progress=False)
     hits = index.search([query], top_k=len(CORPUS))[0]
     assert hits and len({h.score for h in hits}) == len(hits)  # no ties: the order is the scores'
-    texts = [passage_text(p) for p in PassageStore(tmp_path / "idx")]
+    texts = [titled_text(p.title, p.text) for p in PassageStore(tmp_path / "idx")]
     order = bm25_order(query, texts)
     assert [CORPUS[i]["id"] for i in order[: len(hits)]] == [h.id for h in hits]
 

@@ -46,7 +46,8 @@ from ..model.reflection import (
     UTILITY,
 )
 from . import labels
-from .examples import ErrorLog, Passage, QAExample, RowError, normalize_question
+from ..passage import Passage
+from .examples import ErrorLog, QAExample, RowError, normalize_question
 from .readers import iter_rows, read_examples, split_window
 
 

@@ -13,15 +13,9 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..passage import Passage
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Passage:
-    title: str
-    text: str
-    is_gold: bool | None = None  # None: the data does not say (retrieved lists)
-    score: float | None = None  # retriever score where the data has one
 
 
 @dataclass

@@ -33,7 +33,7 @@ from openrag.retrieval.build import BuildOptions
 from openrag.retrieval.corpus import PassageStore, corpus_checksum
 from openrag.retrieval.dense import PREBUILT, DenseRetriever, DenseSettings, DenseWriter, PrebuiltDenseWriter
 from openrag.retrieval.hybrid import HybridRetriever
-from openrag.retrieval.passage import RetrievedPassage
+from openrag.passage import Passage
 
 MANIFEST = "manifest.json"
 FORMAT = "openrag-index"
@@ -181,7 +181,7 @@ class Index:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def search(self, queries: list[str], top_k: int) -> list[list[RetrievedPassage]]:
+    def search(self, queries: list[str], top_k: int) -> list[list[Passage]]:
         if isinstance(queries, str):
             raise TypeError("search takes a list of queries; wrap a single query in a list")
         if top_k < 1:
