@@ -8,7 +8,7 @@ phrasing of its own for the relations these datasets use most and ``What is the 
 from __future__ import annotations
 
 from ..passage import Passage
-from .examples import normalize_text
+from ..normalize import normalize_text
 
 _PHRASES = {
     "author": "Who wrote {s}?",

@@ -40,7 +40,8 @@ from __future__ import annotations
 from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED, REFLECTION_TOKENS
 from ..tasks import evidence_chain, get_task
 from ..passage import Passage, titled_text
-from .examples import QAExample, normalize_text
+from ..normalize import normalize_text
+from .examples import QAExample
 
 YES_NO = frozenset({"yes", "no"})
 _STOPWORDS = frozenset(
