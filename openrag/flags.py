@@ -1,7 +1,7 @@
 """Command-line flags from a dataclass's fields: the one way a declared setting becomes a flag.
 
 A field ``name`` becomes ``--name``, of the field's type (a bool is ``--name``/``--no-name``), with the
-``help`` and ``choices`` of its metadata. ``AnswerOptions``, ``BackendOptions`` and ``EvalRequest`` build their
+``help``, ``choices`` and ``metavar`` of its metadata. ``AnswerOptions``, ``BackendOptions`` and ``EvalRequest`` build their
 flags here, so that a new setting is one field. This module imports nothing of openrag.
 """
 
@@ -37,6 +37,8 @@ def add_field_flags(group, fields: Iterable[Field], defaults: Mapping[str, objec
     defaults, choices = defaults or {}, choices or {}
     for f in fields:
         kw = {"default": defaults.get(f.name, field_default(f)), "help": f.metadata["help"]}
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
         kind = field_kind(f)
         if kind is bool:
             group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)

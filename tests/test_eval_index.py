@@ -8,7 +8,8 @@ import json
 import pytest
 
 from openrag.eval.answerer import answer_options, rag_answerer
-from openrag.eval.evaluate import EvalRequest, evaluate
+from openrag.eval.evaluate import evaluate
+from openrag.eval.request import EvalRequest
 from openrag.eval.runner import read_records
 from openrag.answer import AnswerOptions, OpenRAG
 from openrag.passage import Passage

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from openrag.eval.evaluate import EvalRequest, evaluate
+from openrag.eval.evaluate import evaluate
+from openrag.eval.request import EvalRequest
 from openrag.eval.runner import metrics_path, read_records
 
 N = 12

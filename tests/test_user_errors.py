@@ -13,7 +13,8 @@ import pytest
 
 from openrag.cli import main
 from openrag.data.readers import is_hub_name, read_examples
-from openrag.eval.evaluate import EvalRequest, evaluate
+from openrag.eval.evaluate import evaluate
+from openrag.eval.request import EvalRequest
 from openrag.passage import Passage
 
 ROW = {"id": "q0", "question": "Which city lies on the Seine?", "answers": ["Paris"],

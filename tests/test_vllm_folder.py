@@ -259,14 +259,13 @@ def test_vllm_installed_is_false_without_vllm():
 def test_backend_registry_and_eval_settings():
     from openrag.cli import build_parser
     from openrag.commands.eval import _request
-    from openrag.eval.evaluate import run_config
 
     assert tuple(BACKENDS) == ("torch", "vllm")
     args = build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa", "--backend", "vllm"])
     req = _request(args)
-    assert req.backend.backend == "vllm" and run_config(req).settings["backend"] == "vllm"  # a resume must match it
+    assert req.backend.backend == "vllm" and req.settings["backend"] == "vllm"  # a resume must match it
     torch_req = _request(build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa"]))
-    assert "backend" not in run_config(torch_req).settings  # older runs resume as they were
+    assert "backend" not in torch_req.settings  # older runs resume as they were
     with pytest.raises(ValueError, match="drop --backend vllm"):
         _request(build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa", "--baseline", "closed_book", "--backend", "vllm"]))
 
