@@ -63,7 +63,7 @@ def test_a_missing_local_path_is_an_error_not_a_hub_request(tmp_path, monkeypatc
 def test_eval_of_a_missing_relative_file_stops_at_once(tmp_path, monkeypatch, hub_calls, capsys):
     import openrag.eval.answerer as answerer
 
-    monkeypatch.setattr(answerer, "engine_answerer_factory", never_loaded)
+    monkeypatch.setattr(answerer, "pipeline_answerer_factory", never_loaded)
     monkeypatch.chdir(tmp_path)
     code, err = run_cli(["eval", "--task", "hotpotqa", "--dataset", "in/nonexist.jsonl", "--output_file", "out.jsonl",
                          "--no_progress"], capsys)

@@ -158,7 +158,7 @@ def test_a_stopped_call_is_aborted_and_the_engine_goes_on(questions, answers, vl
     from openrag.serve.limits import Interrupted, Interrupter
 
     qs, passages = (x[:3] for x in questions)
-    interrupter, stop = Interrupter.for_engine(vllm_rag), threading.Event()
+    interrupter, stop = Interrupter.for_pipeline(vllm_rag), threading.Event()
     stop.set()
     try:
         with interrupter.watching(stop), pytest.raises(Interrupted):

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}; prefer the variable, "
                              "a flag shows in the process list)")
     server.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-    server.add_argument("--max_batch", type=int, default=defaults.max_batch, help="questions answered by one engine call")
+    server.add_argument("--max_batch", type=int, default=defaults.max_batch, help="questions answered by one pipeline call")
     server.add_argument("--queue_size", type=int, default=defaults.queue_size,
                         help="requests that may wait; beyond it the server answers 503 with Retry-After")
     server.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms,

@@ -62,7 +62,7 @@ def rag_answerer(rag, both: bool):
     return answer
 
 
-def engine_answerer_factory(req, both: bool):
+def pipeline_answerer_factory(req, both: bool):
     """Load the model once; return (answerer, settings to record in the summary)."""
     from ..answer.pipeline import OpenRAG
 

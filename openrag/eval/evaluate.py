@@ -79,7 +79,7 @@ def _answer_all(req: EvalRequest, make_answerer: AnswererFactory | None, both: b
     if make_answerer is None and req.baseline is not None:
         from .baseline import baseline_answerer_factory as make_answerer
     elif make_answerer is None:
-        from .answerer import engine_answerer_factory as make_answerer
+        from .answerer import pipeline_answerer_factory as make_answerer
     t0 = time.perf_counter()
     answerer, settings = make_answerer(req, both)
     load_seconds = time.perf_counter() - t0

@@ -71,7 +71,7 @@ class AnswerFields(AnswerOptionFields):
                                          description="answer choices, for task arc_c")
 
     def options(self) -> dict:
-        """The answering options this request sets (the engine's defaults stand for the others)."""
+        """The answering options this request sets (the pipeline's defaults stand for the others)."""
         return {name: getattr(self, name) for name in OPTION_FIELDS if getattr(self, name) is not None}
 
     def passage_dicts(self) -> list[dict] | None:
