@@ -41,7 +41,6 @@ MAX_CHOICES = len(CHOICE_LABELS)
 CHOICES_FORM = f"a list of 1 to {MAX_CHOICES} texts (A-E), or {{'label': [...], 'text': [...]}}"
 
 BENCH = "shayekh/openrag_bench"
-FAMILIES = ("multihop", "singlehop", "closed")
 
 
 @dataclass(frozen=True)

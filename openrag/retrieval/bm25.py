@@ -128,6 +128,9 @@ class BM25Writer:
         model = bm25s.BM25(k1=s.k1, b=s.b, method=s.method)
         average = np.float64(total_length) / passages if passages else np.float64(0)
         df = dict(enumerate(frequencies.tolist()))
+        # bm25s's private scorers: its public API scores only a whole corpus in memory (BM25.index), and a chunked
+        # build must give the very scores it gives. Their names and signatures are those of bm25s 0.2.0-0.3.16,
+        # hence the pin in pyproject.toml (bm25s<0.4); test_retrieval_scale.py compares the two indexes file by file.
         idf = scoring._build_idf_array(df, passages, scoring._select_idf_scorer(model.idf_method), model.dtype)  # [V]
         tfc = scoring._select_tfc_scorer(model.method)
         nonoccurrence = None
