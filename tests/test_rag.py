@@ -358,7 +358,7 @@ def test_training_format_is_what_data_build_trains_on(rag):
 
 def test_chain_candidate_is_what_data_build_trains_as_a_gold_chain(rag):
     """``chain``: one more candidate whose row is, token for token, the start of a gold_chain instance's
-    training text (SPEC section 3's chain), marked ``chained``; single-hop tasks get no chain."""
+    training text (the chain of docs/method.md section 3), marked ``chained``; single-hop tasks get no chain."""
     from openrag.data.build import instances_for
     from openrag.data.examples import QAExample
     from openrag.passage import Passage

@@ -197,7 +197,7 @@ def test_bf16_without_cuda_trains_in_float32():
 
 
 def test_seed_command_line_parses():
-    """Every flag of SPEC section 7's train command is accepted with its meaning."""
+    """Every flag of the train command of docs/method.md section 8 is accepted with its meaning."""
     from openrag.training.args import parse_train_args
 
     argv = (

@@ -1,4 +1,4 @@
-"""``OpenRAG``: answer questions with adaptive retrieval and candidate scoring (SPEC section 5).
+"""``OpenRAG``: answer questions with adaptive retrieval and candidate scoring (docs/method.md sections 5 and 6).
 
 This layer knows reflection tokens and passages; the engine (engine.py) knows token ids and probabilities.
 Per batch of questions: prefill each prompt once; decide whether to retrieve (the token rule needs only the

@@ -1,4 +1,4 @@
-"""The prompts the model answers from (SPEC section 5), built from the task registry (openrag.tasks).
+"""The prompts the model answers from (docs/method.md section 5), built from the task registry (openrag.tasks).
 
 released: the released evaluation's strings. training: multi-hop questions the way ``openrag data build``
 writes them and ``openrag train`` learns them: the question alone in the template, evidence as

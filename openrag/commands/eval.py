@@ -1,4 +1,4 @@
-"""``openrag eval``: the paper's evaluation, with the seed's flags (SPEC section 7).
+"""``openrag eval``: the paper's evaluation, with the seed's flags (docs/method.md section 8).
 
     openrag eval --model_name ./checkpoints/merged/ --task hotpotqa --dataset shayekh/openrag_bench \\
         --mode adaptive_retrieval --threshold 0.0 --metric hotpotem --ndocs 3 --w_use 0.5 \\

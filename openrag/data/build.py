@@ -1,4 +1,4 @@
-"""``openrag data build``: QA datasets -> Open-RAG training instances (SPEC section 3).
+"""``openrag data build``: QA datasets -> Open-RAG training instances (docs/method.md section 3).
 
 Each question becomes several instances, one per piece of evidence (labels: see labels.py):
 

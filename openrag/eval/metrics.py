@@ -1,4 +1,4 @@
-"""Answer metrics of the paper's evaluation (SPEC section 6), as pure functions of strings.
+"""Answer metrics of the paper's evaluation (docs/method.md section 7), as pure functions of strings.
 
 ``hotpotem`` follows the official HotpotQA script that Open-RAG's evaluation copies: normalise (lower-case,
 drop punctuation, drop the articles a/an/the, collapse spaces: :func:`openrag.normalize.normalize_answer`, which
