@@ -122,9 +122,9 @@ class EvalRequest:
             raise ValueError("--baseline reads the data's own passages; drop --index")
         if self.backend.backend != "torch":
             raise ValueError(f"--baseline answers with transformers' generate: drop --backend {self.backend.backend}")
-        engine_only = sorted(k for k in self.options if k != "max_new_tokens")
-        if engine_only:
-            raise ValueError(f"--baseline {self.baseline} answers in a plain prompt: drop --{', --'.join(engine_only)} (Open-RAG options)")
+        openrag_only = sorted(k for k in self.options if k != "max_new_tokens")
+        if openrag_only:
+            raise ValueError(f"--baseline {self.baseline} answers in a plain prompt: drop --{', --'.join(openrag_only)} (Open-RAG options)")
 
     @property
     def recall_key(self) -> str:
