@@ -9,7 +9,8 @@ gold recall at ``ndocs`` of that ranking says how much the ranking, not the mode
 Rankers: ``bm25`` (default, over the row's own paragraphs), ``dense`` (cosine similarity with the retrieval
 package's bundled MiniLM encoder), ``hybrid`` (reciprocal-rank fusion of the two), ``given`` (the row's order).
 Each is the retrieval package's retriever of that kind over the row's paragraphs, so a row is ranked here as
-an index of its paragraphs would rank it.
+an index of its paragraphs would rank it. :func:`read_questions` gives a QA file's questions with their
+passages chosen this way (``openrag ask --questions``).
 """
 
 from __future__ import annotations
