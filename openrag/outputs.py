@@ -90,11 +90,6 @@ def _holder(fd: int) -> str:
     return f"pid {info['pid']}, {info.get('command', 'openrag')}, since {info.get('since', '?')}"
 
 
-def temporary_path(path: Path) -> Path:
-    """Where :func:`write_atomic` writes ``path`` before renaming it: a hidden file beside it, per process."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 @contextlib.contextmanager
 def write_atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """A file to write ``path`` through (text in UTF-8, or ``mode="wb"``): written beside it, then on a clean
@@ -104,7 +99,7 @@ def write_atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise ValueError(f"write_atomic writes with mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, beside it, one per process
     try:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
