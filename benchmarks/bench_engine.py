@@ -197,7 +197,7 @@ class Side:
 
     def __init__(self, side: str, scenario: str, model: str, n: int, max_new_tokens: int, threads: int, batch_size: int):
         from openrag.answer import OpenRAG
-        from openrag.answer.backends import BackendOptions
+        from openrag.answer.backend_types import BackendOptions
 
         torch.set_num_threads(threads)
         self.side, self.batch_size, self.max_new = side, batch_size, max_new_tokens

@@ -168,9 +168,9 @@ def measure(server: Server, name: str, requests: list[dict], concurrency: int) -
     before = server.health()
     result = asyncio.run(run_phase(server.url, requests, concurrency))
     after = server.health()
-    calls = after["engine_calls"] - before["engine_calls"]
+    calls = after["pipeline_calls"] - before["pipeline_calls"]
     answered = after["answered"] - before["answered"]
-    result.update(phase=name, engine_calls=calls, mean_batch=answered / calls if calls else 0.0,
+    result.update(phase=name, pipeline_calls=calls, mean_batch=answered / calls if calls else 0.0,
                   largest_batch=after["largest_batch"])
     print(f"{name:>11}: {result['requests']} requests, {concurrency} clients, {result['errors']} errors, "
           f"{result['wall_seconds']:.1f} s, {result['throughput_rps']:.2f} req/s, p50 {result['latency_p50_s']:.2f} s, "

@@ -201,7 +201,7 @@ def main() -> None:
         "health_probes": {"count": len(health_ordered), "max_latency_s": health_ordered[-1] if health_ordered else None},
         "server_memory_mb": {"before": start_rss / 2**20, "peak": load.peak_rss / 2**20, "after": end_rss / 2**20},
         "server_counters": {k: health[k] for k in ("answered", "failed", "rejected", "over_budget", "timed_out",
-                                                   "disconnected", "interrupted", "engine_calls")},
+                                                   "disconnected", "interrupted", "pipeline_calls")},
         "server_log_lines": log_lines,
     }
     w, m = report["well_formed"], report["server_memory_mb"]

@@ -13,11 +13,12 @@ from .model import (
     save_adapter,
     save_merged,
 )
+from .passage import Passage
 
 __version__ = "0.1.0"
 
 # Loaded on first use: the answering engine imports transformers, which `openrag --help` should not pay for.
-_LAZY = {name: ".answer" for name in ("Answer", "AnswerOptions", "Candidate", "OpenRAG", "Passage")}
+_LAZY = {name: ".answer" for name in ("Answer", "AnswerOptions", "Candidate", "OpenRAG")}
 
 
 def __getattr__(name: str):

@@ -1,8 +1,11 @@
-"""What a command does before it writes an output: check that the path can be written, and lock it.
+"""What a command does to write an output: check that the path can be written, lock it, write it atomically.
 
 The lock is ``fcntl.flock`` on a hidden file beside the output (``.NAME.lock``) that holds the holder's pid
 and command, so that a second run to the same output stops at once and names the first. The kernel drops
 the lock when its holder exits, however it exits, so a killed run never leaves a stale lock behind.
+
+Every file openrag writes whole (a summary, a manifest, a data set, an index chunk) goes through
+:func:`write_atomic`: readers see the old file or the new one, never part of either.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 class OutputBusy(RuntimeError):
@@ -85,3 +88,40 @@ def _holder(fd: int) -> str:
     if not isinstance(info, dict) or "pid" not in info:
         return "a process that has just started"
     return f"pid {info['pid']}, {info.get('command', 'openrag')}, since {info.get('since', '?')}"
+
+
+@contextlib.contextmanager
+def write_atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """A file to write ``path`` through (text in UTF-8, or ``mode="wb"``): written beside it, then on a clean
+    exit flushed, synced to disk and renamed over ``path`` in one step; on any error removed, ``path`` untouched.
+    The folder is made if missing."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"write_atomic writes with mode 'w' or 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, beside it, one per process
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_json(path: str | Path, data) -> None:
+    """``data`` as indented JSON (UTF-8, non-ASCII kept), written atomically."""
+    with write_atomic(path) as f:
+        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows) -> int:
+    """One JSON line per row, written atomically; the number of rows."""
+    n = 0
+    with write_atomic(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n

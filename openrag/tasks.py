@@ -1,8 +1,8 @@
 """The task registry: every task openrag answers, prompts, evaluates and builds data for, declared once.
 
-One row per task says its prompt family (SPEC section 5), its metric (SPEC section 6; None for a family name
-that is not an evaluation task), whether it has a closed answer set, the released evaluation's instruction,
-and how its input is written. Prompts (``openrag.answer.prompts``), the evaluation, the plain-prompt
+One row per task says its prompt family (docs/method.md section 5), its metric (section 7 there; None for a
+family name that is not an evaluation task), whether it has a closed answer set, the released evaluation's
+instruction, and how its input is written. Prompts (``openrag.answer.prompts``), the evaluation, the plain-prompt
 baselines, the training-data prompt and the CLI's ``choices=`` all read this table: a new task is one row.
 
 The strings are the ones the released checkpoints were trained and evaluated with; a different wording
@@ -41,7 +41,6 @@ MAX_CHOICES = len(CHOICE_LABELS)
 CHOICES_FORM = f"a list of 1 to {MAX_CHOICES} texts (A-E), or {{'label': [...], 'text': [...]}}"
 
 BENCH = "shayekh/openrag_bench"
-FAMILIES = ("multihop", "singlehop", "closed")
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ def format_prompt(text: str) -> str:
 
 
 def evidence_chain(parts: Sequence[str]) -> str:
-    """Multi-hop evidence in one paragraph (SPEC section 3), each part ``title\\ntext``:
+    """Multi-hop evidence in one paragraph (docs/method.md section 3), each part ``title\\ntext``:
     ``Knowledge 1: {part} \\n[SEP] \\nKnowledge 2: {part}``."""
     return " \n[SEP] \n".join(f"Knowledge {i}: {part}" for i, part in enumerate(parts, start=1))
 

@@ -3,11 +3,12 @@
     python scripts/tune_weights.py runs/eval_train/hotpotqa.sweep.jsonl --apply runs/eval_v3/hotpotqa.sweep.jsonl
 
 Each record of an ``openrag eval sweep`` file keeps every candidate's answer and the unweighted terms of
-SPEC's score (relevance, groundedness, utility, seq_score). This script re-chooses each question's
-always-retrieve answer under every setting of a small grid of weights (w_rel, w_sup, w_use, seq_score on or
-off), scores it against the gold answers, takes the setting with the best EM (then F1) on the tuning file, and
-prints it beside the evaluation's own weights (w_use 0.5, the rest 1) and the oracle (any candidate right) on
-every file. No generation: it runs in seconds. Tune on training questions only; --apply files are held out.
+the candidate score (docs/method.md section 6: relevance, groundedness, utility, seq_score). This script
+re-chooses each question's always-retrieve answer under every setting of a small grid of weights (w_rel, w_sup,
+w_use, seq_score on or off), scores it against the gold answers, takes the setting with the best EM (then F1) on
+the tuning file, and prints it beside the evaluation's own weights (w_use 0.5, the rest 1) and the oracle (any
+candidate right) on every file. No generation: it runs in seconds. Tune on training questions only; --apply files
+are held out.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from openrag.data import ErrorLog, RowError, normalize_question, read_examples
-from openrag.data.build import BuildConfig, Exclusion, Instance, build, build_report, instances_for, write_jsonl_atomic
+from openrag.data.build import BuildConfig, Exclusion, Instance, build, build_report, instances_for
 from openrag.model.reflection import GROUNDEDNESS_TOKENS, REFLECTION_TOKENS
 
 FIXTURES = Path(__file__).parent / "data_fixtures"
@@ -354,19 +354,6 @@ def test_exclusion_refuses_a_json_list_broken_before_its_window(tmp_path):
         with pytest.raises(ValueError, match=rf"^--exclude {re.escape(spec)}: {re.escape(str(path))}:3: field 'json': .*repair"):
             Exclusion.from_files([spec])
     assert Exclusion.from_files([f"{path}:limit=1"]).ids == {"a"}
-
-
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "train.jsonl"
-
-    def rows():
-        yield {"a": 1}
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        write_jsonl_atomic(target, rows())
-    assert list(tmp_path.iterdir()) == []
-    assert write_jsonl_atomic(target, [{"a": 1}, {"a": 2}]) == 2 and len(target.read_text().splitlines()) == 2
 
 
 def run_command(argv: list[str]) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from openrag.data import ErrorLog, Passage, RowError, load_training_instances, read_examples
+from openrag.data import ErrorLog, RowError, load_training_instances, read_examples
+from openrag.passage import Passage
 from openrag.data.examples import SubQuestion
 from openrag.data.facts import fact_question
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from openrag.eval.baseline import PlainAnswerer, first_answer_line, plain_prompt
-from openrag.eval.evaluate import EvalRequest, evaluate, evaluate_sweep
+from openrag.eval.evaluate import evaluate, evaluate_sweep
+from openrag.eval.request import EvalRequest
 from openrag.eval.runner import read_records
 
 from .conftest import make_tiny_llama_for

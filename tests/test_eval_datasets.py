@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from openrag.eval.evaluate import EvalRequest, evaluate
+from openrag.eval.evaluate import evaluate
+from openrag.eval.request import EvalRequest
 from openrag.eval.runner import read_records
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

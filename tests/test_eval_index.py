@@ -8,10 +8,12 @@ import json
 import pytest
 
 from openrag.eval.answerer import answer_options, rag_answerer
-from openrag.eval.evaluate import EvalRequest, evaluate
+from openrag.eval.evaluate import evaluate
+from openrag.eval.request import EvalRequest
 from openrag.eval.runner import read_records
 from openrag.answer import AnswerOptions, OpenRAG
-from openrag.retrieval import RetrievedPassage, build_index, open_index
+from openrag.passage import Passage
+from openrag.retrieval import build_index, open_index
 
 
 CORPUS = [{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France."},
@@ -64,7 +66,7 @@ class RecordingRetriever:
 
     def search(self, queries, top_k):
         self.calls.append(list(queries))
-        return [[RetrievedPassage(c["title"], c["text"], c["id"], 1.0) for c in CORPUS[:top_k]] for _ in queries]
+        return [[Passage(c["title"], c["text"], c["id"], 1.0) for c in CORPUS[:top_k]] for _ in queries]
 
 
 def factory(tiny_pair, retriever):

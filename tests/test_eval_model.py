@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from openrag.eval.answerer import answer_options, rag_answerer
-from openrag.eval.evaluate import EvalRequest, evaluate, evaluate_sweep
+from openrag.eval.evaluate import evaluate, evaluate_sweep
+from openrag.eval.request import EvalRequest
 from openrag.eval.runner import read_records
 
 from .conftest import make_tiny_llama_for

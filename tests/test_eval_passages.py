@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from openrag.data.examples import Passage
+from openrag.passage import Passage
 from openrag.eval.passages import bm25_order, make_ranker, select_passages
 
 ROW = [

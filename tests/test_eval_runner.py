@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from openrag.data.examples import Passage, QAExample
-from openrag.eval.runner import RunConfig, combine_shards, metrics_path, prepare_questions, read_records, run_shard, shard_path
-from openrag.tasks import get_task
+from openrag.data.examples import QAExample
+from openrag.passage import Passage
+from openrag.eval.request import EvalRequest
+from openrag.eval.runner import combine_shards, metrics_path, prepare_questions, read_records, run_shard, shard_path
 
 SPEED_KEYS = {"seconds", "questions_per_second", "load_seconds", "wall_seconds", "throughput"}
 
@@ -33,7 +34,7 @@ def fake_answerer(batch):
 
 
 def config(tmp_path, name="out.jsonl", **kw):
-    return RunConfig(output_file=tmp_path / name, task=get_task("hotpotqa"), metric="hotpotem", ndocs=2, progress=False, **kw)
+    return EvalRequest(task="hotpotqa", dataset="fake.jsonl", output_file=tmp_path / name, ndocs=2, progress=False, **kw)
 
 
 def without_speed(summary: dict) -> dict:

@@ -94,7 +94,8 @@ def test_report_refuses_other_files(tmp_path):
 
 
 def test_evaluate_sweep_writes_table_json_and_plot(tmp_path):
-    from openrag.eval.evaluate import EvalRequest, evaluate_sweep
+    from openrag.eval.evaluate import evaluate_sweep
+    from openrag.eval.request import EvalRequest
 
     rows = [{"question": f"Q{i}?", "answers": [f"a{i}"], "ctxs": [{"title": "t", "text": f"a{i} is it"}]} for i in range(6)]
     data = tmp_path / "d.jsonl"

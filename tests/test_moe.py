@@ -1,4 +1,4 @@
-"""The injected experts against an independent reference written from SPEC section 1."""
+"""The injected experts against an independent reference written from docs/method.md section 1."""
 
 import copy
 import math
@@ -23,7 +23,8 @@ def randomise_experts(model, seed=1):
 
 
 def reference_logits(dense, injected, input_ids, topk, scaling):
-    """Plain HF Llama plus forward hooks that add SPEC's expert term token by token, in a Python loop."""
+    """Plain HF Llama plus forward hooks that add the expert term (docs/method.md section 1) token by token, in a
+    Python loop."""
     hooks = []
     for layer, moe_layer in zip(dense.model.layers, injected.model.layers):
         adapter = moe_layer.mlp.moe_adapter
@@ -126,7 +127,7 @@ def random_adapter(hidden=6, num_experts=3, topk=2, adapter_dim=4, seed=0):
 
 
 def spec_term(adapter, x, y):
-    """SPEC section 1, token by token: x, y [..., D] -> sum over the k chosen j of w_j * moe_scaling *
+    """docs/method.md section 1, token by token: x, y [..., D] -> sum over the k chosen j of w_j * moe_scaling *
     up_j(GELU(down_j(y))), w the softmax over the chosen router logits."""
     cfg, experts = adapter.config, list(adapter.experts.values())
     rows = []

@@ -338,13 +338,14 @@ def test_training_format_is_what_data_build_trains_on(rag):
     """A row in the training format is, token for token, the start of the training text of a single-passage
     instance of `openrag data build` (prompt, [Retrieval], the passage)."""
     from openrag.data.build import instances_for
-    from openrag.data.examples import Passage as DataPassage, QAExample
+    from openrag.data.examples import QAExample
+    from openrag.passage import Passage
     from openrag.data.tokenize import format_prompt
 
-    gold = [DataPassage("Kiss and Tell", "Shirley Temple played Corliss Archer.", is_gold=True),
-            DataPassage("Shirley Temple", "She was Chief of Protocol of the United States.", is_gold=True)]
+    gold = [Passage("Kiss and Tell", "Shirley Temple played Corliss Archer.", is_gold=True),
+            Passage("Shirley Temple", "She was Chief of Protocol of the United States.", is_gold=True)]
     ex = QAExample("q1", "What position was held by the actress who played Corliss Archer?", ["Chief of Protocol"],
-                   [*gold, DataPassage("Corliss Archer", "A radio programme.", is_gold=False)], False, "hotpotqa", "t:1")
+                   [*gold, Passage("Corliss Archer", "A radio programme.", is_gold=False)], False, "hotpotqa", "t:1")
     instance = next(i for i in instances_for(ex) if i.kind == "gold")
     trained = format_prompt(instance.input) + instance.output
     passage = next(p for p in gold if p.title in instance.passage)
@@ -357,13 +358,14 @@ def test_training_format_is_what_data_build_trains_on(rag):
 
 def test_chain_candidate_is_what_data_build_trains_as_a_gold_chain(rag):
     """``chain``: one more candidate whose row is, token for token, the start of a gold_chain instance's
-    training text (SPEC section 3's chain), marked ``chained``; single-hop tasks get no chain."""
+    training text (the chain of docs/method.md section 3), marked ``chained``; single-hop tasks get no chain."""
     from openrag.data.build import instances_for
-    from openrag.data.examples import Passage as DataPassage, QAExample
+    from openrag.data.examples import QAExample
+    from openrag.passage import Passage
     from openrag.data.tokenize import format_prompt
 
-    gold = [DataPassage("Kiss and Tell", "Shirley Temple played Corliss Archer.", is_gold=True),
-            DataPassage("Shirley Temple", "She was Chief of Protocol of the United States.", is_gold=True)]
+    gold = [Passage("Kiss and Tell", "Shirley Temple played Corliss Archer.", is_gold=True),
+            Passage("Shirley Temple", "She was Chief of Protocol of the United States.", is_gold=True)]
     ex = QAExample("q1", "What position was held by the actress who played Corliss Archer?", ["Chief of Protocol"],
                    gold, False, "hotpotqa", "t:1")
     instance = next(i for i in instances_for(ex) if i.kind == "gold_chain")

@@ -7,7 +7,7 @@ from openrag.model.reflection import reflection_token_ids
 
 from .conftest import make_tiny_llama_for
 
-SPEC_ORDER = [
+RELEASED_ORDER = [
     "[No Retrieval]", "[Retrieval]", "[Continue to Use Evidence]", "[Irrelevant]", "[Relevant]",
     "<paragraph>", "</paragraph>", "[Utility:1]", "[Utility:2]", "[Utility:3]", "[Utility:4]",
     "[Utility:5]", "[Fully supported]", "[Partially supported]", "[No support / Contradictory]",
@@ -21,9 +21,9 @@ def test_tokens_are_added_in_spec_order_with_mean_rows(smollm2_tokenizer):
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
     added = add_reflection_tokens(model, tokenizer)
-    assert added == 15 and list(REFLECTION_TOKENS) == SPEC_ORDER
+    assert added == 15 and list(REFLECTION_TOKENS) == RELEASED_ORDER
     ids = reflection_token_ids(tokenizer)
-    assert [ids[t] for t in SPEC_ORDER] == list(range(n0, n0 + 15))
+    assert [ids[t] for t in RELEASED_ORDER] == list(range(n0, n0 + 15))
     emb = model.get_input_embeddings().weight
     assert emb.shape[0] == n0 + 15
     torch.testing.assert_close(emb[n0:], old_in.mean(0).expand(15, -1))

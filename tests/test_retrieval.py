@@ -10,7 +10,6 @@ import pytest
 from openrag.retrieval import (
     Index,
     IndexSettings,
-    RetrievedPassage,
     Retriever,
     build_index,
     corpus_checksum,
@@ -20,6 +19,7 @@ from openrag.retrieval import (
     retrieval_recall_at_k,
     split_words,
 )
+from openrag.passage import Passage
 from openrag.retrieval.corpus import PassageStore
 
 ANIMALS = [
@@ -53,10 +53,10 @@ def test_split_words_windows_overlap():
 
 def test_reads_jsonl_flashrag_list_and_title_dict(tmp_path):
     corpus = read_corpus(write_jsonl(tmp_path / "a.jsonl", ANIMALS))
-    assert corpus.passages[0] == RetrievedPassage(title="Cat", text=ANIMALS[0]["text"], id="cat")
+    assert corpus.passages[0] == Passage(title="Cat", text=ANIMALS[0]["text"], id="cat")
 
     flashrag = write_jsonl(tmp_path / "f.jsonl", [{"id": 7, "contents": '"Paris"\nParis is the capital of France.'}])
-    assert read_corpus(flashrag).passages == [RetrievedPassage("Paris", "Paris is the capital of France.", "7")]
+    assert read_corpus(flashrag).passages == [Passage("Paris", "Paris is the capital of France.", "7")]
 
     listed = tmp_path / "l.json"
     listed.write_text(json.dumps([{"title": "A", "text": "alpha"}, {"title": "B", "text": "beta"}]))
@@ -64,7 +64,7 @@ def test_reads_jsonl_flashrag_list_and_title_dict(tmp_path):
 
     by_title = tmp_path / "hotpot_corpus.json"
     by_title.write_text(json.dumps({"Paris": ["Paris is a city.", " It is in France."]}))
-    assert read_corpus(by_title).passages == [RetrievedPassage("Paris", "Paris is a city.  It is in France.", "0")]
+    assert read_corpus(by_title).passages == [Passage("Paris", "Paris is a city.  It is in France.", "0")]
 
 
 def test_reads_folder_of_text_files(tmp_path):
@@ -120,7 +120,7 @@ def test_bad_folders_are_named(tmp_path):
 
 
 def test_passage_store_round_trip(tmp_path):
-    passages = [RetrievedPassage("Zürich", "naïve café ☕", "z"), RetrievedPassage("", "", "empty")]
+    passages = [Passage("Zürich", "naïve café ☕", "z"), Passage("", "", "empty")]
     PassageStore.write(tmp_path, passages)
     store = PassageStore(tmp_path)
     assert len(store) == 2 and [store[0], store[1]] == passages
@@ -130,7 +130,7 @@ def test_passage_store_round_trip(tmp_path):
 
 
 def test_closed_passage_store_and_index_refuse_reads(tmp_path, animals):
-    PassageStore.write(tmp_path, [RetrievedPassage("T", "text", "t")])
+    PassageStore.write(tmp_path, [Passage("T", "text", "t")])
     with PassageStore(tmp_path) as store:
         assert store[0].text == "text"
     store.close()  # again: nothing happens

@@ -176,7 +176,7 @@ def test_killed_build_resumes_to_the_uninterrupted_index(tmp_path, corpus, encod
     assert not output.exists()  # never a half-written index at the output
     building = tmp_path / ".idx.building"
     assert sorted(f.name for f in (building / "chunks").glob("dense-*.npy")) == [f"dense-00000{k}.npy" for k in range(3)]
-    (building / "chunks" / "dense-000003.npy.tmp.npy").write_bytes(b"half a chunk")  # killed mid-write
+    (building / "chunks" / ".dense-000003.npy.tmp-99999").write_bytes(b"half a chunk")  # killed mid-write
     kill["armed"] = False
     encoder.calls.clear()
     index = build_index(corpus, output, settings, chunk_size=6, show_progress=False)
@@ -259,6 +259,27 @@ def test_faiss_factory_strings_build_and_search(tmp_path, corpus, encoder, facto
         assert faiss.extract_index_ivf(index.retriever.index).nprobe == int(params.split("=")[1])
     if "efSearch" in params:
         assert faiss.downcast_index(index.retriever.index).hnsw.efSearch == 64
+
+
+def test_default_nprobe_rule():
+    from openrag.retrieval.dense import default_nprobe
+
+    # sqrt of the list count, at least 16, at most every list: worked out by hand
+    assert [default_nprobe(n) for n in (1, 2, 16, 64, 100, 256, 257, 1024, 4096, 65536)] == \
+        [1, 2, 16, 16, 16, 16, 17, 32, 64, 256]
+
+
+def test_an_ivf_index_searches_its_default_lists_unless_told_otherwise(tmp_path, corpus, encoder):
+    """IVF32 over 40 passages: 16 lists by default (recorded in the manifest), faiss's 1 when asked for."""
+    settings = IndexSettings(kind="dense", dense=DenseSettings(faiss="IVF32,Flat", train_sample=40))
+    index = build_index(corpus, tmp_path / "idx", settings, show_progress=False)
+    assert index.manifest["search"]["faiss_params"] == "nprobe=16"
+    assert faiss.extract_index_ivf(index.retriever.index).nprobe == 16
+    for search, nprobe in ((SearchSettings(), 16), (SearchSettings(faiss_params="nprobe=1"), 1)):
+        with open_index(tmp_path / "idx", search=search) as opened:
+            assert faiss.extract_index_ivf(opened.retriever.index).nprobe == nprobe
+    flat = build_index(corpus, tmp_path / "flat", IndexSettings(kind="dense"), show_progress=False)
+    assert flat.manifest["search"]["faiss_params"] == ""  # no lists: nothing to set
 
 
 def test_bad_factory_strings_and_parameters_are_named(tmp_path, corpus, encoder):
@@ -381,11 +402,14 @@ def test_index_command_shards_merges_and_adopts(tmp_path, corpus, flashrag, enco
 
     code, out = openrag(*common, "--output", str(tmp_path / "ivf"), "--kind", "dense", "--faiss", "IVF2,Flat",
                         "--train_sample", "40")
-    assert code == 0 and open_index(tmp_path / "ivf").manifest["search"]["faiss_params"] == ""
+    assert code == 0 and open_index(tmp_path / "ivf").manifest["search"]["faiss_params"] == "nprobe=2"  # both lists
     code, out = openrag(*common, "--output", str(tmp_path / "ivf"), "--kind", "dense", "--faiss", "IVF2,Flat",
-                        "--train_sample", "40", "--faiss_params", "nprobe=2")
+                        "--train_sample", "40")
+    assert code == 0 and "nothing to do" in out.out  # no --faiss_params: the default, as recorded
+    code, out = openrag(*common, "--output", str(tmp_path / "ivf"), "--kind", "dense", "--faiss", "IVF2,Flat",
+                        "--train_sample", "40", "--faiss_params", "nprobe=1")
     assert code == 0 and "search settings updated" in out.out
-    assert faiss.extract_index_ivf(open_index(tmp_path / "ivf").retriever.index).nprobe == 2
+    assert faiss.extract_index_ivf(open_index(tmp_path / "ivf").retriever.index).nprobe == 1
 
 
 # --- reranking ---------------------------------------------------------------------------------------------------

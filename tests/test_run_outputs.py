@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from openrag.eval.evaluate import EvalRequest, evaluate
+from openrag.eval.evaluate import evaluate
+from openrag.eval.request import EvalRequest
 from openrag.eval.runner import metrics_path, read_records
 
 N = 12
@@ -224,3 +225,39 @@ def test_second_index_build_to_the_same_folder_stops_and_names_the_first(tmp_pat
     err = capsys.readouterr().err
     assert f"{out} is being written by another run (pid {os.getpid()}, openrag index" in err
     assert retrieval.open_index(out).search(["rivers"], top_k=1)[0]
+
+
+# ---------------------------------------------------------------------------------- atomic writes
+
+
+def test_atomic_write_leaves_the_old_file_whole_on_failure(tmp_path):
+    from openrag.outputs import write_jsonl
+
+    target = tmp_path / "train.jsonl"
+
+    def rows():
+        yield {"a": 1}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(target, rows())
+    assert list(tmp_path.iterdir()) == []  # no half file, no temporary file
+    assert write_jsonl(target, [{"a": "é"}, {"a": 2}]) == 2
+    assert target.read_bytes() == '{"a": "é"}\n{"a": 2}\n'.encode("utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(target, rows())
+    assert target.read_bytes() == '{"a": "é"}\n{"a": 2}\n'.encode("utf-8")  # the old file, untouched
+    assert [f.name for f in tmp_path.iterdir()] == ["train.jsonl"]
+
+
+def test_atomic_write_of_json_and_bytes(tmp_path):
+    from openrag.outputs import write_atomic, write_json
+
+    write_json(tmp_path / "new" / "m.json", {"title": "Zürich"})  # the folder is made
+    assert (tmp_path / "new" / "m.json").read_text(encoding="utf-8") == '{\n  "title": "Zürich"\n}\n'
+    with write_atomic(tmp_path / "b.bin", "wb") as f:
+        f.write(b"\x00\xff")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\xff"
+    with pytest.raises(ValueError, match="mode"):
+        with write_atomic(tmp_path / "c", "a"):
+            pass

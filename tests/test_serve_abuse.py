@@ -129,7 +129,7 @@ def test_a_huge_in_limit_request_is_refused_by_the_token_budget(server):
     assert "max_request_tokens" in error["message"] and f"{BUDGET:,}" in error["message"]
     assert error["type"] == "invalid_request_error" and error["param"] == "passages"
     after = server.health()
-    assert after["over_budget"] == before["over_budget"] + 1 and after["engine_calls"] == before["engine_calls"]
+    assert after["over_budget"] == before["over_budget"] + 1 and after["pipeline_calls"] == before["pipeline_calls"]
 
 
 def test_a_request_past_its_deadline_is_cut_and_its_work_stopped(server):

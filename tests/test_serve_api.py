@@ -1,4 +1,4 @@
-"""In-process tests of the HTTP API with a fake engine: every endpoint, every bad input, batching and 503s."""
+"""In-process tests of the HTTP API with a fake pipeline: every endpoint, every bad input, batching and 503s."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class FakeAnswer:
         return asdict(self)
 
 
-class FakeEngine:
+class FakePipeline:
     """Answers ``question.upper()``; one candidate per passage; records every call.
 
     ``gate``: when set, each call waits for it (to hold the worker busy while requests pile up)."""
@@ -67,13 +67,13 @@ class FakeEngine:
 
 
 @pytest.fixture
-def engine():
-    return FakeEngine()
+def pipeline():
+    return FakePipeline()
 
 
 @pytest.fixture
-def client(engine):
-    with TestClient(create_app(engine, ServeSettings(model_name="tiny")), base_url=LOCAL, raise_server_exceptions=False) as c:
+def client(pipeline):
+    with TestClient(create_app(pipeline, ServeSettings(model_name="tiny")), base_url=LOCAL, raise_server_exceptions=False) as c:
         yield c
 
 
@@ -83,27 +83,27 @@ PASSAGES = [{"title": "Dune", "text": "Dune is a 1965 novel by Frank Herbert."},
 # -- the endpoints -----------------------------------------------------------------------------------
 
 
-def test_answer_returns_the_engines_answer_and_passes_options(client, engine):
+def test_answer_returns_the_engines_answer_and_passes_options(client, pipeline):
     r = client.post("/v1/answer", json={"question": "who wrote dune?", "passages": PASSAGES, "mode": "always_retrieve",
                                         "ndocs": 2, "threshold": 0.3, "w_use": 0.5, "use_utility": False})
     assert r.status_code == 200
     body = r.json()
     assert body["text"] == "WHO WROTE DUNE?" and body["retrieved"] is True
     assert [c["passage"] for c in body["candidates"]] == PASSAGES
-    call = engine.calls[-1]
+    call = pipeline.calls[-1]
     assert call["questions"] == ["who wrote dune?"] and call["passages"] == [PASSAGES]
     assert call["options"] == {"mode": "always_retrieve", "ndocs": 2, "threshold": 0.3, "w_use": 0.5, "use_utility": False}
 
 
-def test_answer_without_passages_lets_the_engine_retrieve(client, engine):
+def test_answer_without_passages_lets_the_engine_retrieve(client, pipeline):
     assert client.post("/v1/answer", json={"question": "q"}).status_code == 200
-    assert engine.calls[-1]["passages"] is None and engine.calls[-1]["options"] == {}
+    assert pipeline.calls[-1]["passages"] is None and pipeline.calls[-1]["options"] == {}
 
 
-def test_answer_with_choices(client, engine):
+def test_answer_with_choices(client, pipeline):
     r = client.post("/v1/answer", json={"question": "which?", "task": "arc_c", "choices": ["a", "b", "c", "d"]})
     assert r.status_code == 200
-    assert engine.calls[-1]["choices"] == [["a", "b", "c", "d"]] and engine.calls[-1]["options"] == {"task": "arc_c"}
+    assert pipeline.calls[-1]["choices"] == [["a", "b", "c", "d"]] and pipeline.calls[-1]["options"] == {"task": "arc_c"}
 
 
 @pytest.mark.parametrize("body, said", [
@@ -111,7 +111,7 @@ def test_answer_with_choices(client, engine):
     ({"question": "which?", "choices": ["a", "b"]}, "task multihop takes no answer choices; drop choices"),
     ({"question": "which?", "task": "popqa", "choices": ["a", "b"]}, "task popqa takes no answer choices"),
 ])
-def test_choices_that_do_not_suit_the_task_get_422_naming_choices(client, engine, body, said):
+def test_choices_that_do_not_suit_the_task_get_422_naming_choices(client, pipeline, body, said):
     r = client.post("/v1/answer", json=body)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
@@ -119,7 +119,7 @@ def test_choices_that_do_not_suit_the_task_get_422_naming_choices(client, engine
     chat = {"messages": [{"role": "user", "content": body["question"]}], **{k: v for k, v in body.items() if k != "question"}}
     r = client.post("/v1/chat/completions", json=chat)
     assert r.status_code == 422 and r.json()["error"]["param"] == "choices"
-    assert engine.calls == []
+    assert pipeline.calls == []
 
 
 def test_non_finite_numbers_in_an_answer_become_null(client):
@@ -127,7 +127,7 @@ def test_non_finite_numbers_in_an_answer_become_null(client):
     assert r.status_code == 200 and r.json()["retrieval_value"] is None
 
 
-def test_chat_completions_in_openais_format(client, engine):
+def test_chat_completions_in_openais_format(client, pipeline):
     r = client.post("/v1/chat/completions", json={
         "model": "whatever", "temperature": 0.7, "max_tokens": 12, "passages": PASSAGES[:1],
         "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first question"},
@@ -138,19 +138,19 @@ def test_chat_completions_in_openais_format(client, engine):
     assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "WHO WROTE DUNE?"},
                                 "finish_reason": "stop", "logprobs": None}]
     assert body["openrag"]["candidates"][0]["passage"] == PASSAGES[0]
-    assert engine.calls[-1]["questions"] == ["who wrote dune?"]
-    assert engine.calls[-1]["options"] == {"max_new_tokens": 12}
+    assert pipeline.calls[-1]["questions"] == ["who wrote dune?"]
+    assert pipeline.calls[-1]["options"] == {"max_new_tokens": 12}
 
 
-def test_chat_accepts_content_parts(client, engine):
+def test_chat_accepts_content_parts(client, pipeline):
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
         {"type": "text", "text": "who "}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "wrote it?"}]}]})
-    assert r.status_code == 200 and engine.calls[-1]["questions"] == ["who wrote it?"]
+    assert r.status_code == 200 and pipeline.calls[-1]["questions"] == ["who wrote it?"]
 
 
-def test_an_openai_client_works(engine):
+def test_an_openai_client_works(pipeline):
     openai = pytest.importorskip("openai")
-    with TestClient(create_app(engine, ServeSettings(model_name="tiny", api_key="k3y")), base_url=LOCAL) as http:
+    with TestClient(create_app(pipeline, ServeSettings(model_name="tiny", api_key="k3y")), base_url=LOCAL) as http:
         client = openai.OpenAI(base_url=LOCAL + "/v1", api_key="k3y", http_client=http)
         reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
                                                extra_body={"passages": PASSAGES})
@@ -181,19 +181,19 @@ def test_page_is_served_with_a_policy_that_allows_exactly_its_script(client):
 
 
 @pytest.fixture
-def locked(engine):
-    with TestClient(create_app(engine, ServeSettings(api_key="s3cret")), base_url=LOCAL, raise_server_exceptions=False) as c:
+def locked(pipeline):
+    with TestClient(create_app(pipeline, ServeSettings(api_key="s3cret")), base_url=LOCAL, raise_server_exceptions=False) as c:
         yield c
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
                                      {"Authorization": "Basic s3cret"}])
-def test_api_key_is_required_on_the_api(locked, engine, headers):
+def test_api_key_is_required_on_the_api(locked, pipeline, headers):
     for path, body in [("/v1/answer", {"question": "q"}), ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}]})]:
         r = locked.post(path, json=body, headers=headers)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert r.json()["error"]["type"] == "authentication_error"
-    assert engine.calls == []
+    assert pipeline.calls == []
 
 
 def test_a_missing_key_is_reported_before_the_body_is_read(locked):
@@ -256,12 +256,12 @@ BAD_ANSWER_BODIES = [
 
 
 @pytest.mark.parametrize("body, field_name", BAD_ANSWER_BODIES)
-def test_bad_answer_fields_get_422_naming_the_field(client, engine, body, field_name):
+def test_bad_answer_fields_get_422_naming_the_field(client, pipeline, body, field_name):
     r = client.post("/v1/answer", json=body)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["param"] == field_name and field_name in error["message"]
-    assert engine.calls == []
+    assert pipeline.calls == []
 
 
 BAD_CHAT_BODIES = [
@@ -283,11 +283,11 @@ BAD_CHAT_BODIES = [
 
 
 @pytest.mark.parametrize("body, field_name", BAD_CHAT_BODIES)
-def test_bad_chat_fields_get_422_naming_the_field(client, engine, body, field_name):
+def test_bad_chat_fields_get_422_naming_the_field(client, pipeline, body, field_name):
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] == field_name
-    assert engine.calls == []
+    assert pipeline.calls == []
 
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"question": "q",}', b"", b'{"question": "q", "threshold": NaN}'])
@@ -297,13 +297,13 @@ def test_invalid_json_gets_422(client, content):
     assert r.json()["error"]["param"] in ("body", "threshold")
 
 
-def test_a_body_that_is_not_utf8_gets_422_saying_so(client, engine):
+def test_a_body_that_is_not_utf8_gets_422_saying_so(client, pipeline):
     r = client.post("/v1/answer", content="{\"question\": \"caf\u00e9?\"}".encode("latin-1"),
                     headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["param"] == "body" and "not UTF-8" in error["message"] and "byte 0xe9" in error["message"]
-    assert engine.calls == []
+    assert pipeline.calls == []
 
 
 def test_a_body_that_is_not_json_gets_422(client):
@@ -317,22 +317,22 @@ def test_a_body_that_is_not_json_gets_422(client):
     ("/v1/chat/completions", rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}',
      "messages.0.content"),
 ])
-def test_text_with_a_lone_surrogate_gets_422_naming_the_field(client, engine, path, content, field_name):
+def test_text_with_a_lone_surrogate_gets_422_naming_the_field(client, pipeline, path, content, field_name):
     """JSON may escape half of a UTF-16 pair (\\ud83d alone): no character, so no UTF-8 text to count or answer."""
     r = client.post(path, content=content, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] == field_name
-    assert engine.calls == []
+    assert pipeline.calls == []
 
 
-def test_bodies_over_the_limit_get_413_declared_or_streamed(engine):
-    with TestClient(create_app(engine, ServeSettings(max_body_bytes=2_000)), base_url=LOCAL, raise_server_exceptions=False) as c:
+def test_bodies_over_the_limit_get_413_declared_or_streamed(pipeline):
+    with TestClient(create_app(pipeline, ServeSettings(max_body_bytes=2_000)), base_url=LOCAL, raise_server_exceptions=False) as c:
         assert c.post("/v1/answer", json={"question": "q" * 1_500}).status_code == 200
         assert c.post("/v1/answer", json={"question": "q" * 2_500}).status_code == 413
         chunks = iter([b'{"question": "', b"q" * 2_500, b'"}'])  # no Content-Length: chunked
         r = c.post("/v1/answer", content=chunks, headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and "2000 bytes" in r.json()["error"]["message"]
-    assert len(engine.calls) == 1
+    assert len(pipeline.calls) == 1
 
 
 def test_engine_failures_never_leak_a_stack_trace(client):
@@ -376,12 +376,12 @@ async def _until(condition, timeout=5.0):
 
 def test_concurrent_requests_are_answered_in_batches_grouped_by_options():
     gate = threading.Event()
-    engine = FakeEngine(gate)
-    app = create_app(engine, ServeSettings(max_batch=8, max_wait_ms=0))
+    pipeline = FakePipeline(gate)
+    app = create_app(pipeline, ServeSettings(max_batch=8, max_wait_ms=0))
 
     async def work(app, http):
         first = asyncio.create_task(http.post("/v1/answer", json={"question": "first"}))
-        await _until(lambda: len(engine.calls) == 1)  # the worker is busy with "first"
+        await _until(lambda: len(pipeline.calls) == 1)  # the worker is busy with "first"
         bodies = [{"question": f"a{i}", "mode": "always_retrieve", "passages": PASSAGES} for i in range(3)]
         bodies += [{"question": f"b{i}", "mode": "no_retrieval"} for i in range(2)]
         bodies += [{"question": "c0", "mode": "always_retrieve"}]  # same options, but no passages: the retriever's
@@ -393,19 +393,19 @@ def test_concurrent_requests_are_answered_in_batches_grouped_by_options():
 
     texts = asyncio.run(_with_app(app, work))
     assert texts == ["FIRST", "A0", "A1", "A2", "B0", "B1", "C0"]
-    assert [c["questions"] for c in engine.calls] == [["first"], ["a0", "a1", "a2"], ["b0", "b1"], ["c0"]]
-    assert engine.calls[1]["passages"] == [PASSAGES] * 3 and engine.calls[3]["passages"] is None
+    assert [c["questions"] for c in pipeline.calls] == [["first"], ["a0", "a1", "a2"], ["b0", "b1"], ["c0"]]
+    assert pipeline.calls[1]["passages"] == [PASSAGES] * 3 and pipeline.calls[3]["passages"] is None
     assert app.state.batcher.stats.largest_batch == 6
 
 
 def test_a_full_queue_answers_503_with_retry_after():
     gate = threading.Event()
-    engine = FakeEngine(gate)
-    app = create_app(engine, ServeSettings(max_batch=1, queue_size=2, max_wait_ms=0))
+    pipeline = FakePipeline(gate)
+    app = create_app(pipeline, ServeSettings(max_batch=1, queue_size=2, max_wait_ms=0))
 
     async def work(app, http):
         running = asyncio.create_task(http.post("/v1/answer", json={"question": "running"}))
-        await _until(lambda: len(engine.calls) == 1)
+        await _until(lambda: len(pipeline.calls) == 1)
         waiting = [asyncio.create_task(http.post("/v1/answer", json={"question": f"w{i}"})) for i in range(2)]
         await _until(lambda: app.state.batcher.waiting == 2)
         refused = await http.post("/v1/answer", json={"question": "one too many"})
@@ -450,13 +450,13 @@ async def _post_then_leave(app, body: dict, leave: asyncio.Event) -> int:
 
 def test_requests_whose_clients_left_free_their_queue_slots_at_once_and_are_never_answered():
     gate = threading.Event()
-    engine = FakeEngine(gate)
-    app = create_app(engine, ServeSettings(max_batch=2, queue_size=2, max_wait_ms=0))
+    pipeline = FakePipeline(gate)
+    app = create_app(pipeline, ServeSettings(max_batch=2, queue_size=2, max_wait_ms=0))
 
     async def work(app, http):
         batcher = app.state.batcher
         running = asyncio.create_task(http.post("/v1/answer", json={"question": "running"}))
-        await _until(lambda: len(engine.calls) == 1)  # the worker is busy; the queue fills up behind it
+        await _until(lambda: len(pipeline.calls) == 1)  # the worker is busy; the queue fills up behind it
         leave = asyncio.Event()
         gone = [asyncio.create_task(_post_then_leave(app, {"question": f"gone{i}"}, leave)) for i in range(2)]
         await _until(lambda: batcher.waiting == 2)
@@ -474,18 +474,18 @@ def test_requests_whose_clients_left_free_their_queue_slots_at_once_and_are_neve
     assert health["queue"]["waiting"] == 0 and health["disconnected"] == 2
     assert [r.status_code for r in done] == [200, 200, 200], [r.text for r in done]
     assert [r.json()["text"] for r in done] == ["RUNNING", "LIVE0", "LIVE1"]
-    assert [c["questions"] for c in engine.calls] == [["running"], ["live0", "live1"]]  # a full batch of live ones
+    assert [c["questions"] for c in pipeline.calls] == [["running"], ["live0", "live1"]]  # a full batch of live ones
     assert app.state.batcher.stats.rejected == 0
 
 
 def test_one_failing_request_does_not_fail_its_batch():
     gate = threading.Event()
-    engine = FakeEngine(gate)
-    app = create_app(engine, ServeSettings(max_batch=8, max_wait_ms=0))
+    pipeline = FakePipeline(gate)
+    app = create_app(pipeline, ServeSettings(max_batch=8, max_wait_ms=0))
 
     async def work(app, http):
         first = asyncio.create_task(http.post("/v1/answer", json={"question": "first"}))
-        await _until(lambda: len(engine.calls) == 1)
+        await _until(lambda: len(pipeline.calls) == 1)
         rest = [asyncio.create_task(http.post("/v1/answer", json={"question": q})) for q in ("ok1", "explode", "ok2")]
         await _until(lambda: app.state.batcher.waiting == 3)
         gate.set()
@@ -494,17 +494,23 @@ def test_one_failing_request_does_not_fail_its_batch():
     responses = asyncio.run(_with_app(app, work))
     assert [r.status_code for r in responses] == [200, 200, 500, 200]
     assert responses[3].json()["text"] == "OK2"
-    assert [c["questions"] for c in engine.calls] == [["first"], ["ok1", "explode", "ok2"], ["ok1"], ["explode"], ["ok2"]]
+    assert [c["questions"] for c in pipeline.calls] == [["first"], ["ok1", "explode", "ok2"], ["ok1"], ["explode"], ["ok2"]]
 
 
-def test_every_request_option_is_an_engine_option():
-    from dataclasses import fields
+# Every answering option a request may set, with a value other than its default: written out here, from the
+# README's list of request fields, not read from AnswerOptions or the schema under test.
+REQUEST_OPTIONS = {"mode": "always_retrieve", "retrieval_rule": "meanp", "threshold": 0.3, "ndocs": 2, "chain": True,
+                   "max_new_tokens": 7, "use_seqscore": False, "use_groundness": False, "use_utility": False,
+                   "w_rel": 0.5, "w_sup": 0.25, "w_use": 2.0, "task": "popqa", "query": "question+answer"}
 
-    from openrag.answer import AnswerOptions
-    from openrag.serve.schemas import OPTION_FIELDS, AnswerFields
 
-    assert set(OPTION_FIELDS) <= {f.name for f in fields(AnswerOptions)}
-    assert set(OPTION_FIELDS) <= set(AnswerFields.model_fields)
+def test_every_request_option_reaches_the_pipeline(client, pipeline):
+    from openrag.serve.schemas import AnswerFields
+
+    assert set(AnswerFields.model_fields) == {*REQUEST_OPTIONS, "passages", "choices"}
+    r = client.post("/v1/answer", json={"question": "q", "passages": PASSAGES, **REQUEST_OPTIONS})
+    assert r.status_code == 200, r.text
+    assert pipeline.calls[-1]["options"] == REQUEST_OPTIONS
 
 
 def test_settings_are_checked():

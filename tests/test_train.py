@@ -272,7 +272,7 @@ def test_bf16_training_on_the_cpu_runs_under_autocast_and_saves_float32(tmp_path
 
 
 def test_seed_command_line_parses():
-    """Every flag of SPEC section 7's train command is accepted with its meaning."""
+    """Every flag of the train command of docs/method.md section 8 is accepted with its meaning."""
     from openrag.training.args import parse_train_args
 
     argv = (

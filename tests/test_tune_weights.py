@@ -1,4 +1,5 @@
-"""scripts/tune_weights.py: answers are re-chosen under SPEC's weighted score; the best setting is found on the tuning file."""
+"""scripts/tune_weights.py: answers are re-chosen under the weighted candidate score (docs/method.md section 6);
+the best setting is found on the tuning file."""
 
 from __future__ import annotations
 

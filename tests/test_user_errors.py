@@ -13,7 +13,9 @@ import pytest
 
 from openrag.cli import main
 from openrag.data.readers import is_hub_name, read_examples
-from openrag.eval.evaluate import EvalRequest, evaluate
+from openrag.eval.evaluate import evaluate
+from openrag.eval.request import EvalRequest
+from openrag.passage import Passage
 
 ROW = {"id": "q0", "question": "Which city lies on the Seine?", "answers": ["Paris"],
        "ctxs": [{"title": "Paris", "text": "Paris lies on the Seine."}]}
@@ -61,7 +63,7 @@ def test_a_missing_local_path_is_an_error_not_a_hub_request(tmp_path, monkeypatc
 def test_eval_of_a_missing_relative_file_stops_at_once(tmp_path, monkeypatch, hub_calls, capsys):
     import openrag.eval.answerer as answerer
 
-    monkeypatch.setattr(answerer, "engine_answerer_factory", never_loaded)
+    monkeypatch.setattr(answerer, "pipeline_answerer_factory", never_loaded)
     monkeypatch.chdir(tmp_path)
     code, err = run_cli(["eval", "--task", "hotpotqa", "--dataset", "in/nonexist.jsonl", "--output_file", "out.jsonl",
                          "--no_progress"], capsys)
@@ -110,7 +112,7 @@ def test_non_utf8_data_build_input_names_file_and_line(tmp_path, capsys):
 
 
 def test_ask_passages_errors_name_the_file_and_line(tmp_path):
-    from openrag.commands.ask import read_passages
+    from openrag.data.passage_files import read_passages
 
     lines = tmp_path / "p.jsonl"
     lines.write_text('{"title": "A", "text": "a"}\n\n{"title": "B", "text": "b"\n')
@@ -128,7 +130,7 @@ def test_ask_passages_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=rf"{re.escape(str(whole))}:2: not JSON"):
         read_passages(str(whole))
     lines.write_text('{"title": "A", "text": "a"}\n\n"b"\n')
-    assert read_passages(str(lines)) == [{"title": "A", "text": "a"}, "b"]
+    assert read_passages(str(lines)) == [Passage("A", "a"), Passage(text="b")]
 
 
 def test_ask_reads_its_passages_before_loading_the_model(tmp_path, monkeypatch, capsys):
@@ -192,13 +194,13 @@ def test_the_cli_reports_every_error_as_one_line(monkeypatch, capsys):
 
 
 def test_ask_passages_suffix_is_read_in_any_case(tmp_path):
-    from openrag.commands.ask import read_passages
+    from openrag.data.passage_files import read_passages
 
     for name in ("p.JSON", "p.Json"):
         (tmp_path / name).write_text(json.dumps([{"title": "A", "text": "a"}, "b"]))
-        assert read_passages(str(tmp_path / name)) == [{"title": "A", "text": "a"}, "b"]
+        assert read_passages(str(tmp_path / name)) == [Passage("A", "a"), Passage(text="b")]
     (tmp_path / "p.JSONL").write_text('{"title": "A", "text": "a"}\n"b"\n')
-    assert read_passages(str(tmp_path / "p.JSONL")) == [{"title": "A", "text": "a"}, "b"]
+    assert read_passages(str(tmp_path / "p.JSONL")) == [Passage("A", "a"), Passage(text="b")]
 
 
 @pytest.mark.parametrize("name, content", [("p.txt", ""), ("p.txt", "\n\n  \n"), ("p.json", "[]"),

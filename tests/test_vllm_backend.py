@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from openrag.answer import OpenRAG  # noqa: E402
-from openrag.answer.backends import BackendOptions  # noqa: E402
+from openrag.answer.backend_types import BackendOptions  # noqa: E402
 from openrag.answer.options import DEFAULT_THRESHOLD  # noqa: E402
 from openrag.answer.scoring import RULES, decide  # noqa: E402
 
@@ -77,7 +77,7 @@ def test_same_model_and_prompts(torch_rag, vllm_rag):
 def test_engine_rows_match_the_built_in_engine(questions, torch_rag, vllm_rag):
     """The engine contract itself: tokens, their log-probs and the watched log-probs where scoring reads them."""
     from openrag.answer import prompts
-    from openrag.answer.pipeline import as_passage
+    from openrag.passage import read_passage
     from openrag.model.reflection import NO_RETRIEVAL
 
     qs, passages = questions
@@ -86,7 +86,7 @@ def test_engine_rows_match_the_built_in_engine(questions, torch_rag, vllm_rag):
     rows = []
     for i, text in enumerate(prompt_texts):
         rows.append((i, encode(text + NO_RETRIEVAL)))
-        for p in map(as_passage, passages[i]):
+        for p in map(read_passage, passages[i]):
             rows.append((i, encode(text + prompts.evidence_suffix(prompts.evidence_content("hotpotqa", p.title, p.text, "training")))))
     results = []
     for rag in (torch_rag, vllm_rag):
@@ -158,7 +158,7 @@ def test_a_stopped_call_is_aborted_and_the_engine_goes_on(questions, answers, vl
     from openrag.serve.limits import Interrupted, Interrupter
 
     qs, passages = (x[:3] for x in questions)
-    interrupter, stop = Interrupter.for_engine(vllm_rag), threading.Event()
+    interrupter, stop = Interrupter.for_pipeline(vllm_rag), threading.Event()
     stop.set()
     try:
         with interrupter.watching(stop), pytest.raises(Interrupted):

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from openrag import add_reflection_tokens, inject_moe, load_model, save_adapter, save_merged
-from openrag.answer.backends import BACKENDS, BackendOptions
+from openrag.answer.backend_types import BackendOptions
+from openrag.answer.backends import BACKENDS, backend_options
 from openrag.model.experts import MoEAdapter, MoEConfig, moe_adapters
 from openrag.model.loading import load_pretrained
 from openrag.vllm import ARCHITECTURE
@@ -211,13 +212,13 @@ def test_backend_flags_on_each_command(command):
 
     argv = {"ask": ["ask", "q"], "eval": ["eval", "--task", "hotpotqa"], "serve": ["serve"]}[command]
     parse = build_parser(with_flags=[command]).parse_args
-    options = BackendOptions.from_args(parse([*argv, "--backend", "vllm", "--tensor_parallel_size", "2", "--kv_cache_gib", "4"]), batches=True)
+    options = backend_options(parse([*argv, "--backend", "vllm", "--tensor_parallel_size", "2", "--kv_cache_gib", "4"]), batches=True)
     assert (options.backend, options.tensor_parallel_size, options.kv_cache_gib) == ("vllm", 2, 4.0)
-    assert BackendOptions.from_args(parse([*argv, "--backend", "torch"]), batches=True) == BackendOptions()
+    assert backend_options(parse([*argv, "--backend", "torch"]), batches=True) == BackendOptions()
     with pytest.raises(SystemExit):
         parse([*argv, "--backend", "onnx"])  # choices from the registry
     with pytest.raises(ValueError, match="add --backend vllm"):
-        BackendOptions.from_args(parse([*argv, "--backend", "torch", "--tensor_parallel_size", "2"]), batches=True)
+        backend_options(parse([*argv, "--backend", "torch", "--tensor_parallel_size", "2"]), batches=True)
 
 
 @pytest.mark.parametrize("installed", [False, True])
@@ -228,10 +229,10 @@ def test_auto_backend_is_vllm_for_batches_where_installed(monkeypatch, installed
     monkeypatch.setattr(backends, "vllm_installed", lambda: installed)
     args = build_parser(with_flags=["ask"]).parse_args(["ask", "q"])
     assert args.backend == "auto"
-    assert BackendOptions.from_args(args, batches=True).backend == ("vllm" if installed else "torch")
-    assert BackendOptions.from_args(args, batches=False).backend == "torch"  # one question: vLLM's start costs more
+    assert backend_options(args, batches=True).backend == ("vllm" if installed else "torch")
+    assert backend_options(args, batches=False).backend == "torch"  # one question: vLLM's start costs more
     given = build_parser(with_flags=["ask"]).parse_args(["ask", "q", "--enforce_eager"])
-    assert BackendOptions.from_args(given, batches=False).backend == "vllm"  # a vLLM setting asks for vLLM
+    assert backend_options(given, batches=False).backend == "vllm"  # a vLLM setting asks for vLLM
 
 
 def test_auto_backend_of_each_command(monkeypatch):
@@ -258,14 +259,13 @@ def test_vllm_installed_is_false_without_vllm():
 def test_backend_registry_and_eval_settings():
     from openrag.cli import build_parser
     from openrag.commands.eval import _request
-    from openrag.eval.evaluate import run_config
 
     assert tuple(BACKENDS) == ("torch", "vllm")
     args = build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa", "--backend", "vllm"])
     req = _request(args)
-    assert req.backend.backend == "vllm" and run_config(req).settings["backend"] == "vllm"  # a resume must match it
+    assert req.backend.backend == "vllm" and req.settings["backend"] == "vllm"  # a resume must match it
     torch_req = _request(build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa"]))
-    assert "backend" not in run_config(torch_req).settings  # older runs resume as they were
+    assert "backend" not in torch_req.settings  # older runs resume as they were
     with pytest.raises(ValueError, match="drop --backend vllm"):
         _request(build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa", "--baseline", "closed_book", "--backend", "vllm"]))
 

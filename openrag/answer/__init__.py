@@ -9,8 +9,7 @@ openrag.vllm; never openrag.eval, serve or commands.
 """
 
 from .options import DEFAULT_THRESHOLD, MODES, QUERIES, AnswerOptions
-from .pipeline import Answer, Candidate, OpenRAG, Passage, as_passage
+from .pipeline import Answer, Candidate, OpenRAG
 from .scoring import RULES, decide
 
-__all__ = ["Answer", "AnswerOptions", "Candidate", "DEFAULT_THRESHOLD", "MODES", "OpenRAG", "Passage", "QUERIES",
-           "RULES", "as_passage", "decide"]
+__all__ = ["Answer", "AnswerOptions", "Candidate", "DEFAULT_THRESHOLD", "MODES", "OpenRAG", "QUERIES", "RULES", "decide"]

@@ -1,4 +1,4 @@
-"""Batched greedy generation for many rows that share prompt prefixes (the speed half of SPEC section 5).
+"""Batched greedy generation for many rows that share prompt prefixes (the speed half of docs/method.md section 5).
 
 The engine knows token ids and log-probabilities, nothing of passages or reflection tokens. A prompt is
 prefilled once (batch 1, no padding); its KV cache is then fanned out to every row that continues it; each

@@ -8,8 +8,9 @@ once, in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
+from ..flags import add_field_flags, field_default
 from ..registry import check_choice
 from ..tasks import TASKS, get_task
 from .prompts import PROMPT_FORMATS, check_prompt_format
@@ -115,27 +116,15 @@ def option_fields(command: str) -> list:
     return [f for f in fields(AnswerOptions) if f.name not in excluded]
 
 
-def field_kind(f) -> type:
-    """bool, int, float or str: the Python type of a field's values (None aside)."""
-    return {"bool": bool, "bool | None": bool, "int": int, "float": float, "float | None": float}.get(f.type, str)
-
-
 def default_of(name: str):
-    f = _FIELDS[name]
-    return f.default if f.default is not MISSING else f.default_factory()
+    return field_default(_FIELDS[name])
 
 
 def add_option_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """The ``answering`` flags of ``command``: one per field, choices from the registries."""
-    spec = COMMANDS[command]
-    group = parser.add_argument_group("answering")
-    for f in option_fields(command):
-        default = None if spec.given_only else spec.defaults.get(f.name, f.default)
-        kw = {"default": default, "help": f.metadata["help"]}
-        if field_kind(f) is bool:
-            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
-        else:
-            group.add_argument(f"--{f.name}", type=field_kind(f), choices=f.metadata.get("choices"), **kw)
+    spec, chosen = COMMANDS[command], option_fields(command)
+    defaults = dict.fromkeys((f.name for f in chosen), None) if spec.given_only else spec.defaults
+    add_field_flags(parser.add_argument_group("answering"), chosen, defaults)
 
 
 def given_options(args: argparse.Namespace, command: str) -> dict:

@@ -1,4 +1,4 @@
-"""``OpenRAG``: answer questions with adaptive retrieval and candidate scoring (SPEC section 5).
+"""``OpenRAG``: answer questions with adaptive retrieval and candidate scoring (docs/method.md sections 5 and 6).
 
 This layer knows reflection tokens and passages; the engine (engine.py) knows token ids and probabilities.
 Per batch of questions: prefill each prompt once; decide whether to retrieve (the token rule needs only the
@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import InputError
 from ..model.reflection import NO_RETRIEVAL
+from ..passage import Passage, read_passage, titled_text
 from ..tasks import evidence_chain, get_task
 from . import prompts
-from .backends import BackendOptions, engine_tokens, load_backend
+from .backend_types import BackendOptions, engine_tokens
+from .backends import load_backend
 from .engine import Engine, RowResult
 from .options import AnswerOptions
 from .scoring import ANSWER_SIGNALS, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
@@ -30,44 +32,9 @@ from .scoring import ANSWER_SIGNALS, answer_signals, candidate_score, choose, de
 CHUNK_BATCHES = 8  # questions are prefilled and decided in chunks of up to this many engine batches of rows
 
 
-@dataclass
-class Passage:
-    """A piece of evidence. (Minimal form; openrag.data will hold the shared one.)"""
-
-    title: str = ""
-    text: str = ""
-    is_gold: bool | None = None
-    score: float | None = None
-    chained: int = 0  # the chain of this many passages (AnswerOptions.chain), not a passage as given
-
-
-def _as_dict(item) -> dict:
-    """A retrieved passage as a plain dict (a RetrievedPassage, a Passage, a dict or a string)."""
-    if isinstance(item, dict):
-        return dict(item)
-    return item.to_dict() if hasattr(item, "to_dict") else asdict(as_passage(item))
-
-
-def as_passage(item) -> Passage:
-    """A Passage from a Passage, a ``{title, text}`` dict (``paragraph_text`` also read), a string, or any
-    object with ``title`` and ``text`` attributes."""
-    if isinstance(item, Passage):
-        return item
-    if isinstance(item, str):
-        return Passage(text=item)
-    if isinstance(item, dict):
-        text = item.get("text", item.get("paragraph_text"))
-        if text is None:
-            raise InputError(f"a passage needs a 'text' field; got keys {sorted(item)}")
-        return Passage(title=item.get("title") or "", text=text, is_gold=item.get("is_gold"), score=item.get("score"))
-    if hasattr(item, "text"):
-        return Passage(title=getattr(item, "title", "") or "", text=item.text, is_gold=getattr(item, "is_gold", None))
-    raise InputError(f"cannot read a passage from {type(item).__name__}; give {{'title', 'text'}} or a string")
-
-
 def chain_of(passages: list[Passage]) -> Passage:
     """One passage holding ``passages`` as a multi-hop chain, untitled (its parts carry their titles)."""
-    return Passage(text=evidence_chain([f"{p.title}\n{p.text}" if p.title else p.text for p in passages]), chained=len(passages))
+    return Passage(text=evidence_chain([titled_text(p.title, p.text) for p in passages]), chained=len(passages))
 
 
 def has_chain(task: str, chain: bool, passages: int) -> bool:
@@ -79,8 +46,8 @@ def has_chain(task: str, chain: bool, passages: int) -> bool:
 class Candidate:
     """One evidence row: the passage, what the model answered from it, and the terms of its score."""
 
-    passage: dict  # {"title", "text"} as given to the model (cut if it did not fit), "is_gold" when the data says,
-    # and "chained": n for the chain of the first n passages (AnswerOptions.chain)
+    passage: dict  # Passage.to_dict(): {"title", "text"} as given to the model (cut if it did not fit), and what is
+    # known of id, score, is_gold; "chained": n for the chain of the first n passages (AnswerOptions.chain)
     text: str  # post-processed answer
     score: float
     relevance: float
@@ -165,7 +132,7 @@ class OpenRAG:
                         backend: str | BackendOptions = "torch", **options) -> OpenRAG:
         """Load any checkpoint ``openrag.load_model`` reads (``default``: the bundled trained model).
         A model without reflection tokens gets them (untrained), with a note. ``backend``: ``torch`` (the
-        built-in engine) or ``vllm``, by name or as :class:`~openrag.answer.backends.BackendOptions` with
+        built-in engine) or ``vllm``, by name or as :class:`~openrag.answer.backend_types.BackendOptions` with
         vLLM's settings (backends.BACKENDS)."""
         loaded = load_backend(name_or_path, device=device, dtype=dtype, backend=backend)
         return cls(loaded.model, loaded.tokenizer, AnswerOptions(**options), retriever=retriever, notes=loaded.notes,
@@ -200,7 +167,7 @@ class OpenRAG:
         answers = self._answer(questions, passages, choices, opts, drafts)
         for i, (query, hits, _) in searched.items():
             answers[i].query = query
-            answers[i].retrieved_passages = [_as_dict(p) for p in hits]
+            answers[i].retrieved_passages = [read_passage(p, f'retrieved passage {k + 1}').to_dict() for k, p in enumerate(hits)]
         return answers
 
     def _search(self, questions, passages, choices, opts: AnswerOptions) -> dict[int, tuple[str, list, Answer | None]]:
@@ -219,7 +186,8 @@ class OpenRAG:
 
     def _answer(self, questions, passages, choices, opts: AnswerOptions, drafts=None) -> list[Answer]:
         """``drafts``: per question, None or its no-retrieval answer generated already (reused, not redone)."""
-        evidence = [[as_passage(p) for p in (ps or [])[: opts.ndocs]] for ps in passages]
+        evidence = [[read_passage(p, f'question {i + 1}, passage {k + 1}') for k, p in enumerate((ps or [])[: opts.ndocs])]
+                    for i, ps in enumerate(passages)]
         evidence = [ps + [chain_of(ps)] if has_chain(opts.task, opts.chain, len(ps)) else ps for ps in evidence]
         drafts = drafts or [None] * len(questions)
         answers: list[Answer] = []
@@ -328,12 +296,7 @@ class OpenRAG:
             row = results[(q.index, k)]
             text, raw = self._text(row)
             terms = score_terms(row)
-            shown = {"title": passage.title, "text": passage.text}
-            if passage.is_gold is not None:
-                shown["is_gold"] = passage.is_gold
-            if passage.chained:
-                shown["chained"] = passage.chained
-            q.answer.candidates.append(Candidate(passage=shown, text=text,
+            q.answer.candidates.append(Candidate(passage=passage.to_dict(), text=text,
                                                  score=candidate_score(terms, opts), raw=raw, tokens=len(row.tokens), **terms))
         q.answer.retrieved = True
         q.answer.text = choose(q.answer.candidates, opts.is_closed)

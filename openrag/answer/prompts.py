@@ -1,4 +1,4 @@
-"""The prompts the model answers from (SPEC section 5), built from the task registry (openrag.tasks).
+"""The prompts the model answers from (docs/method.md section 5), built from the task registry (openrag.tasks).
 
 released: the released evaluation's strings. training: multi-hop questions the way ``openrag data build``
 writes them and ``openrag train`` learns them: the question alone in the template, evidence as
@@ -9,6 +9,7 @@ Other families are prompted the same way in both formats.
 from __future__ import annotations
 
 from ..model.reflection import PARAGRAPH_END, PARAGRAPH_START, RETRIEVAL
+from ..passage import titled_text
 from ..registry import check_choice
 from ..tasks import TASKS, format_prompt, get_task
 
@@ -36,12 +37,13 @@ def question_prompt(task: str, question: str, choices=None, prompt_format: str =
 
 def evidence_content(task: str, title: str, text: str, prompt_format: str = "released") -> str:
     """What goes between ``<paragraph>`` and ``</paragraph>``: in the released format multi-hop evidence is
-    the text alone (it may already be a ``Knowledge 1: ...`` chain); otherwise ``title\\ntext``."""
+    the text alone (it may already be a ``Knowledge 1: ...`` chain); otherwise ``title\\ntext`` (the released
+    single-hop prompts keep the newline of an empty title)."""
     if get_task(task).family == "multihop":
         if check_prompt_format(prompt_format) == "released":
             return text
-        return f"{title}\n{text}" if title else text
-    return f"{title}\n{text}"
+        return titled_text(title, text)
+    return titled_text(title, text, keep_empty_title=True)
 
 
 def evidence_suffix(content: str) -> str:

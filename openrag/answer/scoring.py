@@ -1,4 +1,4 @@
-"""Scoring (SPEC section 5): the retrieval rules and their one decision, and each candidate's score.
+"""Scoring (docs/method.md sections 5 and 6): the retrieval rules and their one decision, and each candidate's score.
 
 Pure functions of the engine's log-probs. :data:`RULES` is the one registry of adaptive retrieval rules:
 the pipeline decides with :func:`decide`, and so does ``openrag eval sweep`` at every threshold, so a
@@ -106,7 +106,7 @@ ANSWER_SIGNALS = tuple(r.signal for r in RULES.values() if r.from_answer)
 
 
 def score_terms(row: RowResult) -> dict[str, float]:
-    """Each term of SPEC's score, unweighted; a term whose token never appears is 0."""
+    """Each term of the candidate score (docs/method.md section 6), unweighted; a term whose token never appears is 0."""
     seq = math.exp(sum(row.logprobs) / len(row.logprobs)) if row.logprobs else 0.0
     relevance = group_shares(row.first["relevance"])[0] if "relevance" in row.first else 0.0
     groundedness = utility = 0.0
@@ -118,7 +118,7 @@ def score_terms(row: RowResult) -> dict[str, float]:
 
 
 def candidate_score(terms: dict[str, float], opts) -> float:
-    """The weighted sum of SPEC's terms under ``opts`` (an AnswerOptions)."""
+    """The weighted sum of the score's terms (docs/method.md section 6) under ``opts`` (an AnswerOptions)."""
     score = opts.w_rel * terms["relevance"]
     if opts.use_seqscore:
         score += terms["seq_score"]

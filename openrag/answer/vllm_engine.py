@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 
-from .backends import BackendOptions, LoadedBackend, engine_tokens, untrained_tokens_note
+from .backend_types import BackendOptions, LoadedBackend, engine_tokens, untrained_tokens_note
 from .engine import Prefix, RowResult, shared_length
 
 CPU_KV_CACHE_GIB = 2.0  # the default KV cache on a CPU: 45k tokens of SmolLM2-135M in float32 (46 kB a token)

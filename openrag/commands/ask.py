@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..answer.backends import BackendOptions
+    from ..answer.backends import add_backend_flags
     from ..answer.options import AnswerOptions
 
     parser.add_argument("question", nargs="?", help="the question to answer")
@@ -29,68 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
     AnswerOptions.add_arguments(parser, "ask")
-    BackendOptions.add_arguments(parser)
-
-
-def read_passages(path: str) -> list:
-    """Passages from a file: JSON (a list, or an object with ``passages``/``ctxs``), JSON lines, or plain
-    text with blank lines between passages, by the file's suffix (.json, .jsonl, any other; in any case).
-    A problem is reported with the file and the line or passage; a file without a passage is one too."""
-    passages = _read_passages(path)
-    if not passages:
-        raise ValueError(f"{path}: no passage in it (an empty file or list); give at least one passage, or drop "
-                         "--passages to answer without evidence")
-    return passages
-
-
-def _read_passages(path: str) -> list:
-    from ..data.readers import read_utf8
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"no passages file at {path}")
-    text = read_utf8(file)
-    suffix = file.suffix.lower()
-    if suffix == ".jsonl":
-        items = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    items.append((f"{path}:{number}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not a JSON line ({err.msg} at column {err.colno})") from None
-        return [_passage(where, item) for where, item in items]
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: not JSON ({err.msg} at column {err.colno})") from None
-        where = str(path)
-        if isinstance(data, dict):
-            key = next((k for k in ("passages", "ctxs", "contexts") if k in data), None)
-            if key is None:
-                raise ValueError(f"{path}: a JSON object needs a 'passages' (or 'ctxs') list")
-            data, where = data[key], f"{path}: field {key!r}"
-        if not isinstance(data, list):
-            raise ValueError(f"{where}: expected a list of passages ({{title, text}} objects or strings), got {type(data).__name__}")
-        return [_passage(f"{where}: passage {i}", item) for i, item in enumerate(data, start=1)]
-    return [block.strip() for block in text.split("\n\n") if block.strip()]
-
-
-def _passage(where: str, item):
-    """A passage as the pipeline takes it (a string, or an object with a text), or ValueError naming where it is."""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict):
-        text = item.get("text", item.get("paragraph_text"))
-        title = item.get("title")
-        if isinstance(text, str) and (title is None or isinstance(title, str)):
-            return item
-        if text is None:
-            raise ValueError(f"{where}: a passage needs a 'text' field; got the fields {sorted(item)}")
-        field, value = ("text", text) if not isinstance(text, str) else ("title", title)
-        raise ValueError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
-    raise ValueError(f"{where}: a passage is a {{\"title\", \"text\"}} object or a string, got {type(item).__name__}")
+    add_backend_flags(parser)
 
 
 def print_answer(answer) -> None:
@@ -120,32 +58,9 @@ def print_answer(answer) -> None:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
 
 
-def read_questions(path: str, ndocs: int, with_index: bool, task: str = "multihop") -> tuple[list, list]:
-    """(examples, passages per example): each row's own passages, the first ndocs after BM25 ranking of
-    unranked candidates; None for every row when an index answers instead. A row's answer choices (ARC) must
-    suit ``task`` (tasks.Task.check_choices): else an error naming the row's file and line."""
-    from ..data.readers import read_examples
-    from ..eval.passages import make_ranker, select_passages
-    from ..tasks import get_task
-
-    examples = list(read_examples(path, passages_required=not with_index))
-    if not examples:
-        raise ValueError(f"{path}: no question could be read")
-    checked = get_task(task)
-    for ex in examples:
-        try:
-            checked.check_choices(ex.choices)
-        except ValueError as err:
-            raise ValueError(f"{ex.source}: {err}") from None
-    if with_index:
-        return examples, [None] * len(examples)
-    ranker = make_ranker("bm25")
-    return examples, [select_passages(ex.question, list(ex.passages), ex.ranked, ndocs, ranker).passages for ex in examples]
-
-
 def run(args: argparse.Namespace) -> int:
     from ..answer import AnswerOptions, OpenRAG
-    from ..answer.backends import BackendOptions
+    from ..answer.backends import backend_options
 
     if (args.question is None) == (args.questions is None):
         raise ValueError("give a question, or --questions FILE (not both)")
@@ -158,12 +73,14 @@ def run(args: argparse.Namespace) -> int:
     if args.questions and args.choices:
         raise ValueError("--questions answers each question with its own choices (the file's): drop --choices")
     options = AnswerOptions.from_args(args, "ask")
-    backend = BackendOptions.from_args(args, batches=False)
+    backend = backend_options(args, batches=False)
     if options.query != "question" and not args.index:
         raise ValueError(f"--query {options.query} needs --index (it says what the index is asked)")
     if args.top_k is not None:
         options = replace(options, ndocs=args.top_k)
     if args.questions:
+        from ..eval.passages import read_questions
+
         examples, passages = read_questions(args.questions, options.ndocs, bool(args.index), options.task)
     else:
         from ..tasks import get_task
@@ -173,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             said = str(err)
             raise ValueError("--" + said if said.startswith("choices") else f"--choices: {said}") from None
+        from ..data.passage_files import read_passages
+
         passages = read_passages(args.passages) if args.passages else None  # read before the model loads
     retriever = None
     if args.index:

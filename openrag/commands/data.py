@@ -61,9 +61,9 @@ def stats_path(output: str | Path) -> Path:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ..data.build import BuildConfig, Exclusion, build, build_report, write_json_atomic, write_jsonl_atomic
+    from ..data.build import BuildConfig, Exclusion, build, build_report
     from ..data.examples import ErrorLog
-    from ..outputs import check_output_path
+    from ..outputs import check_output_path, write_json, write_jsonl
 
     check_output_path(args.output, "--output")  # before the work, not after it
     config = BuildConfig(
@@ -86,11 +86,11 @@ def run_build(args: argparse.Namespace) -> int:
     result = build(args.inputs, config, exclude=exclude, errors=ErrorLog(strict=args.strict), critic=critic)
     if not result.instances:
         raise ValueError("no instance was built: every row was excluded or bad (see the messages above)")
-    write_jsonl_atomic(args.output, (inst.to_row() for inst in result.instances))
+    write_jsonl(args.output, (inst.to_row() for inst in result.instances))
     tokenizer = None if args.tokenizer.lower() == "none" else load_tokenizer(args.tokenizer)
     report = build_report(result, tokenizer, args.tokenizer, args.max_length)
     report.update(inputs=args.inputs, exclude=args.exclude, seed=args.seed, critic=args.critic, output=str(args.output))
-    write_json_atomic(stats_path(args.output), report)
+    write_json(stats_path(args.output), report)
     print_report(report)
     print(f"wrote {report['instances']} instances to {args.output} (report: {stats_path(args.output)})")
     return 0

@@ -1,4 +1,4 @@
-"""``openrag eval``: the paper's evaluation, with the seed's flags (SPEC section 7).
+"""``openrag eval``: the paper's evaluation, with the seed's flags (docs/method.md section 8).
 
     openrag eval --model_name ./checkpoints/merged/ --task hotpotqa --dataset shayekh/openrag_bench \\
         --mode adaptive_retrieval --threshold 0.0 --metric hotpotem --ndocs 3 --w_use 0.5 \\
@@ -39,47 +39,20 @@ def _shard_defaults(args: argparse.Namespace) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..answer.backends import BackendOptions
+    from ..answer.backends import add_backend_flags
     from ..answer.options import add_option_arguments
-    from ..tasks import EVAL_TASKS
+    from ..eval.request import add_request_flags
 
     parser.add_argument(
         "action", nargs="?", default="run", choices=ACTIONS,
         help="run (default): answer and score; sweep: one generation pass scored at many thresholds; combine: merge finished shards",
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--task", choices=EVAL_TASKS, help="the task: its data, metric and prompts (openrag.tasks)")
-    data.add_argument("--dataset", default=None, help="local file in any supported format, or a hub dataset (default for multi-hop tasks: shayekh/openrag_bench)")
-    data.add_argument("--split", default=None, help="hub split (only dev is read)")
-    data.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
-    data.add_argument("--strict", action="store_true", help="stop at the first bad row (default: report it, skip it, count it)")
-    data.add_argument("--ranker", default="bm25", choices=("bm25", "dense", "hybrid", "given"), help="order of unranked candidate paragraphs (HotpotQA/2Wiki/MuSiQue originals) before the first --ndocs are taken")
-    data.add_argument("--index", metavar="INDEX_DIR", default=None, help="an `openrag index` folder: rows without passages are answered from it (and retrieval_recall@K is reported)")
-    data.add_argument("--top_k", type=int, metavar="K", default=None, help="with --index: passages retrieved and used (sets --ndocs)")
-    data.add_argument("--passages", default="from_data", choices=("from_data", "from_index"), help="with --index: from_data (default) keeps a row's own passages and searches only for rows without; from_index searches for every row")
-
-    model = parser.add_argument_group("model and answering")
-    model.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default' (the bundled model)")
-    model.add_argument("--baseline", default=None, choices=("standard_rag", "closed_book"),
-                       help="answer as a plain LM instead (no reflection tokens): standard_rag puts the --ndocs passages in one "
-                            "prompt before the question; closed_book gives the question alone")
-    model.add_argument("--instruction", default=None, help="with --baseline: the instruction of the plain prompt (default: the task's)")
-    model.add_argument("--metric", default=None, choices=("hotpotem", "match", "accuracy"), help="default: the task's")
-    model.add_argument("--batch_size", type=int, default=8, help="questions answered together (the engine's rows follow)")
-    model.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-
-    out = parser.add_argument_group("output and processes")
-    out.add_argument("--output_file", default=None, help="JSON lines, one per question (default ./eval/TASK.jsonl); summary in .metrics.json beside it")
-    out.add_argument("--resume", action="store_true", help="keep the answers already in --output_file and answer the rest "
-                     "(refused when they were made with other settings)")
-    out.add_argument("--overwrite", action="store_true", help="replace the answers already in --output_file "
-                     "(without --resume or --overwrite, a file that holds answers is refused)")
-    out.add_argument("--world_size", type=int, default=None, help="processes sharing the dataset (default $WORLD_SIZE or 1)")
-    out.add_argument("--rank", type=int, default=None, help="this process's share, 0..world_size-1 (default $RANK or 0)")
-    out.add_argument("--no_progress", action="store_true", help="no progress bar")
-
+    # The flags of EvalRequest's fields (openrag.eval.request); --world_size/--rank not given: $WORLD_SIZE/$RANK.
+    groups = add_request_flags(parser, defaults={"world_size": None, "rank": None})
+    groups["data"].add_argument("--top_k", type=int, metavar="K", default=None, help="with --index: passages retrieved and used (sets --ndocs)")
+    groups["output and processes"].add_argument("--no_progress", action="store_true", help="no progress bar")
     add_option_arguments(parser, "eval")  # --mode, --threshold, --ndocs, --use_*, ... (openrag.answer.options)
-    BackendOptions.add_arguments(parser)  # --backend auto|torch|vllm and vLLM's settings (openrag.answer.backends)
+    add_backend_flags(parser)  # --backend auto|torch|vllm and vLLM's settings (openrag.answer.backends)
 
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--thresholds", default=None, help="comma-separated thresholds (default 0,0.05,0.1,0.2,...,0.9,0.95,1)")
@@ -87,9 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _request(args: argparse.Namespace):
-    from ..answer.backends import BackendOptions
+    from ..answer.backends import backend_options
     from ..answer.options import default_of, given_options
-    from ..eval.evaluate import EvalRequest
+    from ..eval.request import EvalRequest, request_flag_fields
     from ..tasks import EVAL_TASKS
 
     _shard_defaults(args)
@@ -99,13 +72,9 @@ def _request(args: argparse.Namespace):
         raise ValueError("--top_k needs --index (with the data's passages, --ndocs says how many are used)")
     options = given_options(args, "eval")  # the answering flags given (the others keep eval's defaults)
     ndocs = options.pop("ndocs", default_of("ndocs"))  # the request's own field: passages per question
-    return EvalRequest(
-        task=args.task, output_file=args.output_file, dataset=args.dataset, model_name=args.model_name, metric=args.metric,
-        split=args.split, limit=args.limit, resume=args.resume, overwrite=args.overwrite, strict=args.strict, world_size=args.world_size, rank=args.rank,
-        batch_size=args.batch_size, ranker=args.ranker, ndocs=ndocs if args.top_k is None else args.top_k, progress=not args.no_progress,
-        device=args.device, index=args.index, passages=args.passages, options=options, baseline=args.baseline,
-        instruction=args.instruction, backend=BackendOptions.from_args(args, batches=not args.baseline),
-    )
+    return EvalRequest(**{f.name: getattr(args, f.name) for f in request_flag_fields()},
+                       ndocs=ndocs if args.top_k is None else args.top_k, progress=not args.no_progress, options=options,
+                       backend=backend_options(args, batches=not args.baseline))
 
 
 def _floats(text: str) -> list[float]:

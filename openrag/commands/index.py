@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dense: vectors that train an IVF/PQ/SQ index (drawn with seed 0; default 200000)")
     parser.add_argument("--faiss_params", default="",
                         help="dense: search-time faiss parameters kept as the index's default, e.g. nprobe=64 (IVF) or "
-                             "efSearch=128 (HNSW); changing them needs no rebuild")
+                             "efSearch=128 (HNSW); changing them needs no rebuild (default for IVF indexes of N lists: "
+                             "nprobe=ceil(sqrt(N)), at least 16, at most N)")
     parser.add_argument("--faiss_index", default=None,
                         help="dense: adopt this prebuilt faiss file (FlashRAG's e5_Flat.index; row i = passage i of "
                              "--corpus) instead of embedding; give its encoder with --dense_model")

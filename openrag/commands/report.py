@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..eval.report import bar_chart, load_summaries, markdown_table
-    from ..outputs import check_output_path
+    from ..outputs import check_output_path, write_atomic
 
     for flag, path in (("--output", args.output), ("--plot", args.plot)):  # before the work, not after it
         if path:
@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_table(runs)
     print(table, end="")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(table)
+        with write_atomic(args.output) as f:
+            f.write(table)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         print(f"chart: {bar_chart(runs, Path(args.plot))}")

@@ -18,7 +18,7 @@ LOOPBACK_NAMES = ("localhost",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from openrag.answer.backends import BackendOptions
+    from openrag.answer.backends import add_backend_flags
     from openrag.answer.options import AnswerOptions
     from openrag.serve.app import API_KEY_ENV, ServeSettings
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}; prefer the variable, "
                              "a flag shows in the process list)")
     server.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-    server.add_argument("--max_batch", type=int, default=defaults.max_batch, help="questions answered by one engine call")
+    server.add_argument("--max_batch", type=int, default=defaults.max_batch, help="questions answered by one pipeline call")
     server.add_argument("--queue_size", type=int, default=defaults.queue_size,
                         help="requests that may wait; beyond it the server answers 503 with Retry-After")
     server.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms,
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "avoids threads spinning against each other)")
     server.add_argument("--log_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     AnswerOptions.add_arguments(parser, "serve")
-    BackendOptions.add_arguments(parser)
+    add_backend_flags(parser)
 
 
 def is_loopback(host: str) -> bool:
@@ -93,7 +93,7 @@ def resolve_api_key(flag: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from openrag.answer import AnswerOptions, OpenRAG
-    from openrag.answer.backends import BackendOptions
+    from openrag.answer.backends import backend_options
     from openrag.serve import API_KEY_ENV, ServeSettings, create_app
     from openrag.serve.connections import make_server
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"openrag serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               f"machine can use the model (set ${API_KEY_ENV} or --api_key)", file=sys.stderr)
     options = AnswerOptions.from_args(args, "serve")
-    backend = BackendOptions.from_args(args, batches=True)
+    backend = backend_options(args, batches=True)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")

@@ -1,4 +1,4 @@
-"""``openrag train``: the seed's training command (SPEC section 7) on the Hugging Face Trainer.
+"""``openrag train``: the seed's training command (docs/method.md section 8) on the Hugging Face Trainer.
 
     openrag train --model_name_or_path smollm2 --data_path train.jsonl --output_dir ./checkpoints --lora_r 0
     torchrun --nproc_per_node=4 -m openrag train --model_name_or_path meta-llama/Llama-2-7b-hf \\

@@ -1,4 +1,4 @@
-"""``openrag data build``: QA datasets -> Open-RAG training instances (SPEC section 3).
+"""``openrag data build``: QA datasets -> Open-RAG training instances (docs/method.md section 3).
 
 Each question becomes several instances, one per piece of evidence (labels: see labels.py):
 
@@ -28,14 +28,11 @@ and renamed at the end, so an interrupted run leaves no file that looks complete
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..model.reflection import (
     FULLY_SUPPORTED,
@@ -49,7 +46,8 @@ from ..model.reflection import (
     UTILITY,
 )
 from . import labels
-from .examples import ErrorLog, Passage, QAExample, RowError, normalize_question
+from ..passage import Passage
+from .examples import ErrorLog, QAExample, RowError, normalize_question
 from .readers import iter_rows, read_examples, split_window
 
 
@@ -305,37 +303,6 @@ def build(
             critic.relabel(inst)
     rng.shuffle(instances)
     return BuildResult(instances, questions, excluded, sampled_out, errors, decisions, duplicates)
-
-
-def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
-    """Write JSON lines to a temporary file beside ``path`` and rename it into place when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return n
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ------------------------------------------------------------------------------------------ stats

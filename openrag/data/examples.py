@@ -7,21 +7,13 @@ becomes a :class:`QAExample`; the builder, the evaluator and the retrievers only
 from __future__ import annotations
 
 import logging
-import re
-import string
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..normalize import normalize_text
+from ..passage import Passage
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Passage:
-    title: str
-    text: str
-    is_gold: bool | None = None  # None: the data does not say (retrieved lists)
-    score: float | None = None  # retriever score where the data has one
 
 
 @dataclass
@@ -88,16 +80,6 @@ class ErrorLog:
 
     def by_file(self) -> dict[str, int]:
         return dict(Counter(e.file for e in self.errors))
-
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation + "‘’“”–—"})
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case, NFKC, punctuation to spaces, articles dropped, spaces collapsed (SQuAD-style)."""
-    text = unicodedata.normalize("NFKC", text).lower().translate(_PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def normalize_question(question: str) -> str:

@@ -7,7 +7,8 @@ phrasing of its own for the relations these datasets use most and ``What is the 
 
 from __future__ import annotations
 
-from .examples import Passage, normalize_text
+from ..passage import Passage
+from ..normalize import normalize_text
 
 _PHRASES = {
     "author": "Who wrote {s}?",

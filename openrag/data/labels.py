@@ -39,7 +39,9 @@ from __future__ import annotations
 
 from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED, REFLECTION_TOKENS
 from ..tasks import evidence_chain, get_task
-from .examples import Passage, QAExample, normalize_text
+from ..passage import Passage, titled_text
+from ..normalize import normalize_text
+from .examples import QAExample
 
 YES_NO = frozenset({"yes", "no"})
 _STOPWORDS = frozenset(
@@ -142,7 +144,7 @@ def _clean(text: str) -> str:
 
 
 def render_passage(p: Passage) -> str:
-    return f"{_clean(p.title)}\n{_clean(p.text)}" if p.title else _clean(p.text)
+    return titled_text(_clean(p.title), _clean(p.text))
 
 
 def render_chain(passages: list[Passage]) -> str:

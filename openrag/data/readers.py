@@ -45,7 +45,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .examples import ErrorLog, Passage, QAExample, RowError, SubQuestion
+from ..passage import Passage
+from .examples import ErrorLog, QAExample, RowError, SubQuestion
 from .facts import fact_question, passage_holds
 
 log = logging.getLogger(__name__)
@@ -558,7 +559,7 @@ def _parse_retrieved(row: dict, line: int, dataset: str) -> dict:
             score = float(score) if score is not None else None
         except (TypeError, ValueError):
             raise _Bad("ctxs.score", f"not a number: {score!r}") from None
-        passages.append(Passage(str(c.get("title") or "").strip(), text, gold, score))
+        passages.append(Passage(str(c.get("title") or "").strip(), text, score=score, is_gold=gold))
     return dict(id=qid, question=question, answers=answers, passages=passages, ranked=True, choices=choices, answer_key=answer_key)
 
 

@@ -1,4 +1,4 @@
-"""Training instances: reading them, and tokenising one with its loss mask (SPEC section 3).
+"""Training instances: reading them, and tokenising one with its loss mask (docs/method.md section 4).
 
 An instance is ``{"input": ..., "output": ...}``. The model sees ``PROMPT_TEMPLATE.format(input=...)``
 followed by ``output`` and the tokenizer's EOS; the loss covers the output only, and never the text of a

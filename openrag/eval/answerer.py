@@ -19,7 +19,7 @@ from .runner import Question
 
 
 def answer_options(req, both: bool) -> dict:
-    """Engine options for a request: eval's defaults (answer.options.COMMANDS), the flags given, the passage
+    """Answering options for a request: eval's defaults (answer.options.COMMANDS), the flags given, the passage
     count, and the task's prompt format."""
     from ..answer.options import COMMANDS, AnswerOptions
 
@@ -32,7 +32,7 @@ def answer_options(req, both: bool) -> dict:
 
 
 def to_result(answer, both: bool) -> dict:
-    """The JSON-line fields of one engine answer (see openrag.answer.Answer)."""
+    """The JSON-line fields of one pipeline answer (see openrag.answer.Answer)."""
     data = answer.to_dict()
     data.pop("question", None)
     if data.get("query") is None:  # the index was not searched: nothing to record
@@ -62,7 +62,7 @@ def rag_answerer(rag, both: bool):
     return answer
 
 
-def engine_answerer_factory(req, both: bool):
+def pipeline_answerer_factory(req, both: bool):
     """Load the model once; return (answerer, settings to record in the summary)."""
     from ..answer.pipeline import OpenRAG
 
@@ -76,7 +76,7 @@ def engine_answerer_factory(req, both: bool):
     settings = {k: v for k, v in asdict(rag.options).items() if not (isinstance(v, float) and math.isinf(v))}
     settings["prompt_format"] = rag.options.prompt_format or rag.model_prompt_format
     if settings.get("threshold", 0.0) is None:
-        settings["threshold"] = rag.options.gamma  # the engine's default, written out
+        settings["threshold"] = rag.options.gamma  # the pipeline's default, written out
     if both:  # the rule settings above are the sweep's device; its summary is the always-retrieve one
         settings.pop("retrieval_rule", None)
         settings["mode"] = "sweep"

@@ -19,7 +19,6 @@ import torch
 from ..tasks import format_choices, format_prompt, get_task
 from .runner import Question
 
-BASELINES = ("standard_rag", "closed_book")
 MAX_PASSAGE_CHARS = 2000  # a passage longer than this is cut (about 500 tokens), so three fit any context
 _ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)
 

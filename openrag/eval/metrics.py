@@ -1,7 +1,8 @@
-"""Answer metrics of the paper's evaluation (SPEC section 6), as pure functions of strings.
+"""Answer metrics of the paper's evaluation (docs/method.md section 7), as pure functions of strings.
 
 ``hotpotem`` follows the official HotpotQA script that Open-RAG's evaluation copies: normalise (lower-case,
-drop punctuation, drop the articles a/an/the, collapse spaces), then exact match and token F1 with precision
+drop punctuation, drop the articles a/an/the, collapse spaces: :func:`openrag.normalize.normalize_answer`, which
+says why training labels normalise otherwise), then exact match and token F1 with precision
 and recall against the *first* gold answer; F1 is 0 when either side normalises to yes/no/noanswer and the
 two differ. ``match`` is Self-RAG's: some gold answer occurs in the raw prediction (case-sensitive, as the
 published PopQA/TriviaQA numbers were computed); ``match_norm`` does the same on normalised text.
@@ -11,22 +12,13 @@ published PopQA/TriviaQA numbers were computed); ``match_norm`` does the same on
 from __future__ import annotations
 
 import re
-import string
 from collections import Counter
 from dataclasses import dataclass
 
+from ..normalize import normalize_answer
 from ..registry import unknown
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
 _YES_NO = ("yes", "no", "noanswer")
-
-
-def normalize_answer(text: str) -> str:
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def exact_match(prediction: str, gold: str) -> float:

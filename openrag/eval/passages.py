@@ -9,15 +9,19 @@ gold recall at ``ndocs`` of that ranking says how much the ranking, not the mode
 Rankers: ``bm25`` (default, over the row's own paragraphs), ``dense`` (cosine similarity with the retrieval
 package's bundled MiniLM encoder), ``hybrid`` (reciprocal-rank fusion of the two), ``given`` (the row's order).
 Each is the retrieval package's retriever of that kind over the row's paragraphs, so a row is ranked here as
-an index of its paragraphs would rank it.
+an index of its paragraphs would rank it. :func:`read_questions` gives a QA file's questions with their
+passages chosen this way (``openrag ask --questions``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from ..data.readers import read_examples
+from ..passage import Passage, titled_text
 from ..registry import check_choice
+from ..tasks import get_task
 
 RANKERS = ("bm25", "dense", "hybrid", "given")
 
@@ -84,11 +88,6 @@ def make_ranker(name: str, device: str | None = None) -> Ranker:
     return Ranker(name, build[name]())
 
 
-def passage_text(passage: Any) -> str:
-    title = getattr(passage, "title", "") or ""
-    return f"{title}\n{passage.text}" if title else passage.text
-
-
 def select_passages(question: str, passages: list, ranked: bool, ndocs: int, ranker: Ranker | str = "bm25") -> Selection:
     """The first ``ndocs`` passages, after ordering unranked candidates with ``ranker``; ranked lists keep
     their order."""
@@ -96,7 +95,7 @@ def select_passages(question: str, passages: list, ranked: bool, ndocs: int, ran
     order = list(range(len(passages)))
     ranked_by = "given"
     if not ranked and ranker.order is not None:
-        order = ranker.order(question, [passage_text(p) for p in passages])
+        order = ranker.order(question, [titled_text(p.title, p.text) for p in passages])
         ranked_by = ranker.name
     chosen = [passages[i] for i in order[: max(ndocs, 0)]]
     gold_total = sum(1 for p in passages if getattr(p, "is_gold", None))
@@ -105,3 +104,23 @@ def select_passages(question: str, passages: list, ranked: bool, ndocs: int, ran
         return Selection(chosen, ranked_by, None, gold_total if known else None)
     found = sum(1 for p in chosen if getattr(p, "is_gold", None))
     return Selection(chosen, ranked_by, found / gold_total, gold_total)
+
+
+def read_questions(path: str, ndocs: int, with_index: bool, task: str = "multihop") -> tuple[list, list[list[Passage] | None]]:
+    """The questions of a QA file (any format :func:`openrag.data.readers.read_examples` reads) and the passages
+    each is answered with: its own, the first ``ndocs`` after BM25 ranking of unranked candidates, or None for
+    every row when an index answers instead. A row's answer choices (ARC) must suit ``task``
+    (tasks.Task.check_choices): else an error naming the row's file and line."""
+    examples = list(read_examples(path, passages_required=not with_index))
+    if not examples:
+        raise ValueError(f"{path}: no question could be read")
+    checked = get_task(task)
+    for ex in examples:
+        try:
+            checked.check_choices(ex.choices)
+        except ValueError as err:
+            raise ValueError(f"{ex.source}: {err}") from None
+    if with_index:
+        return examples, [None] * len(examples)
+    ranker = make_ranker("bm25")
+    return examples, [select_passages(ex.question, list(ex.passages), ex.ranked, ndocs, ranker).passages for ex in examples]

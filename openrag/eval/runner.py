@@ -27,23 +27,19 @@ and ``X.metrics.json`` (``openrag eval combine`` does the same by hand).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..jsonfiles import read_json_object
-from ..registry import check_choice
+from ..outputs import write_json, write_jsonl
 from ..retrieval.metrics import retrieval_recall_at_k
 from .critique import relevance_metrics, retrieval_need_auc
 from .metrics import HEADLINE, score_answer
 from .passages import make_ranker, select_passages
-from ..tasks import Task
-
-
-PASSAGE_SOURCES = ("from_data", "from_index")  # --passages: a row's own passages where it has some, or the index's
+from .request import EvalRequest
 
 
 @dataclass
@@ -60,42 +56,6 @@ class Question:
 # Answers a batch of questions; returns per question a dict with at least ``prediction`` and ``retrieved``
 # (anything else, e.g. ``candidates``, is kept in the JSON line as it is).
 Answerer = Callable[[Sequence[Question]], list[dict]]
-
-
-@dataclass
-class RunConfig:
-    output_file: Path
-    task: Task
-    metric: str
-    ndocs: int = 3
-    ranker: str = "bm25"  # passages.RANKERS
-    device: str | None = None  # for the dense ranker's encoder
-    index: str | None = None  # an openrag index folder: rows without passages (or all, see passages) search it
-    passages: str = "from_data"  # PASSAGE_SOURCES
-    limit: int | None = None
-    resume: bool = False
-    overwrite: bool = False  # replace the answers already in the file (without it, and without resume, refuse)
-    world_size: int = 1
-    rank: int = 0
-    batch_size: int = 1
-    progress: bool = True
-    settings: dict = field(default_factory=dict)  # model, dataset, engine options: copied into the summary
-
-    def __post_init__(self) -> None:
-        self.output_file = Path(self.output_file)
-        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"--rank {self.rank} is not in 0..{self.world_size - 1} (--world_size {self.world_size})")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
-        check_choice(PASSAGE_SOURCES, self.passages, "--passages")
-        if self.passages == "from_index" and self.index is None:
-            raise ValueError("--passages from_index needs --index INDEX_DIR")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume keeps the answers already written and --overwrite replaces them: give one")
-
-    @property
-    def recall_key(self) -> str:
-        return f"retrieval_recall@{self.ndocs}"
 
 
 def metrics_path(jsonl: Path) -> Path:
@@ -158,7 +118,7 @@ def summarize(records: Sequence[dict], metric: str) -> dict:
     return summary
 
 
-def prepare_questions(examples: Iterable, config: RunConfig) -> list[Question]:
+def prepare_questions(examples: Iterable, config: EvalRequest) -> list[Question]:
     """The questions of this shard, with their passages selected (unranked candidates ranked first)."""
     ranker = make_ranker(config.ranker, config.device)
     questions = []
@@ -180,7 +140,7 @@ def gold_titles(example) -> list[str]:
     return list(example.supporting_titles or []) or [p.title for p in example.passages if p.is_gold]
 
 
-def make_record(question: Question, answer: dict, config: RunConfig, seconds: float) -> dict:
+def make_record(question: Question, answer: dict, config: EvalRequest, seconds: float) -> dict:
     ex = question.example
     prediction = answer["prediction"]
     choices = list(ex.choices) if getattr(ex, "choices", None) else None
@@ -241,15 +201,15 @@ def resume_keys() -> dict:
     return keys
 
 
-def run_settings(config: RunConfig) -> dict:
+def run_settings(config: EvalRequest) -> dict:
     """What the summary records about how the run answers (see :func:`_summary`)."""
-    settings = {"task": config.task.name, "metric": config.metric, "ndocs": config.ndocs, "ranker": config.ranker}
+    settings = {"task": config.task, "metric": config.metric, "ndocs": config.ndocs, "ranker": config.ranker}
     if config.index is not None:
         settings.update(index=config.index, passages=config.passages)
     return {**settings, **config.settings}
 
 
-def check_output(config: RunConfig, loaded: bool = True) -> None:
+def check_output(config: EvalRequest, loaded: bool = True) -> None:
     """Before writing this shard's file: refuse to replace the answers in it unless ``overwrite``, and to add to
     answers made with other settings (``loaded``: all settings are known; else only SETTINGS_BEFORE_LOADING)."""
     path = shard_path(config.output_file, config.rank, config.world_size)
@@ -276,7 +236,7 @@ def check_output(config: RunConfig, loaded: bool = True) -> None:
                          "resume with the same settings, pass --overwrite to start again, or use another --output_file")
 
 
-def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, load_seconds: float = 0.0, skipped: dict[str, int] | None = None) -> dict:
+def run_shard(config: EvalRequest, questions: list[Question], answerer: Answerer, load_seconds: float = 0.0, skipped: dict[str, int] | None = None) -> dict:
     """Answer this shard's questions not yet in its file; write its metrics file; return its summary."""
     path = shard_path(config.output_file, config.rank, config.world_size)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +249,7 @@ def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, 
     elif path.exists() and path.stat().st_size:
         print(f"openrag eval: overwriting {path} (--overwrite)", file=sys.stderr)
     # Written first: the settings the answers below are made with (a resume checks them), and no stale summary.
-    _write_json(metrics_path(path), _summary(done, config, load_seconds, skipped or {}, complete=False))
+    write_json(metrics_path(path), _summary(done, config, load_seconds, skipped or {}, complete=False))
     answered = {r["index"] for r in done}
     todo = [q for q in questions if q.index not in answered]
     headline = HEADLINE[config.metric]
@@ -315,13 +275,13 @@ def run_shard(config: RunConfig, questions: list[Question], answerer: Answerer, 
         bar.close()
     done.sort(key=lambda r: r["index"])
     summary = _summary(done, config, load_seconds, skipped or {}, complete=len(done) == len(questions))
-    _write_json(metrics_path(path), summary)
+    write_json(metrics_path(path), summary)
     return summary
 
 
-def _summary(records: list[dict], config: RunConfig, load_seconds: float, skipped: dict[str, int], complete: bool) -> dict:
+def _summary(records: list[dict], config: EvalRequest, load_seconds: float, skipped: dict[str, int], complete: bool) -> dict:
     """``skipped``: bad input rows per field at fault (each rank reads, and counts, the whole dataset)."""
-    summary = {"task": config.task.name, "metric": config.metric, **summarize(records, config.metric)}
+    summary = {"task": config.task, "metric": config.metric, **summarize(records, config.metric)}
     summary.update(load_seconds=load_seconds, skipped=sum(skipped.values()), skipped_by_field=dict(skipped))
     summary.update(ndocs=config.ndocs, ranker=config.ranker)
     if config.index is not None:
@@ -358,27 +318,17 @@ def combine_shards(output_file: Path, world_size: int) -> dict | None:
     combined["wall_seconds"] = max(s["seconds"] for s in summaries)  # the ranks run side by side
     combined["throughput"] = len(records) / combined["wall_seconds"] if combined["wall_seconds"] > 0 else None
     combined["complete"] = True
-    tmp = Path(output_file).with_name(Path(output_file).name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as out:
-        for r in records:
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, output_file)
-    _write_json(metrics_path(output_file), combined)
+    write_jsonl(output_file, records)
+    write_json(metrics_path(output_file), combined)
     return combined
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _progress(config: RunConfig, total: int, initial: int):
+def _progress(config: EvalRequest, total: int, initial: int):
     if not config.progress:
         return None
     from tqdm.auto import tqdm
 
-    desc = config.task.name if config.world_size == 1 else f"{config.task.name} rank {config.rank}/{config.world_size}"
+    desc = config.task if config.world_size == 1 else f"{config.task} rank {config.rank}/{config.world_size}"
     return tqdm(total=total, initial=initial, desc=desc, unit="q", dynamic_ncols=True)
 
 

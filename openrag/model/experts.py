@@ -1,6 +1,6 @@
 """Open-RAG's sparse mixture of adapter experts, injected into every decoder layer's FFN.
 
-For each layer, with ``x`` the FFN input and ``y = FFN(x)`` the frozen dense output (SPEC section 1):
+For each layer, with ``x`` the FFN input and ``y = FFN(x)`` the frozen dense output (docs/method.md section 1):
 
     logits = router(x);  w, idx = topk(logits, k);  w = softmax(w)
     out    = y + sum_j w_j * moe_scaling * adapter_up(GELU(adapter_down(Dropout(y))))

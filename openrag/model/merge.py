@@ -1,5 +1,6 @@
 """``openrag merge``: fold a training checkpoint's LoRA into its (unquantised) base and keep the experts
-as modules, writing the merged layout of SPEC section 1 that ``openrag.load_model`` and ``openrag eval`` load.
+as modules, writing the merged layout (docs/method.md section 1.2) that ``openrag.load_model`` and
+``openrag eval`` load.
 
 Two checkpoint layouts are understood: ours (``openrag_config.json``: expert settings, base, LoRA flag)
 and the released trainer's (``adapter_model/`` PEFT LoRA + ``moe_model.bin``, expert settings from a

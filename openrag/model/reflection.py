@@ -1,4 +1,4 @@
-"""Self-RAG / Open-RAG reflection tokens (SPEC section 2) and how they are added to a model."""
+"""Self-RAG / Open-RAG reflection tokens (docs/method.md section 2) and how they are added to a model."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def add_reflection_tokens(model: nn.Module | None, tokenizer) -> int:
     """
     missing = [t for t in REFLECTION_TOKENS if t not in tokenizer.get_vocab()]
     added = 0
-    if missing:  # first, so that the reflection tokens get consecutive ids in SPEC order
+    if missing:  # first, so that the reflection tokens get consecutive ids in the order of docs/method.md section 2
         added += tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})

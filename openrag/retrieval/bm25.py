@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openrag.outputs import write_atomic
 from openrag.retrieval.passage import Hit
 
 
@@ -101,12 +102,10 @@ class BM25Writer:
         flat = np.fromiter(chain.from_iterable(tokenized.ids), dtype=np.int64, count=int(lengths.sum()))
         docs = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         keys, tf = np.unique((docs << 32) | flat, return_counts=True)  # (passage, term) pairs, passage-major
-        target = self._file(chunks, k)
-        temporary = target.with_name(target.name + ".tmp.npz")
-        np.savez(temporary, terms=(keys & 0xFFFFFFFF).astype(np.int32), tf=tf.astype(np.float32),
-                 unique=np.bincount(keys >> 32, minlength=len(texts)).astype(np.int32), lengths=lengths.astype(np.int32),
-                 vocab=np.array(list(tokenized.vocab), dtype=object).astype(str))  # chunk-local ids, in id order
-        os.replace(temporary, target)
+        with write_atomic(self._file(chunks, k), "wb") as f:
+            np.savez(f, terms=(keys & 0xFFFFFFFF).astype(np.int32), tf=tf.astype(np.float32),
+                     unique=np.bincount(keys >> 32, minlength=len(texts)).astype(np.int32), lengths=lengths.astype(np.int32),
+                     vocab=np.array(list(tokenized.vocab), dtype=object).astype(str))  # chunk-local ids, in id order
 
     def finish(self, folder: Path, sources: list[Path], passages: int, show_progress: bool = False) -> None:
         """Write bm25s's files into ``folder/bm25`` from chunk k's counts in ``sources[k]``."""
@@ -129,6 +128,9 @@ class BM25Writer:
         model = bm25s.BM25(k1=s.k1, b=s.b, method=s.method)
         average = np.float64(total_length) / passages if passages else np.float64(0)
         df = dict(enumerate(frequencies.tolist()))
+        # bm25s's private scorers: its public API scores only a whole corpus in memory (BM25.index), and a chunked
+        # build must give the very scores it gives. Their names and signatures are those of bm25s 0.2.0-0.3.16,
+        # hence the pin in pyproject.toml (bm25s<0.4); test_retrieval_scale.py compares the two indexes file by file.
         idf = scoring._build_idf_array(df, passages, scoring._select_idf_scorer(model.idf_method), model.dtype)  # [V]
         tfc = scoring._select_tfc_scorer(model.method)
         nonoccurrence = None

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openrag.jsonfiles import read_json_object
+from openrag.outputs import write_json
 from openrag.retrieval.corpus import (
     PassageStore,
     corpus_checksum,
@@ -211,9 +212,7 @@ def _start(building: Path, key: dict) -> dict:
 
 
 def _write_record(building: Path, record: dict) -> None:
-    temporary = building / (BUILD + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, building / BUILD)
+    write_json(building / BUILD, record)
 
 
 def _write_passages(corpus: Path, building: Path, key: dict) -> int:
@@ -248,7 +247,7 @@ def _embed_chunks(building: Path, writers: list, passages: int, options: BuildOp
 
 def _finished_chunks(building: Path) -> bool:
     chunks = building / CHUNKS
-    return chunks.is_dir() and any(".tmp." not in f.name for f in chunks.iterdir())
+    return chunks.is_dir() and any(not f.name.startswith(".") for f in chunks.iterdir())  # not write_atomic's temporary files
 
 
 def _progress(total: int, show: bool):

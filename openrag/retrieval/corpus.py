@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openrag.retrieval.passage import RetrievedPassage
+from openrag.passage import Passage, titled_text
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -25,7 +25,7 @@ TEXT_SUFFIXES = (".txt", ".md")
 @dataclass
 class Corpus:
     path: Path
-    passages: list[RetrievedPassage]
+    passages: list[Passage]
     checksum: str  # "sha256:<hex>" of the source bytes (and, for a folder, the file names)
 
 
@@ -39,7 +39,7 @@ def read_corpus(path: str | Path, passage_words: int = 100, passage_overlap: int
     return Corpus(path=path, passages=passages, checksum=corpus_checksum(path))
 
 
-def iter_passages(path: str | Path, passage_words: int = 100, passage_overlap: int = 20) -> Iterator[RetrievedPassage]:
+def iter_passages(path: str | Path, passage_words: int = 100, passage_overlap: int = 20) -> Iterator[Passage]:
     """The passages of ``path`` one at a time, without holding the corpus in memory: JSON lines are read line by
     line and folders file by file (a JSON list or a JSON object is parsed whole: those are small-corpus formats).
     Raises ValueError naming the file and line of malformed or non-UTF-8 input; ids are not checked here."""
@@ -87,8 +87,8 @@ def split_words(text: str, words: int = 100, overlap: int = 20) -> list[str]:
     return [" ".join(tokens[start:start + words]) for start in range(0, len(tokens) - overlap, step)]
 
 
-def split_document(text: str, title: str, id_prefix: str, words: int = 100, overlap: int = 20) -> list[RetrievedPassage]:
-    return [RetrievedPassage(title=title, text=chunk, id=f"{id_prefix}#{i}")
+def split_document(text: str, title: str, id_prefix: str, words: int = 100, overlap: int = 20) -> list[Passage]:
+    return [Passage(title=title, text=chunk, id=f"{id_prefix}#{i}")
             for i, chunk in enumerate(split_words(text, words, overlap))]
 
 
@@ -116,7 +116,7 @@ def _decode(raw: bytes, file: Path) -> str:
                          f"convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
-def _passages_from_json(content: str, path: Path) -> list[RetrievedPassage]:
+def _passages_from_json(content: str, path: Path) -> list[Passage]:
     stripped = content.lstrip()
     if not stripped:
         return []
@@ -125,7 +125,7 @@ def _passages_from_json(content: str, path: Path) -> list[RetrievedPassage]:
     except json.JSONDecodeError:
         data = None  # several values: JSON lines
     if isinstance(data, dict) and not _looks_like_record(data):
-        return [RetrievedPassage(title=title, text=" ".join(body) if isinstance(body, list) else str(body), id=str(i))
+        return [Passage(title=title, text=" ".join(body) if isinstance(body, list) else str(body), id=str(i))
                 for i, (title, body) in enumerate(data.items())]
     if isinstance(data, list):
         return [_passage_from_record(record, f"{path}: item {i}", i) for i, record in enumerate(data)]
@@ -156,7 +156,7 @@ def _is_json_lines(path: Path) -> bool:
         return False
 
 
-def _passages_from_json_lines(path: Path) -> Iterator[RetrievedPassage]:
+def _passages_from_json_lines(path: Path) -> Iterator[Passage]:
     position, offset = 0, 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -171,7 +171,7 @@ def _passages_from_json_lines(path: Path) -> Iterator[RetrievedPassage]:
                 position += 1
 
 
-def _passage_from_line(line: str, path: Path, number: int, position: int) -> RetrievedPassage:
+def _passage_from_line(line: str, path: Path, number: int, position: int) -> Passage:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
@@ -184,7 +184,7 @@ def _looks_like_record(data: dict) -> bool:
     return any(key in data for key in ("text", "contents", "paragraph_text"))
 
 
-def _passage_from_record(record, where: str, position: int) -> RetrievedPassage:
+def _passage_from_record(record, where: str, position: int) -> Passage:
     if not isinstance(record, dict):
         raise ValueError(f"{where} is a {type(record).__name__}, expected an object with 'text' or 'contents'")
     title = record.get("title")
@@ -203,10 +203,10 @@ def _passage_from_record(record, where: str, position: int) -> RetrievedPassage:
         first, text = text.split("\n", 1)
         title = first.strip().strip('"')
     passage_id = record.get("id", record.get("_id", position))
-    return RetrievedPassage(title=title or "", text=text, id=str(passage_id))
+    return Passage(title=title or "", text=text, id=str(passage_id))
 
 
-def _check_unique_ids(passages: list[RetrievedPassage], path: Path) -> None:
+def _check_unique_ids(passages: list[Passage], path: Path) -> None:
     seen, duplicates = set(), []
     for passage in passages:
         if passage.id in seen:
@@ -214,11 +214,6 @@ def _check_unique_ids(passages: list[RetrievedPassage], path: Path) -> None:
         seen.add(passage.id)
     if duplicates:
         raise ValueError(duplicate_ids_message(path, duplicates))
-
-
-def passage_text(passage: RetrievedPassage) -> str:
-    """What an index sees of a passage: ``title\ntext``, or the text alone when there is no title."""
-    return f"{passage.title}\n{passage.text}" if passage.title else passage.text
 
 
 def id_hash(passage_id: str) -> int:
@@ -277,7 +272,7 @@ class PassageStore:
         return self._offsets, self._map
 
     @staticmethod
-    def write(folder: str | Path, passages: Iterable[RetrievedPassage], block: int = 65_536) -> np.ndarray:
+    def write(folder: str | Path, passages: Iterable[Passage], block: int = 65_536) -> np.ndarray:
         """Write ``passages`` (any iterable: they are streamed) into ``folder``; return a 64-bit hash of each id,
         ``[N] uint64``, for :func:`duplicate_ids`. Memory: 16 bytes per passage (offsets and hashes)."""
         folder = Path(folder)
@@ -300,18 +295,18 @@ class PassageStore:
 
     def texts(self, start: int, stop: int) -> list[str]:
         """``title\ntext`` (or the text alone) of rows ``start`` to ``stop``: what the indexes tokenize and embed."""
-        return [passage_text(self.get(row)) for row in range(start, stop)]
+        return [titled_text(p.title, p.text) for p in map(self.get, range(start, stop))]  # what an index sees of a passage
 
     def __len__(self) -> int:
         offsets, _ = self._open()
         return len(offsets) - 1
 
-    def get(self, row: int, score: float | None = None) -> RetrievedPassage:
+    def get(self, row: int, score: float | None = None) -> Passage:
         offsets, lines = self._open()
         record = json.loads(lines[offsets[row]: offsets[row + 1]])
-        return RetrievedPassage(title=record["title"], text=record["text"], id=record["id"], score=score)
+        return Passage(title=record["title"], text=record["text"], id=record["id"], score=score)
 
-    def __getitem__(self, row: int) -> RetrievedPassage:
+    def __getitem__(self, row: int) -> Passage:
         if not 0 <= row < len(self):
             raise IndexError(row)
         return self.get(row)

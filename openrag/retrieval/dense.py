@@ -2,12 +2,15 @@
 
 The faiss index is any of faiss's own factory strings (``Flat`` exact; ``IVF4096,PQ64``, ``HNSW32``, ``SQ8``
 compressed or approximate), trained on a sample of the vectors where it needs training; search-time knobs
-(``nprobe``, ``efSearch``) are faiss ``ParameterSpace`` strings. :class:`DenseWriter` embeds chunk by chunk into
-``.npy`` files and assembles the index at the end, so only one chunk of vectors (plus the index) is in memory.
+(``nprobe``, ``efSearch``) are faiss ``ParameterSpace`` strings. An IVF index searches :func:`default_nprobe` of
+its lists unless told otherwise (faiss's own default, one list, loses most of the recall). :class:`DenseWriter`
+embeds chunk by chunk into ``.npy`` files and assembles the index at the end, so only one chunk of vectors (plus
+the index) is in memory.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openrag.outputs import write_atomic
 from openrag.retrieval.passage import Hit
 
 BUNDLED_ENCODER = "all-MiniLM-L6-v2"
@@ -97,6 +101,36 @@ def training_vectors_needed(index) -> int:
         return 1
 
 
+MIN_NPROBE = 16
+
+
+def default_nprobe(nlist: int) -> int:
+    """The lists an IVF index of ``nlist`` lists searches by default: the square root of ``nlist``, at least
+    MIN_NPROBE, at most all of them (IVF64: 16; IVF4096: 64; IVF65536: 256). faiss's own default is 1: over the
+    6,119-passage 2Wiki pool ``IVF64,PQ16`` then keeps 42% of the exact index's gold recall@5, 66% with 16 lists
+    (``IVF64,PQ48``: 90%); a larger index spreads the neighbours of a query over more lists, hence the root."""
+    return min(nlist, max(MIN_NPROBE, math.isqrt(nlist - 1) + 1))
+
+
+def default_search_parameters(index) -> str:
+    """The faiss parameters ``index`` is searched with where none are given: ``nprobe=N`` for an IVF index
+    (:func:`default_nprobe`), none for the others."""
+    import faiss
+
+    try:
+        nlist = int(faiss.extract_index_ivf(index).nlist)
+    except (RuntimeError, AttributeError):
+        return ""
+    return f"nprobe={default_nprobe(nlist)}"
+
+
+def read_faiss_index(path: str | Path):
+    """A faiss index file, memory-mapped and read-only."""
+    import faiss
+
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+
+
 def set_search_parameters(index, parameters: str) -> None:
     """Apply a faiss ParameterSpace string (``nprobe=64``, ``efSearch=128``, comma-separated) to ``index``."""
     if not parameters:
@@ -137,9 +171,9 @@ class DenseRetriever:
     @classmethod
     def load(cls, folder: str | Path, settings: DenseSettings, device: str | None = None,
              parameters: str = "") -> "DenseRetriever":
-        import faiss
-
-        index = faiss.read_index(str(Path(folder) / cls.FILE), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        """The index of ``folder``, searched with ``parameters`` over its defaults (:func:`default_search_parameters`)."""
+        index = read_faiss_index(Path(folder) / cls.FILE)
+        set_search_parameters(index, default_search_parameters(index))
         set_search_parameters(index, parameters)
         return cls(index, settings, device=device)
 
@@ -191,10 +225,8 @@ class DenseWriter:
     def add(self, chunks: Path, k: int, texts: list[str]) -> None:
         texts = [self.settings.passage_prefix + t for t in texts]
         vectors = encode(self.encoder, texts, self.settings, self.batch_size, self.show_progress)  # [C, D]
-        target = self._file(chunks, k)
-        temporary = target.with_name(target.name + ".tmp.npy")
-        np.save(temporary, vectors, allow_pickle=False)
-        os.replace(temporary, target)
+        with write_atomic(self._file(chunks, k), "wb") as f:
+            np.save(f, vectors, allow_pickle=False)
 
     def finish(self, folder: Path, sources: list[Path], passages: int, show_progress: bool = False) -> None:
         import faiss
@@ -268,12 +300,10 @@ class PrebuiltDenseWriter:
 
 def prebuilt_shape(path: Path) -> tuple[int, int]:
     """(rows, dimension) of a faiss file, read through a memory map (no load of the vectors)."""
-    import faiss
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"faiss index {path} does not exist")
     try:
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        index = read_faiss_index(path)
     except RuntimeError as err:
         raise ValueError(f"{path} is not a faiss index faiss can read ({str(err).strip().splitlines()[-1][:160]})") from None
     return int(index.ntotal), int(index.d)

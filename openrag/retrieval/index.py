@@ -18,7 +18,6 @@ change how an index is searched, not what it holds: the manifest keeps them as t
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
@@ -26,14 +25,16 @@ from importlib import metadata
 from pathlib import Path
 
 from openrag.jsonfiles import read_json_object
+from openrag.outputs import write_json
 from openrag.registry import check_choice
 from openrag.retrieval import build as building
 from openrag.retrieval.bm25 import BM25Retriever, BM25Settings, BM25Writer
 from openrag.retrieval.build import BuildOptions
 from openrag.retrieval.corpus import PassageStore, corpus_checksum
-from openrag.retrieval.dense import PREBUILT, DenseRetriever, DenseSettings, DenseWriter, PrebuiltDenseWriter
+from openrag.retrieval.dense import (PREBUILT, DenseRetriever, DenseSettings, DenseWriter, PrebuiltDenseWriter,
+                                     default_search_parameters, read_faiss_index)
 from openrag.retrieval.hybrid import HybridRetriever
-from openrag.retrieval.passage import RetrievedPassage
+from openrag.passage import Passage
 
 MANIFEST = "manifest.json"
 FORMAT = "openrag-index"
@@ -76,7 +77,8 @@ class SearchSettings:
     """How an index is searched: no rebuild needed to change them. The manifest keeps the index's defaults
     (``openrag index ... --faiss_params/--rerank`` set them); ``open_index(path, search=...)`` overrides them."""
 
-    faiss_params: str = ""  # faiss ParameterSpace string: "nprobe=64" (IVF), "efSearch=128" (HNSW); "" = faiss's
+    faiss_params: str = ""  # faiss ParameterSpace string: "nprobe=64" (IVF), "efSearch=128" (HNSW); "": the
+    # index's defaults (an IVF index: dense.default_nprobe lists; the manifest records the value)
     rerank: str = ""  # a sentence-transformers cross-encoder (folder or hub name) that re-scores the first stage
     rerank_depth: int = 50  # first-stage passages handed to the cross-encoder per query
 
@@ -181,7 +183,7 @@ class Index:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def search(self, queries: list[str], top_k: int) -> list[list[RetrievedPassage]]:
+    def search(self, queries: list[str], top_k: int) -> list[list[Passage]]:
         if isinstance(queries, str):
             raise TypeError("search takes a list of queries; wrap a single query in a list")
         if top_k < 1:
@@ -319,14 +321,22 @@ def update_search_settings(output: str | Path, search: SearchSettings) -> bool:
     """Make ``search`` the index's default search settings (checked by opening it); True if they changed."""
     output = Path(output)
     manifest = read_manifest(output)
+    search = _with_defaults(output, search)
     if SearchSettings.from_dict(manifest.get("search")) == search:
         return False
     open_index(output, search=search).close()  # refuses parameters that do not fit the index
     manifest["search"] = asdict(search)
-    temporary = output / (MANIFEST + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, output / MANIFEST)
+    write_json(output / MANIFEST, manifest)
     return True
+
+
+def _with_defaults(folder: Path, search: SearchSettings) -> SearchSettings:
+    """``search`` with the faiss parameters of the index in ``folder`` written out where none are given (an IVF
+    index: its default nprobe), so that the manifest says how the index is searched."""
+    dense = folder / DenseRetriever.FILE
+    if search.faiss_params or not dense.is_file():
+        return search
+    return replace(search, faiss_params=default_search_parameters(read_faiss_index(dense)))
 
 
 def _prebuilt_record(prebuilt: Path | None) -> dict | None:
@@ -346,7 +356,7 @@ def _write_manifest(folder: Path, settings: IndexSettings, corpus: dict, search:
         "kind": settings.kind,
         "settings": settings.to_dict(),
         "corpus": corpus,
-        "search": asdict(search),
+        "search": asdict(_with_defaults(folder, search)),
         "build": {"chunk_size": chunk_size, "shards": shards},
         "versions": _versions(settings.kind),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -354,7 +364,7 @@ def _write_manifest(folder: Path, settings: IndexSettings, corpus: dict, search:
     }
     if prebuilt:
         manifest["prebuilt_faiss"] = prebuilt
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(folder / MANIFEST, manifest)
 
 
 def existing_index_matches(output: str | Path, corpus: str | Path, settings: IndexSettings) -> bool:

@@ -9,12 +9,12 @@ is on disk or reachable. An index opened with a reranker (``SearchSettings(reran
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
 
-from openrag.retrieval.corpus import passage_text
-from openrag.retrieval.passage import RetrievedPassage
+from openrag.passage import Passage, titled_text
 
 
 class CrossEncoderReranker:
@@ -34,20 +34,19 @@ class CrossEncoderReranker:
 
         return CrossEncoder(self.model_name, device=self.device, max_length=self.max_length)
 
-    def scores(self, query: str, passages: list[RetrievedPassage]) -> np.ndarray:
+    def scores(self, query: str, passages: list[Passage]) -> np.ndarray:
         """``[P]`` the cross-encoder's score of each (query, passage) pair."""
         if not passages:
             return np.zeros(0, dtype=np.float32)
-        pairs = [(query, passage_text(p)) for p in passages]
+        pairs = [(query, titled_text(p.title, p.text)) for p in passages]
         return np.asarray(self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False,
                                              convert_to_numpy=True), dtype=np.float32).reshape(len(pairs))
 
-    def rerank(self, queries: list[str], candidates: list[list[RetrievedPassage]]) -> list[list[RetrievedPassage]]:
+    def rerank(self, queries: list[str], candidates: list[list[Passage]]) -> list[list[Passage]]:
         """Each query's candidates, best cross-encoder score first (ties keep the first stage's order)."""
         out = []
         for query, passages in zip(queries, candidates):
             scores = self.scores(query, passages)
             order = sorted(range(len(passages)), key=lambda i: -float(scores[i]))
-            out.append([RetrievedPassage(passages[i].title, passages[i].text, passages[i].id, float(scores[i]))
-                        for i in order])
+            out.append([replace(passages[i], score=float(scores[i])) for i in order])
         return out

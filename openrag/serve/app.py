@@ -1,6 +1,6 @@
-"""The HTTP API and the page: ``create_app(engine, settings)`` returns a FastAPI application.
+"""The HTTP API and the page: ``create_app(pipeline, settings)`` returns a FastAPI application.
 
-    POST /v1/answer             {question, passages?, mode?, ndocs?, ...} -> the engine's answer object
+    POST /v1/answer             {question, passages?, mode?, ndocs?, ...} -> the pipeline's answer object
     POST /v1/chat/completions   OpenAI's chat format; the evidence rides in the extra field ``openrag``
     GET  /health                status, queue depth and batching counters
     GET  /                      the page (page.html): ask, and see the answer, the decision and the evidence
@@ -10,7 +10,7 @@ are logged with their traceback and answered with a generic message, never the t
 
 Limits (README, "Security"): a Host header that is not an allowed name is refused (DNS rebinding); the body
 is bounded in bytes and must arrive in time; a request is priced in tokens of work and refused over the
-budget; its answer is given up, and its engine work cancelled, when its deadline passes or its client leaves.
+budget; its answer is given up, and its pipeline work cancelled, when its deadline passes or its client leaves.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..answer import AnswerOptions
 from ..errors import InputError
 from ..tasks import get_task
-from .batcher import AnsweringEngine, Batcher, QueueFull, ShuttingDown
+from .batcher import Batcher, Pipeline, QueueFull, ShuttingDown
 from .limits import ClientGone, DeadlineExceeded, answer_or_give_up, request_tokens, token_counter
 from .schemas import AnswerRequest, ChatRequest
 
@@ -52,7 +52,7 @@ class ServeSettings:
 
     model_name: str = "default"  # reported by /health and in chat completions' ``model``
     api_key: str | None = None  # when set, /v1/* need ``Authorization: Bearer <api_key>``
-    max_batch: int = 8  # questions answered by one engine call
+    max_batch: int = 8  # questions answered by one pipeline call
     queue_size: int = 64  # requests that may wait; more are answered 503 with Retry-After
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_body_bytes: int = 1_000_000  # larger request bodies are answered 413
@@ -79,38 +79,46 @@ class ServeSettings:
             raise ValueError("the API key is empty; give a non-empty key or none")
 
 
-def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
-    batcher = Batcher(engine, settings.max_batch, settings.queue_size, settings.max_wait_ms / 1000)
-    page, page_csp = _page()
-    count_tokens, defaults = token_counter(engine), getattr(engine, "options", None) or AnswerOptions()
+    answering = Answering(pipeline, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await batcher.start()
+        await answering.batcher.start()
         yield
-        await batcher.stop()
+        await answering.batcher.stop()
 
     app = FastAPI(title="openrag", summary="Open-RAG answers with adaptive retrieval and their evidence",
                   lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.batcher = batcher
+    app.state.batcher = answering.batcher
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.header_timeout_s)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
+    _install_routes(app, answering)
+    return app
 
-    async def authorised(request: Request) -> None:
-        """Run as a dependency, so that it answers 401 before the body is even validated."""
-        _check_key(request, settings.api_key)
 
-    async def ask(request: Request, question: str, body) -> dict:
+class Answering:
+    """One request's way from its checked body to its answer: the task's choices, the token budget, the queue,
+    the deadline, and each failure as the API error that says what happened."""
+
+    def __init__(self, pipeline: Pipeline, settings: ServeSettings):
+        self.settings = settings
+        self.batcher = Batcher(pipeline, settings.max_batch, settings.queue_size, settings.max_wait_ms / 1000)
+        self.count_tokens = token_counter(pipeline)
+        self.defaults = getattr(pipeline, "options", None) or AnswerOptions()
+
+    async def __call__(self, request: Request, question: str, body) -> dict:
+        settings, batcher = self.settings, self.batcher
         passages, options = body.passage_dicts(), body.options()
         try:  # the task's choices, before the request waits in the queue (the one check: tasks.Task.check_choices)
-            get_task(options.get("task", defaults.task)).check_choices(body.choices)
+            get_task(options.get("task", self.defaults.task)).check_choices(body.choices)
         except InputError as err:
             raise ApiError(422, str(err), "invalid_request_error", param="choices") from None
-        work = await asyncio.to_thread(request_tokens, count_tokens, question, passages, options, defaults,
+        work = await asyncio.to_thread(request_tokens, self.count_tokens, question, passages, options, self.defaults,
                                        settings.max_request_tokens)
         if work.tokens > settings.max_request_tokens:
             batcher.stats.over_budget += 1
@@ -139,6 +147,15 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
             log.error("answering %r failed", question[:80], exc_info=err)
             raise ApiError(500, "internal error while answering; the server log has the details", "server_error") from None
         return _finite(answer.to_dict())
+
+
+def _install_routes(app: FastAPI, ask: Answering) -> None:
+    settings, batcher = ask.settings, ask.batcher
+    page, page_csp = _page()
+
+    async def authorised(request: Request) -> None:
+        """Run as a dependency, so that it answers 401 before the body is even validated."""
+        _check_key(request, settings.api_key)
 
     @app.post("/v1/answer", dependencies=[Depends(authorised)])
     async def answer(body: AnswerRequest, request: Request):
@@ -169,15 +186,13 @@ def create_app(engine: AnsweringEngine, settings: ServeSettings | None = None) -
                 "running": batcher.running, "answered": stats.answered, "failed": stats.failed,
                 "rejected": stats.rejected, "over_budget": stats.over_budget, "timed_out": stats.timed_out,
                 "disconnected": stats.disconnected, "interrupted": stats.interrupted,
-                "engine_calls": stats.engine_calls, "largest_batch": stats.largest_batch,
+                "pipeline_calls": stats.pipeline_calls, "largest_batch": stats.largest_batch,
                 "limits": {"max_request_tokens": settings.max_request_tokens,
                            "request_timeout_s": settings.request_timeout_s, "max_body_bytes": settings.max_body_bytes}}
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
         return HTMLResponse(page, headers={"Content-Security-Policy": page_csp})
-
-    return app
 
 
 class ApiError(Exception):

@@ -1,9 +1,9 @@
 """Dynamic batching: concurrent requests wait in a bounded queue and are answered together.
 
 One worker task drains the queue: it takes the first waiting request, gathers those that arrive within
-``max_wait_s`` (up to ``max_batch``), splits them into groups that can share one engine call (same options,
-passages given or not), and runs each group's ``engine.answer_batch`` in a thread so the event loop keeps
-accepting requests. While the engine works, new requests pile up and form the next batch: under load the
+``max_wait_s`` (up to ``max_batch``), splits them into groups that can share one pipeline call (same options,
+passages given or not), and runs each group's ``pipeline.answer_batch`` in a thread so the event loop keeps
+accepting requests. While the pipeline works, new requests pile up and form the next batch: under load the
 batches grow by themselves, with no lock serialising requests one at a time.
 
 A full queue is refused at once (:class:`QueueFull`, the API's 503) rather than letting waits grow without
@@ -11,7 +11,7 @@ bound. If a batch fails, its requests are retried one by one, so one bad request
 
 A request whose waiter is cancelled (its client disconnected, or its deadline passed) leaves the queue at
 once, so abandoned requests never hold slots that live ones are refused for, and it is never handed to the
-engine; once no request of the engine call in progress waits for it, the call is stopped at its next step
+pipeline; once no request of the pipeline call in progress waits for it, the call is stopped at its next step
 (:class:`limits.Interrupter`). After a large or stopped call the freed memory is handed back.
 """
 
@@ -33,12 +33,12 @@ from .limits import Interrupted, Interrupter, release_memory
 log = logging.getLogger(__name__)
 
 
-RELEASE_AFTER_TOKENS = 8_192  # engine calls with at least this many tokens of work hand their memory back
-STOP_WAIT_S = 10.0  # how long stop() waits for the engine call in progress to stop
+RELEASE_AFTER_TOKENS = 8_192  # pipeline calls with at least this many tokens of work hand their memory back
+STOP_WAIT_S = 10.0  # how long stop() waits for the pipeline call in progress to stop
 
 
-class AnsweringEngine(Protocol):
-    """What the server needs of an engine (``openrag.OpenRAG`` is one): answers with ``to_dict()``.
+class Pipeline(Protocol):
+    """What the server needs of a pipeline (``openrag.OpenRAG`` is one): answers with ``to_dict()``.
 
     Used when present: ``model`` (a torch module: cancelled calls stop at its next forward), ``tokenizer``
     (counts the token budget; else UTF-8 bytes) and ``options`` (the defaults of the options a request
@@ -63,7 +63,7 @@ class ShuttingDown(Exception):
 @dataclass(eq=False)  # hashed by identity: the queue is a dict of jobs
 class Job:
     question: str
-    passages: list[dict] | None  # None: let the engine's retriever find them
+    passages: list[dict] | None  # None: let the pipeline's retriever find them
     choices: list[str] | None
     options: dict
     future: asyncio.Future
@@ -78,13 +78,13 @@ class Job:
 class _Call:
     jobs: list[Job]
     stop: threading.Event  # set: the call is stopped at the model's next forward
-    thread: asyncio.Future  # the engine call, in a worker thread
+    thread: asyncio.Future  # the pipeline call, in a worker thread
 
 
 @dataclass
 class BatcherStats:
     batches: int = 0
-    engine_calls: int = 0
+    pipeline_calls: int = 0
     answered: int = 0
     failed: int = 0
     rejected: int = 0  # queue full
@@ -92,17 +92,17 @@ class BatcherStats:
     timed_out: int = 0  # no answer before the request's deadline
     disconnected: int = 0  # the client left before its answer
     largest_batch: int = 0
-    interrupted: int = 0  # engine calls stopped because none of their requests waited any more
+    interrupted: int = 0  # pipeline calls stopped because none of their requests waited any more
     busy_seconds: float = 0.0
-    recent_call_seconds: float = 0.0  # moving average of one engine call
-    sizes: dict[int, int] = field(default_factory=dict)  # engine call size -> count
+    recent_call_seconds: float = 0.0  # moving average of one pipeline call
+    sizes: dict[int, int] = field(default_factory=dict)  # pipeline call size -> count
 
 
 class Batcher:
-    def __init__(self, engine: AnsweringEngine, max_batch: int = 8, queue_size: int = 64, max_wait_s: float = 0.005):
+    def __init__(self, pipeline: Pipeline, max_batch: int = 8, queue_size: int = 64, max_wait_s: float = 0.005):
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch and queue_size must be at least 1 and max_wait_s at least 0")
-        self.engine = engine
+        self.pipeline = pipeline
         self.max_batch, self.queue_size, self.max_wait_s = max_batch, queue_size, max_wait_s
         self.stats = BatcherStats()
         # The queue, oldest first: a dict (insertion-ordered), so that a withdrawn job leaves it at once.
@@ -110,7 +110,7 @@ class Batcher:
         self._arrived = asyncio.Event()  # set when a job joins the queue
         self._worker: asyncio.Task | None = None
         self._interrupter: Interrupter | None = None
-        self._current: _Call | None = None  # the engine call in progress
+        self._current: _Call | None = None  # the pipeline call in progress
 
     @property
     def waiting(self) -> int:
@@ -118,7 +118,7 @@ class Batcher:
 
     @property
     def running(self) -> int:
-        """Requests in the engine call in progress."""
+        """Requests in the pipeline call in progress."""
         return len(self._current.jobs) if self._current is not None else 0
 
     async def start(self) -> None:
@@ -127,11 +127,11 @@ class Batcher:
                 log.error("the batching worker stopped; starting a new one", exc_info=self._worker.exception())
             self._worker = None
         if self._worker is None:
-            self._interrupter = Interrupter.for_engine(self.engine)
+            self._interrupter = Interrupter.for_pipeline(self.pipeline)
             self._worker = asyncio.create_task(self._work(), name="openrag-batcher")
 
     async def stop(self) -> None:
-        """Stop taking work: the engine call in progress is stopped (at most ``STOP_WAIT_S`` waited for), and
+        """Stop taking work: the pipeline call in progress is stopped (at most ``STOP_WAIT_S`` waited for), and
         its requests and those still waiting are failed with :class:`ShuttingDown`."""
         if self._worker is None:
             return
@@ -160,8 +160,8 @@ class Batcher:
 
     async def submit(self, question: str, passages: list[dict] | None = None, choices: list[str] | None = None,
                      options: dict | None = None, tokens: int = 0):
-        """Queue one question and wait for its answer (the engine's answer object). Cancelling the wait
-        withdraws the question, and stops the engine call it is in once no other question of it waits."""
+        """Queue one question and wait for its answer (the pipeline's answer object). Cancelling the wait
+        withdraws the question, and stops the pipeline call it is in once no other question of it waits."""
         await self.start()
         job = Job(question, passages, choices, dict(options or {}), asyncio.get_running_loop().create_future(), tokens)
         if len(self._waiting) >= self.queue_size:
@@ -254,25 +254,25 @@ class Batcher:
                 job.future.remove_done_callback(withdrawn)
             seconds = time.perf_counter() - start
             self.stats.busy_seconds += seconds
-            self.stats.engine_calls += 1
+            self.stats.pipeline_calls += 1
             self.stats.sizes[len(jobs)] = self.stats.sizes.get(len(jobs), 0) + 1
             previous = self.stats.recent_call_seconds
             self.stats.recent_call_seconds = seconds if not previous else 0.8 * previous + 0.2 * seconds
         if len(answers) != len(jobs):
-            raise RuntimeError(f"the engine returned {len(answers)} answers for {len(jobs)} questions")
+            raise RuntimeError(f"the pipeline returned {len(answers)} answers for {len(jobs)} questions")
         return answers
 
     def _run(self, stop: threading.Event, tokens: int, questions, passages, choices, options: dict) -> list:
-        """In the worker thread: one engine call, stopped when ``stop`` is set; then the memory handed back."""
+        """In the worker thread: one pipeline call, stopped when ``stop`` is set; then the memory handed back."""
         try:
             with self._interrupter.watching(stop) if self._interrupter else contextlib.nullcontext():
-                return self.engine.answer_batch(questions, passages, choices, **options)
+                return self.pipeline.answer_batch(questions, passages, choices, **options)
         except Interrupted:
             pass  # raised afresh below: this one's traceback holds the call's frames, and their tensors
         finally:
             if stop.is_set() or tokens >= RELEASE_AFTER_TOKENS:
                 release_memory()
-        raise Interrupted("the engine call was stopped: none of its requests waits for it any more")
+        raise Interrupted("the pipeline call was stopped: none of its requests waits for it any more")
 
     def _settle(self, job: Job, answer=None, error: Exception | None = None) -> None:
         if job.future.done():

@@ -5,7 +5,7 @@
   generate. Over the budget, the request is refused before it reaches the queue.
 - :func:`answer_or_give_up` waits for an answer until the client disconnects or the deadline passes, and
   cancels the request either way.
-- :class:`Interrupter` stops an engine call that nobody waits for any more at its next forward of the model,
+- :class:`Interrupter` stops a pipeline call that nobody waits for any more at its next forward of the model,
   so a cancelled request stops costing compute; :func:`release_memory` hands the memory a large call freed
   back to the system.
 """
@@ -26,13 +26,13 @@ from dataclasses import dataclass
 # -- the token budget --------------------------------------------------------------------------------
 
 
-def token_counter(engine) -> Callable[[str], int]:
-    """Counts the tokens of a text with the engine's tokenizer (``engine.tokenizer``, a fast one), else its
+def token_counter(pipeline) -> Callable[[str], int]:
+    """Counts the tokens of a text with the pipeline's tokenizer (``pipeline.tokenizer``, a fast one), else its
     UTF-8 bytes: a byte-level BPE token covers at least one byte, so bytes never undercount."""
-    backend = getattr(getattr(engine, "tokenizer", None), "backend_tokenizer", None)
+    backend = getattr(getattr(pipeline, "tokenizer", None), "backend_tokenizer", None)
     if backend is None:
         return utf8_bytes
-    own = copy.deepcopy(backend)  # the engine's thread uses the original at the same time
+    own = copy.deepcopy(backend)  # the pipeline's thread uses the original at the same time
 
     def count(text: str) -> int:
         return len(own.encode(text, add_special_tokens=False).ids) if text else 0
@@ -65,8 +65,8 @@ def request_tokens(count: Callable[[str], int], question: str, passages: Sequenc
                    defaults, limit: int) -> Work:
     """The work of one request: every row's prompt (the question, and its passage or chain) and its new tokens.
 
-    ``options``: what the request set; ``defaults``: the engine's options (an AnswerOptions, or None: the
-    most a request may ask for). Passages the engine will not use (past ``ndocs``) are not counted; without
+    ``options``: what the request set; ``defaults``: the pipeline's options (an AnswerOptions, or None: the
+    most a request may ask for). Passages the pipeline will not use (past ``ndocs``) are not counted; without
     passages, the index's ``ndocs`` passages are counted as rows but not by length (the index is trusted).
     Counting stops once ``limit`` is exceeded, so a huge request costs little to refuse.
     """
@@ -134,15 +134,15 @@ async def _disconnected(receive) -> None:
         pass
 
 
-# -- stopping the engine and returning its memory ------------------------------------------------------
+# -- stopping a pipeline call and returning its memory ------------------------------------------------------
 
 
 class Interrupted(Exception):
-    """An engine call was stopped because none of its requests waited for it any more."""
+    """A pipeline call was stopped because none of its requests waited for it any more."""
 
 
 class Interrupter:
-    """Stops an engine call running in a worker thread at its next step.
+    """Stops a pipeline call running in a worker thread at its next step.
 
     A hook run before every step raises :class:`Interrupted` when the stop event of the calling thread's
     current call (:meth:`watching`) is set: on the built-in engine a forward pre-hook of the model (a forward
@@ -154,19 +154,19 @@ class Interrupter:
         self._handle = register_hook(self._check)
 
     @classmethod
-    def for_engine(cls, engine) -> Interrupter | None:
-        """One for the pipeline ``engine``: on its torch model, else on its generation engine's steps (vLLM);
+    def for_pipeline(cls, pipeline) -> Interrupter | None:
+        """One for ``pipeline`` (an OpenRAG): on its torch model, else on its generation engine's steps (vLLM);
         None where it has neither."""
-        model = getattr(engine, "model", None)
+        model = getattr(pipeline, "model", None)
         if hasattr(model, "register_forward_pre_hook"):
             return cls(model.register_forward_pre_hook)
-        register = getattr(getattr(engine, "engine", None), "register_step_hook", None)
+        register = getattr(getattr(pipeline, "engine", None), "register_step_hook", None)
         return cls(register) if register is not None else None
 
     def _check(self, module, args) -> None:
         stop = self._stops.get(threading.get_ident())
         if stop is not None and stop.is_set():
-            raise Interrupted("the engine call was stopped: none of its requests waits for it any more")
+            raise Interrupted("the pipeline call was stopped: none of its requests waits for it any more")
 
     @contextlib.contextmanager
     def watching(self, stop: threading.Event):
@@ -182,7 +182,7 @@ class Interrupter:
 
 
 def release_memory() -> None:
-    """Return the memory a large engine call freed: glibc keeps freed blocks in its arenas (the process stays
+    """Return the memory a large pipeline call freed: glibc keeps freed blocks in its arenas (the process stays
     at its peak) until ``malloc_trim``; torch keeps freed CUDA blocks in its cache until ``empty_cache``."""
     gc.collect()  # an interrupted call's traceback holds its frames, and their KV caches, in cycles
     torch = sys.modules.get("torch")

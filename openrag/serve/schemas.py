@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
 
-from ..answer.options import field_kind, option_fields
+from ..answer.options import option_fields
+from ..flags import field_kind
 
 MAX_QUESTION_CHARS = 4_000
 MAX_TITLE_CHARS = 500
@@ -70,7 +71,7 @@ class AnswerFields(AnswerOptionFields):
                                          description="answer choices, for task arc_c")
 
     def options(self) -> dict:
-        """The answering options this request sets (the engine's defaults stand for the others)."""
+        """The answering options this request sets (the pipeline's defaults stand for the others)."""
         return {name: getattr(self, name) for name in OPTION_FIELDS if getattr(self, name) is not None}
 
     def passage_dicts(self) -> list[dict] | None:

@@ -1,8 +1,8 @@
-"""The flags of ``openrag train``: the seed's command line (SPEC section 7), as dataclasses.
+"""The flags of ``openrag train``: the seed's command line (docs/method.md section 8), as dataclasses.
 
 ``TrainingArguments`` brings every Hugging Face Trainer flag (``--bf16 True``, ``--save_strategy``,
 ``--deepspeed``, ``--fsdp``, ...); the three dataclasses here add the model, expert and data flags.
-Defaults follow the released recipe (SPEC section 3) where it names one.
+Defaults follow the released recipe (docs/method.md section 4) where it names one.
 
 (No ``from __future__ import annotations``: HfArgumentParser reads these annotations at run time.)
 """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.tokenize import IGNORE_INDEX, load_training_instances, tokenize_instance
+from ..outputs import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,8 @@ class TokenizedDataset(Dataset):
         return np.diff(self.offsets).tolist()
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, input_ids=self.input_ids, labels=self.labels, offsets=self.offsets)
-        tmp.replace(path)
+        with write_atomic(path, "wb") as f:
+            np.savez(f, input_ids=self.input_ids, labels=self.labels, offsets=self.offsets)
 
     @classmethod
     def load(cls, path: Path) -> "TokenizedDataset":

@@ -1,4 +1,4 @@
-"""The adapter experts of SPEC section 1 in a form a compiled serving graph takes: fixed shapes, no Python
+"""The adapter experts of docs/method.md section 1 in a form a compiled serving graph takes: fixed shapes, no Python
 branches on data, no per-expert loop.
 
 Every expert runs on every token and the gate (the softmax over the k chosen router logits, zero for the

@@ -1,6 +1,6 @@
 """The Open-RAG architecture as a vLLM model: vLLM's own Llama with adapter experts added to each MLP's output.
 
-Only the MLP changes (SPEC section 1: ``out = y + experts(x, y)``, the router reading the MLP input ``x``,
+Only the MLP changes (docs/method.md section 1: ``out = y + experts(x, y)``, the router reading the MLP input ``x``,
 the experts its output ``y``); attention, the KV cache, tensor parallelism and weight loading stay vLLM's.
 The dense projections keep their checkpoint names (``mlp.gate_proj``/``up_proj`` stacked by vLLM as
 ``gate_up_proj``, ``mlp.down_proj``) and the experts load from ``mlp.moe_adapter.*``, the released merged
