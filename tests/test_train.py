@@ -364,3 +364,59 @@ def test_resume_refuses_a_save_that_did_not_finish(tmp_path, monkeypatch):
         resume_folder("True", tmp_path)
     (first / "rng_state_1.pth").write_bytes(b"")
     assert resume_folder("True", tmp_path) == str(first)
+
+
+def test_held_out_check_reports_loss_and_critique_and_keeps_the_best(tmp_path):
+    """Every --eval_steps: the held-out loss equals the mean weighted target loss computed directly, the critique AUCs
+    come from the reflection-token pairs, and the Trainer records the best checkpoint by --metric_for_best_model."""
+    from openrag.training.trainer import target_loss
+
+    base, data, out = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl"), tmp_path / "out"
+    held = write_dataset(tmp_path / "held.jsonl", n=12)
+    trainer = run_train(train_argv(base, data, out, "--max_steps", "6", "--save_steps", "3", "--eval_strategy", "steps",
+                                   "--eval_steps", "3", "--eval_data_path", str(held), "--metric_for_best_model", "loss",
+                                   "--reflection_loss_weight", "2"))
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert [e["step"] for e in evals] == [3, 6]
+    assert all(0.0 <= e["eval_relevance_auc"] <= 1.0 and 0.0 <= e["eval_retrieval_auc"] <= 1.0 for e in evals)
+    assert evals[-1]["eval_relevance_n"] == 12  # held.jsonl: 4 instances with one [Relevant], 4 with [Irrelevant] and [Relevant]
+    best = min(evals, key=lambda e: e["eval_loss"])
+    assert trainer.state.best_model_checkpoint == str(out / f"checkpoint-{best['step']}")
+    # the final model's held-out loss, recomputed here from target_loss over the whole held-out set at once
+    model = trainer.setup.model.eval()
+    batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(len(trainer.eval_dataset))])
+    batch.pop("token_mask", None)
+    with torch.no_grad():
+        total, count, _ = target_loss(model, batch, trainer._target_weights)
+    assert abs(trainer.evaluate()["eval_loss"] - float(total) / count) < 1e-4
+
+
+def test_eval_strategy_without_held_out_data_is_refused_before_the_model(tmp_path):
+    from openrag.training.args import parse_train_args
+    from openrag.training.run import run_training
+
+    with pytest.raises(ValueError, match="--eval_data_path"):
+        run_training(*parse_train_args(["--data_path", "x.jsonl", "--model_name_or_path", str(tmp_path / "nothing"),
+                                        "--output_dir", str(tmp_path / "out"), "--eval_strategy", "steps", "--eval_steps", "5"]))
+
+
+def test_a_checkpoint_kept_without_optimizer_state_resumes_its_schedule(tmp_path):
+    """scripts/keep_checkpoint.py's folder: the run goes on at the kept step with the kept learning rate."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("keep_checkpoint", Path(__file__).parents[1] / "scripts" / "keep_checkpoint.py")
+    keep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep)
+    base, data, out = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl"), tmp_path / "out"
+    common = ("--lr_scheduler_type", "cosine", "--max_steps", "8", "--save_steps", "4")
+    first = run_train(train_argv(base, data, out, *common))
+    keep.main(str(out), str(tmp_path / "kept"))
+    kept = tmp_path / "kept" / "checkpoint-8"
+    assert kept.is_dir() and not (kept / "optimizer.pt").exists() and not (kept / "training_args.bin").exists()
+    shutil.rmtree(kept)
+    shutil.copytree(out / "checkpoint-4", kept, ignore=shutil.ignore_patterns("optimizer.pt", "training_args.bin"))
+    again = run_train(train_argv(base, data, tmp_path / "out2", *common, "--resume_from_checkpoint", str(kept)))
+    lr = {e["step"]: e["learning_rate"] for e in first.state.log_history if "learning_rate" in e}
+    lr_again = {e["step"]: e["learning_rate"] for e in again.state.log_history if "learning_rate" in e}
+    assert again.state.global_step == 8 and sum(1 for e in again.state.log_history if "loss" in e) == 8  # 1-4 kept, 5-8 new
+    assert all(abs(lr_again[s] - lr[s]) < 1e-9 for s in range(5, 9))  # the schedule went on at step 5, not from warm-up

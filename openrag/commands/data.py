@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--max_gold", type=int, default=4, help="single gold-passage instances per question at most (first in reasoning or rank order)")
     build.add_argument("--no_chain", action="store_true", help="no Knowledge 1 [SEP] Knowledge 2 gold-chain instances")
     build.add_argument("--no_no_retrieval", action="store_true", help="no [No Retrieval] instances")
+    build.add_argument("--held_out", type=int, default=0, metavar="N",
+                       help="N questions (a seeded sample) kept out of training: their instances go to OUTPUT with .held_out.jsonl, "
+                            "for `openrag train --eval_data_path` (the run's held-out check)")
     build.add_argument("--critic", default=None, metavar="MODEL", help="causal LM (any openrag.load_model checkpoint) that re-labels support and utility")
     build.add_argument("--device", default=None, help="device of the critic (default: cuda if available)")
 
@@ -54,10 +57,14 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def stats_path(output: str | Path) -> Path:
+def stats_path(output: str | Path, suffix: str = ".stats.json") -> Path:
     output = Path(output)
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
-    return output.with_name(stem + ".stats.json")
+    return output.with_name(stem + suffix)
+
+
+def held_out_path(output: str | Path) -> Path:
+    return stats_path(output, ".held_out.jsonl")
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -66,6 +73,8 @@ def run_build(args: argparse.Namespace) -> int:
     from ..outputs import check_output_path, write_json, write_jsonl
 
     check_output_path(args.output, "--output")  # before the work, not after it
+    if args.held_out:
+        check_output_path(held_out_path(args.output), "--held_out's file")
     config = BuildConfig(
         seed=args.seed,
         distractors=args.distractors,
@@ -76,6 +85,7 @@ def run_build(args: argparse.Namespace) -> int:
         distractor_answers=args.distractor_answers,
         facts=not args.no_facts,
         max_facts=args.max_facts,
+        held_out=args.held_out,
     )
     exclude = Exclusion.from_files(args.exclude)
     critic = None
@@ -87,12 +97,16 @@ def run_build(args: argparse.Namespace) -> int:
     if not result.instances:
         raise ValueError("no instance was built: every row was excluded or bad (see the messages above)")
     write_jsonl(args.output, (inst.to_row() for inst in result.instances))
+    if args.held_out:
+        write_jsonl(held_out_path(args.output), (inst.to_row() for inst in result.held_out))
     tokenizer = None if args.tokenizer.lower() == "none" else load_tokenizer(args.tokenizer)
     report = build_report(result, tokenizer, args.tokenizer, args.max_length)
     report.update(inputs=args.inputs, exclude=args.exclude, seed=args.seed, critic=args.critic, output=str(args.output))
     write_json(stats_path(args.output), report)
     print_report(report)
     print(f"wrote {report['instances']} instances to {args.output} (report: {stats_path(args.output)})")
+    if args.held_out:
+        print(f"wrote {report['held_out_instances']} instances of {report['held_out_questions']} held-out questions to {held_out_path(args.output)}")
     return 0
 
 

@@ -101,10 +101,13 @@ class BuildConfig:
     distractor_answers: bool = False  # distractor instances go on to the answer (else they end at [Irrelevant])
     facts: bool = True  # single-hop instances from the facts a row names (MuSiQue hops, 2Wiki evidences)
     max_facts: int | None = None  # facts used per question at most (the first ones in the row's order)
+    held_out: int = 0  # questions (a seeded sample of all inputs) whose instances go to BuildResult.held_out, not to training
 
     def __post_init__(self):  # messages name the `openrag data build` flags of the same names
         if not isinstance(self.max_gold, int) or self.max_gold < 1:
             raise ValueError(f"--max_gold must be at least 1 (each question needs a gold instance), got {self.max_gold!r}")
+        if not isinstance(self.held_out, int) or self.held_out < 0:
+            raise ValueError(f"--held_out must be 0 or more, got {self.held_out!r}")
         for name in ("distractors", "max_per_dataset", "max_facts"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
@@ -245,6 +248,8 @@ class BuildResult:
     errors: ErrorLog
     decisions: Counter = field(default_factory=Counter)  # questions labelled [Retrieval] / [No Retrieval]
     duplicates: Counter = field(default_factory=Counter)  # per dataset, questions an earlier input already gave
+    held_out: list[Instance] = field(default_factory=list)  # instances of the held-out questions (config.held_out)
+    held_out_questions: int = 0
 
 
 def build(
@@ -280,29 +285,36 @@ def build(
         for ex in kept:
             by_dataset[ex.dataset].append(ex)
     sampled_out: Counter = Counter()
-    instances: list[Instance] = []
-    questions: Counter = Counter()
-    decisions: Counter = Counter()
+    chosen: list[QAExample] = []
     for dataset in sorted(by_dataset):
         examples = by_dataset[dataset]
         if config.max_per_dataset is not None and len(examples) > config.max_per_dataset:
             keep = sorted(rng.sample(range(len(examples)), config.max_per_dataset))
             sampled_out[dataset] = len(examples) - len(keep)
             examples = [examples[i] for i in keep]
-        for ex in examples:
-            try:
-                made = instances_for(ex, config)
-            except RowError as err:
-                errors.report(err)
-                continue
-            questions[dataset] += 1
-            decisions[RETRIEVAL if labels.needs_retrieval(ex) else NO_RETRIEVAL] += 1
-            instances.extend(made)
+        chosen += examples
+    held_out_ids = {id(chosen[i]) for i in rng.sample(range(len(chosen)), min(config.held_out, len(chosen)))}
+    instances: list[Instance] = []
+    held_out: list[Instance] = []
+    questions: Counter = Counter()
+    decisions: Counter = Counter()
+    for ex in chosen:
+        try:
+            made = instances_for(ex, config)
+        except RowError as err:
+            errors.report(err)
+            continue
+        if id(ex) in held_out_ids:
+            held_out.extend(made)
+            continue
+        questions[ex.dataset] += 1
+        decisions[RETRIEVAL if labels.needs_retrieval(ex) else NO_RETRIEVAL] += 1
+        instances.extend(made)
     if critic is not None:
-        for inst in instances:
+        for inst in instances + held_out:
             critic.relabel(inst)
     rng.shuffle(instances)
-    return BuildResult(instances, questions, excluded, sampled_out, errors, decisions, duplicates)
+    return BuildResult(instances, questions, excluded, sampled_out, errors, decisions, duplicates, held_out, len(held_out_ids))
 
 
 # ------------------------------------------------------------------------------------------ stats
@@ -360,6 +372,8 @@ def build_report(result: BuildResult, tokenizer=None, tokenizer_name: str | None
         "excluded": sum(result.excluded.values()),
         "excluded_by_dataset": dict(result.excluded),
         "duplicates": sum(result.duplicates.values()),
+        "held_out_questions": result.held_out_questions,
+        "held_out_instances": len(result.held_out),
         "rows_skipped": result.errors.count,
         "skipped_by_field": result.errors.by_field(),
         "skipped_by_file": result.errors.by_file(),

@@ -86,6 +86,12 @@ class DataArguments:
         metadata={"help": "training instances: a hub dataset (shayekh/openrag_train_data) or a local file from `openrag data build`"},
     )
     data_subset: str = field(default=None, metadata={"help": "subset (configuration) of a hub dataset, e.g. 'moe'"})
+    eval_data_path: str = field(
+        default=None,
+        metadata={"help": "held-out instances (an `openrag data build` file of questions kept out of --data_path), checked "
+                          "every --eval_steps with --eval_strategy steps: loss, relevance AUC and balanced accuracy, "
+                          "retrieval AUC; --metric_for_best_model loss (or relevance_auc) keeps the best checkpoint"},
+    )
     model_max_length: int = field(default=4096, metadata={"help": "instances are truncated to this many tokens"})
     packing: bool = field(
         default=False,

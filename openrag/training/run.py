@@ -29,6 +29,9 @@ def run_training(
     from transformers import set_seed
 
     resume = resume_target(args.resume_from_checkpoint, args.output_dir)  # before the model: a bad one is refused at once
+    if getattr(args.eval_strategy, "value", args.eval_strategy) != "no" and not data_args.eval_data_path:
+        raise ValueError("--eval_strategy needs held-out instances: give --eval_data_path (e.g. the .held_out.jsonl of "
+                         "`openrag data build --held_out N`), or --eval_strategy no")
     set_seed(args.seed)  # before the experts are initialised, so that a run is reproducible
     setup = build_model(model_args, moe_args, bf16=args.bf16, fp16=args.fp16)
     if model_args.init_from and not resume:  # a resumed run takes everything from its checkpoint
@@ -41,12 +44,18 @@ def run_training(
     cache_dir = Path(args.output_dir) / "tokenized" if data_args.tokenized_cache else None
     with args.main_process_first(desc="tokenising the training data"):
         dataset = load_tokenized(data_args.data_path, data_args.data_subset, setup.tokenizer, data_args.model_max_length, cache_dir)
+    held_out = None
+    if data_args.eval_data_path:
+        with args.main_process_first(desc="tokenising the held-out data"):
+            held_out = load_tokenized(data_args.eval_data_path, None, setup.tokenizer, data_args.model_max_length, cache_dir)
+        log.info("%d held-out instances, checked every %s steps", len(held_out), args.eval_steps)
     lengths = dataset.lengths
     log.info("%d training instances, %d tokens (mean %.0f, max %d)", len(dataset), sum(lengths), sum(lengths) / len(lengths), max(lengths))
     trainer = OpenRAGTrainer(
         model=setup.model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=held_out,
         data_collator=PackingCollator(setup.tokenizer.pad_token_id, data_args.model_max_length) if data_args.packing
         else Collator(setup.tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         processing_class=setup.tokenizer,

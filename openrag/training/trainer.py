@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from ..data.tokenize import IGNORE_INDEX
 from ..model.experts import moe_adapters
 from .checkpointing import load_checkpoint, save_checkpoint
 from .data import TokenizedDataset
+from .held_out import CritiqueScores
 from .routing import LoadMeter, load_balancing_loss
 from .setup import TrainableModel, embedding_weights
 
@@ -99,6 +101,38 @@ class OpenRAGTrainer(Trainer):
                 loss = loss + self.aux_coef * aux / steps
         return (loss, outputs) if return_outputs else loss
 
+    # --- held-out check -------------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Loss and critique of the held-out instances (held_out.py), logged and returned for the best-checkpoint choice."""
+        start = time.perf_counter()
+        loader = self.get_eval_dataloader(eval_dataset)
+        model, was_training = self.model, self.model.training
+        model.eval()
+        scores = CritiqueScores(self.setup.tokenizer)
+        loss_sum, count = 0.0, 0
+        with torch.no_grad():
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                batch.pop("token_mask", None)
+                total, n, outputs = target_loss(model, batch, self._target_weights)
+                targets = batch["labels"][:, 1:]  # [B, T-1], in the order target_loss keeps logits
+                scores.add(outputs.logits, targets[targets != IGNORE_INDEX])
+                loss_sum, count = loss_sum + float(total), count + n
+        model.train(was_training)
+        if self.accelerator.num_processes > 1:  # every rank saw its shard: pool the sums and the scores
+            parts = [None] * self.accelerator.num_processes
+            torch.distributed.all_gather_object(parts, (loss_sum, count, scores.shares, scores.positive))
+            loss_sum, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            for name in scores.shares:
+                scores.shares[name] = [x for p in parts for x in p[2][name]]
+                scores.positive[name] = [x for p in parts for x in p[3][name]]
+        metrics = {"loss": loss_sum / max(count, 1), **scores.metrics(), "runtime": time.perf_counter() - start}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     # --- logging --------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -148,6 +182,18 @@ class OpenRAGTrainer(Trainer):
         log.info("saving checkpoint to %s", output_dir)
         save_checkpoint(self.setup, output_dir, state_dict=state_dict, official=getattr(self.args, "save_official_layout", False))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """A checkpoint kept without its optimizer state (scripts/keep_checkpoint.py: Adam's moments are too large
+        for git) resumes with its learning-rate schedule where it stopped and the moments started afresh."""
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        folder = Path(checkpoint) if checkpoint is not None else None
+        if folder is not None and not (folder / OPTIMIZER_NAME).is_file() and (folder / SCHEDULER_NAME).is_file():
+            log.warning("%s holds no optimizer state: Adam's moments start afresh, the learning-rate schedule goes on", folder)
+            self.lr_scheduler.load_state_dict(torch.load(folder / SCHEDULER_NAME, weights_only=True))
+            return
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         log.info("resuming from %s", resume_from_checkpoint)
