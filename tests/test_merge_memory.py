@@ -24,9 +24,9 @@ MEASURE = r"""
 import gc, json, sys, threading, time
 from pathlib import Path
 import torch
-from peft import PeftModel  # imported before the baseline: what a merge imports is not what it holds
-from peft.tuners.lora import LoraLayer
-from transformers import AutoTokenizer, LlamaForCausalLM
+from peft import PeftModel  # noqa: F401  imported before the baseline: what a merge imports is not what it holds
+from peft.tuners.lora import LoraLayer  # noqa: F401
+from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: F401
 from openrag import load_model
 from openrag.model.merge import merge
 
@@ -45,13 +45,13 @@ def growth(step):
     gc.collect()
     time.sleep(0.05)
     peak[0] = start = anonymous()
-    result = step()
+    kept = step()  # held while the sampler catches up
     time.sleep(0.05)
-    return peak[0] - start, result
+    return peak[0] - start
 
 checkpoint, out = sys.argv[1:3]
-merged, _ = growth(lambda: merge(checkpoint, output_dir=out))
-loaded, pair = growth(lambda: load_model(out, dtype=torch.bfloat16, device="cpu"))
+merged = growth(lambda: merge(checkpoint, output_dir=out))
+loaded = growth(lambda: load_model(out, dtype=torch.bfloat16, device="cpu"))
 print(json.dumps({"merge": merged, "load": loaded}))
 """
 
