@@ -167,3 +167,38 @@ def test_loading_names_a_bad_expert_entry_in_the_adapter_config(trained, tmp_pat
     (ckpt / "openrag_config.json").write_text(json.dumps({**config, "moe": moe}))
     with pytest.raises(CheckpointError, match=f"openrag_config.json: expert setting {said}"):
         load_model(str(ckpt), device="cpu")
+
+
+def test_a_bf16_base_merges_in_float32_rounded_once(tmp_path):
+    """The merge holds the model in bf16, yet each merged weight is (base + what the adapter adds) summed in float32
+    and rounded once, as merging a float32 copy would give: computed here from the saved files."""
+    from safetensors.torch import load_file
+
+    from openrag.model.layouts import NEW_EMBED_KEY, NEW_LM_HEAD_KEY
+
+    from .conftest import make_tiny_llama_for
+    from .train_helpers import word_tokenizer
+
+    base, out = tmp_path / "base", tmp_path / "out"
+    tokenizer = word_tokenizer()
+    make_tiny_llama_for(tokenizer).to(torch.bfloat16).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    run_train(train_argv(base, write_dataset(tmp_path / "data.jsonl"), out, "--max_steps", "2", "--learning_rate", "2e-2"))
+    merged = load_file(str(merge(out, output_dir=tmp_path / "merged") / "model.safetensors"))
+    base_weights = {k: v.float() for k, v in load_file(str(base / "model.safetensors")).items()}
+    rows = load_file(str(out / "adapter.safetensors"))
+    base_weights["model.embed_tokens.weight"] = torch.cat([base_weights["model.embed_tokens.weight"], rows[NEW_EMBED_KEY]])
+    base_weights["lm_head.weight"] = torch.cat([base_weights["lm_head.weight"], rows[NEW_LM_HEAD_KEY]])
+    lora = load_file(str(out / "lora" / "adapter_model.safetensors"))
+    settings = json.loads((out / "lora" / "adapter_config.json").read_text())
+    scale = settings["lora_alpha"] / settings["r"]
+    deltas = {"model.embed_tokens.weight": (lora["base_model.model.model.embed_tokens.lora_embedding_B"]
+                                            @ lora["base_model.model.model.embed_tokens.lora_embedding_A"]).T}  # [V, D]
+    for key_a in (k for k in lora if k.endswith(".lora_A.weight")):
+        name = key_a.removeprefix("base_model.model.").replace(".mlp.dense_mlp.", ".mlp.").replace(".lora_A", "")
+        deltas[name] = lora[key_a.replace("lora_A", "lora_B")] @ lora[key_a]  # [out, r] @ [r, in]
+    assert len(deltas) == 2 + 2 * 7
+    for name, weight in merged.items():
+        assert weight.dtype == torch.bfloat16, name
+        expected = base_weights[name] + scale * deltas[name] if name in deltas else base_weights[name]
+        assert torch.equal(weight, expected.to(torch.bfloat16)), name

@@ -293,16 +293,6 @@ def test_seed_command_line_parses():
     assert model_args.lora_r == 64 and model_args.lora_alpha == 16 and "embed_tokens" in model_args.lora_targets
 
 
-def test_four_bit_needs_cuda(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    from openrag.training.args import ModelArguments, MoEArguments
-    from openrag.training.setup import build_model
-
-    with pytest.raises(ValueError, match="CUDA"):
-        build_model(ModelArguments(str(write_base(tmp_path / "base")), bits=4), MoEArguments(4, 2, 8))
-
-
 def test_training_a_merged_checkpoint_is_refused(tmp_path):
     from openrag.training.args import ModelArguments, MoEArguments
     from openrag.training.setup import build_model

@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default=None, help="where the merged model goes (default: MODEL_PATH/merged)")
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-        help="dtype of the saved weights; auto: the base checkpoint's own (merging itself runs in float32)",
+        help="dtype of the saved weights, and of the merge's own copy; auto: the base checkpoint's own "
+             "(the LoRA and new token rows are added in float32 and rounded once)",
     )
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -108,33 +109,49 @@ def safetensors_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
-def read_tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Key -> shape from the safetensors headers, without reading the tensors."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in files:
+class SafetensorsTensors(Mapping[str, torch.Tensor]):
+    """The tensors of safetensors files whose key ``keep`` accepts, as a mapping that reads a tensor from disk only
+    when it is looked up; ``shapes`` come from the headers. A loader that takes one layer at a time holds one layer's
+    tensors, never the whole file's."""
+
+    def __init__(self, files: list[Path], keep: Callable[[str], bool] = lambda key: True):
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._file: dict[str, Path] = {}
+        for path in files:
+            try:
+                with safe_open(path, framework="pt") as f:
+                    for key in f.keys():
+                        if keep(key):
+                            self.shapes[key], self._file[key] = tuple(f.get_slice(key).get_shape()), path
+            except Exception as err:  # safetensors raises its own error types for truncated or corrupt headers
+                raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download or re-save it") from err
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        path = self._file[key]
         try:
             with safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    shapes[key] = tuple(f.get_slice(key).get_shape())
-        except Exception as err:  # safetensors raises its own error types for truncated or corrupt headers
-            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download or re-save it") from err
-    return shapes
+                return f.get_tensor(key)
+        except Exception as err:
+            raise CheckpointError(f"{path}: cannot read tensor {key!r} ({err}); the file may be truncated") from err
+
+    def __contains__(self, key) -> bool:
+        return key in self.shapes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def read_tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape from the safetensors headers, without reading the tensors."""
+    return SafetensorsTensors(files).shapes
 
 
 def read_tensors(files: list[Path], keep) -> dict[str, torch.Tensor]:
-    """Tensors whose key satisfies ``keep(key)``, from several safetensors files."""
-    out: dict[str, torch.Tensor] = {}
-    for path in files:
-        try:
-            with safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    if keep(key):
-                        out[key] = f.get_tensor(key)
-        except CheckpointError:
-            raise
-        except Exception as err:
-            raise CheckpointError(f"{path}: cannot read tensors ({err}); the file may be truncated") from err
-    return out
+    """Tensors whose key satisfies ``keep(key)``, from several safetensors files, all read now."""
+    return dict(SafetensorsTensors(files, keep))
 
 
 def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str, optional=()) -> None:
@@ -165,21 +182,23 @@ def moe_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_moe_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
-    """Load released-layout expert tensors into an injected model, checking every key and shape.
+def load_moe_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Load released-layout expert tensors into an injected model, checking every key and shape first, then one
+    layer at a time (a :class:`SafetensorsTensors` is read layer by layer).
 
     Keys may carry any prefix before ``layers.{i}`` (``base_model.model.model.layers...`` in the
     released training checkpoints)."""
-    by_layer: dict[str, torch.Tensor] = {}
-    for key, tensor in tensors.items():
+    shapes = tensors.shapes if isinstance(tensors, SafetensorsTensors) else {k: tuple(v.shape) for k, v in tensors.items()}
+    source: dict[str, str] = {}  # released name -> key in tensors
+    for key in shapes:
         m = _LAYER_PREFIX.match(key)
         if m is None:
             raise CheckpointError(f"{where}: unexpected tensor {key!r}; expert keys look like model.layers.N.mlp.moe_adapter.*")
         name = m.group(2).replace(".default.", ".")  # a PEFT-wrapped module name, if any
-        by_layer[f"model.layers.{m.group(1)}.mlp.moe_adapter.{name}"] = tensor
+        source[f"model.layers.{m.group(1)}.mlp.moe_adapter.{name}"] = key
     expected = {k: tuple(v.shape) for k, v in moe_state_dict(model).items()}
-    check_shapes(expected, {k: tuple(v.shape) for k, v in by_layer.items()}, where)
-    extra = sorted(set(by_layer) - set(expected))
+    check_shapes(expected, {name: shapes[key] for name, key in source.items()}, where)
+    extra = sorted(set(source) - set(expected))
     if extra:
         raise CheckpointError(f"{where}: tensor {extra[0]!r} has no place in this model (is num_experts or the layer count different?)")
     for i, layer in enumerate(decoder_layers(model)):
@@ -187,7 +206,7 @@ def load_moe_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], wher
         if adapter is None:
             continue
         prefix = f"model.layers.{i}.mlp.moe_adapter."
-        adapter.load_state_dict({k[len(prefix):]: v for k, v in by_layer.items() if k.startswith(prefix)}, strict=True)
+        adapter.load_state_dict({name[len(prefix):]: tensors[key] for name, key in source.items() if name.startswith(prefix)}, strict=True)
 
 
 # --- the adapter layout ------------------------------------------------------------------------
@@ -297,8 +316,8 @@ def read_released_moe_bin(path: str | Path) -> dict[str, torch.Tensor]:
     """The ``moe_model.bin`` of a released training checkpoint (routers and experts), read without
     unpickling arbitrary objects: ``torch.load(weights_only=True)`` accepts tensors and plain containers only."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # memory-mapped (read as the experts are loaded) unless it is in torch's legacy, non-zip format
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:
         raise CheckpointError(f"{path}: not a tensors-only torch file ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -50,13 +50,36 @@ def resolve_folder(name_or_path: str) -> Path:
         ) from err
 
 
-def default_dtype(device: torch.device, config_dtype) -> torch.dtype:
-    """float32 on the CPU (the fast path without AVX-512 bf16); the checkpoint's own dtype on GPUs."""
-    if device.type == "cpu":
-        return torch.float32
+FLOAT32_MEMORY_SHARE = 0.8  # float32 on the CPU while its weights take at most this share of the memory available
+
+
+def default_dtype(device: torch.device, config_dtype, float32_bytes: int | None = None) -> torch.dtype:
+    """The checkpoint's own dtype on GPUs. On the CPU float32 (the fast path without AVX-512 bf16), unless the
+    weights in float32 (``float32_bytes``, when known) would take more than FLOAT32_MEMORY_SHARE of the memory
+    available now: then the checkpoint's own dtype (a 7B model: bf16 fits a 24 GB machine, float32 does not)."""
     if isinstance(config_dtype, str):
         config_dtype = getattr(torch, config_dtype, None)
-    return config_dtype if isinstance(config_dtype, torch.dtype) else torch.bfloat16
+    own = config_dtype if isinstance(config_dtype, torch.dtype) else torch.bfloat16
+    if device.type != "cpu":
+        return own
+    available = available_memory()
+    if float32_bytes is None or available is None or float32_bytes <= FLOAT32_MEMORY_SHARE * available:
+        return torch.float32
+    log.warning("loading in %s, the checkpoint's dtype: in float32 its weights (%.1f GB) would not fit in the %.1f GB of memory "
+                "available (ask --dtype, or dtype= in Python, to choose)", str(own).removeprefix("torch."), float32_bytes / 1e9,
+                available / 1e9)
+    return own
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass
@@ -137,17 +160,19 @@ def _load_dense_or_merged(folder: Path, dtype, device):
     config = read_config(folder)
     moe = ckpt.released_moe_config(config)
     files = ckpt.safetensors_files(folder)
+    float32_bytes = None
     if files:
         found = ckpt.read_tensor_shapes(files)
         tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
         expected = _expected_shapes(config)
         ckpt.check_shapes(expected, found, str(folder), optional=tied)
+        float32_bytes = 4 * sum(torch.Size(shape).numel() for shape in found.values())
     elif moe is not None:
         raise ckpt.CheckpointError(f"{folder}: the expert weights must be in safetensors files; none found")
     elif not any(folder.glob("pytorch_model*.bin")):
         raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or pytorch_model*.bin): "
                                 "give the whole checkpoint folder")
-    dtype = dtype or default_dtype(device, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+    dtype = dtype or default_dtype(device, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), float32_bytes)
     quiet = logging.getLogger("transformers.modeling_utils")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the expert tensors are "unexpected" to the dense class; we load them below
@@ -158,31 +183,58 @@ def _load_dense_or_merged(folder: Path, dtype, device):
     tokenizer = read_tokenizer(folder)
     if moe is not None:
         inject_moe(model, moe.num_experts, moe.topk, moe.adapter_dim, moe.moe_scaling)
-        tensors = ckpt.read_tensors(files, keep=lambda k: ".moe_adapter." in k)
-        ckpt.load_moe_state_dict(model, tensors, str(folder))
+        ckpt.load_moe_state_dict(model, ckpt.SafetensorsTensors(files, keep=lambda k: ".moe_adapter." in k), str(folder))
     return model.to(device), tokenizer
 
 
 def load_adapter(folder: Path, dtype, device, base_model: str | None = None) -> LoadedModel:
-    """``base_model``: the base to load under the adapter, if not the one the checkpoint names (moved or renamed)."""
+    """``base_model``: the base to load under the adapter, if not the one the checkpoint names (moved or renamed).
+
+    The base loads in ``dtype`` (default: :func:`default_dtype`'s) and the adapter's weights go into it; what the
+    adapter adds to base weights (a LoRA, the new token rows) is summed in float32 and rounded once, so that a
+    bf16 model is never held in float32 whole."""
     config = ckpt.AdapterConfig.read(folder)
     model, _ = load_model(base_model or config.base_model, dtype=dtype, device="cpu")
+    dtype = model.dtype
+    embeddings_to_float32(model)
     tokenizer = read_tokenizer(folder)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # its tokenizer has the reflection tokens
     if config.moe:  # the same order as training: experts first, then LoRA over the dense projections
         m = ckpt.moe_settings(config.moe, str(folder / ckpt.ADAPTER_CONFIG))
         inject_moe(model, m.num_experts, m.topk, m.adapter_dim, m.moe_scaling, m.dropout)
-    tensors = ckpt.read_tensors([folder / ckpt.ADAPTER_WEIGHTS], keep=lambda k: True)
-    experts = {k: v for k, v in tensors.items() if ".moe_adapter." in k}
+    weights = [folder / ckpt.ADAPTER_WEIGHTS]
     if config.moe:
-        ckpt.load_moe_state_dict(model, experts, str(folder / ckpt.ADAPTER_WEIGHTS))
-    rows = {k: v for k, v in tensors.items() if k.startswith("new_token_rows.")}
-    ckpt.load_new_token_rows(model, rows, config.num_base_tokens, str(folder / ckpt.ADAPTER_WEIGHTS))
+        ckpt.load_moe_state_dict(model, ckpt.SafetensorsTensors(weights, keep=lambda k: ".moe_adapter." in k), str(weights[0]))
+    rows = ckpt.read_tensors(weights, keep=lambda k: k.startswith("new_token_rows."))
+    ckpt.load_new_token_rows(model, rows, config.num_base_tokens, str(weights[0]))
     if config.lora:  # last: a LoRA on embed_tokens/lm_head adds its delta to the new rows just loaded, as in training
-        from peft import PeftModel
+        model = merge_lora(model, folder / ckpt.ADAPTER_LORA_DIR)
+    return LoadedModel(model.to(device=device, dtype=dtype), tokenizer, config.prompt_format)
 
-        model = PeftModel.from_pretrained(model, str(folder / ckpt.ADAPTER_LORA_DIR)).merge_and_unload()
-    return LoadedModel(model.to(device=device, dtype=dtype or model.dtype), tokenizer, config.prompt_format)
+
+def embeddings_to_float32(model: nn.Module) -> None:
+    """The input and output embeddings in float32 (a tied pair stays one matrix): rows added to them, and a LoRA's
+    delta on them, are then rounded once, when the model goes to its dtype."""
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            module.float()
+
+
+def merge_lora(model: nn.Module, lora_dir: Path) -> nn.Module:
+    """``model`` with the PEFT LoRA in ``lora_dir`` folded in: each weight gets ``scale * B @ A`` added in float32
+    and is rounded once to its own dtype, one module at a time."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = PeftModel.from_pretrained(model, str(lora_dir))
+    for module in wrapped.modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            dtype = weight.dtype
+            weight.data = weight.data.float()
+            module.merge()
+            weight.data = weight.data.to(dtype)
+    return wrapped.unload()
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

@@ -5,6 +5,10 @@ as modules, writing the merged layout (docs/method.md section 1.2) that ``openra
 Two checkpoint layouts are understood: ours (``openrag_config.json``: expert settings, base, LoRA flag)
 and the released trainer's (``adapter_model/`` PEFT LoRA + ``moe_model.bin``, expert settings from a
 ``config.json`` beside them). Expert settings always come from the checkpoint, never from defaults.
+
+Memory: the merged model once, plus the LoRA and the embeddings in float32 and one layer's experts as read. The
+base loads in the dtype to be saved (its own by default), the experts are read layer by layer, and what the adapter
+adds to base weights is summed in float32 one matrix at a time (BENCHMARKS.md: a 7B-shaped merge).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .layouts import (
     released_training_moe_config,
     save_merged,
 )
-from .loading import load_adapter, load_model, read_config, read_tokenizer, resolve_folder
+from .loading import embeddings_to_float32, load_adapter, load_model, merge_lora, read_config, read_tokenizer, resolve_folder
 from .reflection import add_reflection_tokens
 
 log = logging.getLogger(__name__)
@@ -44,13 +48,11 @@ def merge(model_path: str | Path, base_model: str | None = None, output_dir: str
     out = _new_folder(Path(output_dir) if output_dir else Path(model_path).expanduser() / "merged")
     if (folder / ADAPTER_CONFIG).is_file():
         base_name = base_model or _recorded_base(folder)
-        model, tokenizer = load_adapter(folder, torch.float32, "cpu", base_model=base_name).pair
+        model, tokenizer = load_adapter(folder, _save_dtype(dtype, base_name), "cpu", base_model=base_name).pair
     else:
         if base_model is None:
             raise ValueError(f"{folder} is a released-layout checkpoint, which does not name its base: pass --base_model")
-        model, tokenizer = _load_official(folder, base_model)
-        base_name = base_model
-    model.to(_save_dtype(dtype, base_name))
+        model, tokenizer = _load_official(folder, base_model, _save_dtype(dtype, base_model))
     with output_lock(out, "openrag merge"):
         _new_folder(out)  # again, now that no other merge can be writing it
         for stale in out.parent.glob(f".{out.name}.tmp*"):  # left by a merge that was killed
@@ -97,20 +99,19 @@ def _save_dtype(dtype: str, base_name: str) -> torch.dtype:
     return found if isinstance(found, torch.dtype) else torch.float32
 
 
-def _load_official(folder: Path, base_model: str):
+def _load_official(folder: Path, base_model: str, dtype: torch.dtype):
     """The released layout: LoRA over the dense base first (its keys name the dense ``mlp.gate_proj``),
-    then the experts."""
+    then the experts; in ``dtype``, what is added to the base summed in float32 (as :func:`load_adapter` does)."""
     moe = released_training_moe_config(folder)
-    model, tokenizer = load_model(base_model, dtype=torch.float32, device="cpu")
+    model, tokenizer = load_model(base_model, dtype=dtype, device="cpu")
+    embeddings_to_float32(model)
     if any(folder.glob("tokenizer*")):
         tokenizer = read_tokenizer(folder)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     else:
         add_reflection_tokens(model, tokenizer)
     if (folder / RELEASED_LORA_DIR).is_dir():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(folder / RELEASED_LORA_DIR)).merge_and_unload()
+        model = merge_lora(model, folder / RELEASED_LORA_DIR)
     inject_moe(model, moe.num_experts, moe.topk, moe.adapter_dim, moe.moe_scaling)
     load_moe_state_dict(model, read_released_moe_bin(folder / RELEASED_MOE_FILE), str(folder / RELEASED_MOE_FILE))
-    return model, tokenizer
+    return model.to(dtype), tokenizer

@@ -28,7 +28,7 @@ class ModelArguments:
     )
     bits: int = field(
         default=16,
-        metadata={"help": "4: QLoRA, the frozen base in 4-bit NF4 (needs CUDA and bitsandbytes); 16: no quantisation"},
+        metadata={"help": "4: QLoRA, the frozen base in 4-bit NF4 (needs bitsandbytes; on a CUDA GPU or the CPU); 16: no quantisation"},
     )
     lora_r: int = field(default=64, metadata={"help": "LoRA rank on the dense projections; 0 trains no LoRA"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})

@@ -103,19 +103,22 @@ def _check_dense(folder: Path, name: str):
 
 
 def _four_bit_kwargs(dtype: torch.dtype) -> dict:
-    if not torch.cuda.is_available():
-        raise ValueError("--bits 4 (QLoRA) needs a CUDA GPU; on the CPU train with --bits 16")
+    """QLoRA's loading: the frozen base in NF4 (double-quantised), on the GPU of this rank or on the CPU.
+    The 4-bit layers compute in the run's dtype; a float32 run computes in bfloat16 on CUDA (QLoRA's recipe)
+    and in float32 on the CPU (bitsandbytes' CPU backend takes either)."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--bits 4 (QLoRA) needs bitsandbytes: pip install 'openrag[qlora]'")
     from transformers import BitsAndBytesConfig
 
+    cuda = torch.cuda.is_available()
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16,
+        bnb_4bit_compute_dtype=torch.bfloat16 if cuda and dtype == torch.float32 else dtype,
     )
-    return {"quantization_config": quant, "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
+    device = int(os.environ.get("LOCAL_RANK", 0)) if cuda else "cpu"
+    return {"quantization_config": quant, "device_map": {"": device}}
 
 
 def _add_lora(model: nn.Module, model_args: ModelArguments) -> nn.Module:
