@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
+from openrag.localpaths import check_local_or_hub
 from openrag.retrieval.corpus import passage_text
 from openrag.retrieval.passage import RetrievedPassage
 
@@ -26,6 +27,8 @@ class CrossEncoderReranker:
         self.max_length = max_length
         if encoder is not None:
             self.model = encoder  # given: the cached_property never loads one
+        else:
+            check_local_or_hub(model, "cross-encoder (--rerank)")
 
     @cached_property
     def model(self):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..model.loading import resolve_folder
 from .args import DataArguments, ModelArguments, MoEArguments, OpenRAGTrainingArguments
 from .checkpointing import resume_folder, warm_start
 from .data import Collator, PackingCollator, load_tokenized
@@ -29,6 +30,8 @@ def run_training(
     from transformers import set_seed
 
     resume = resume_target(args.resume_from_checkpoint, args.output_dir)  # before the model: a bad one is refused at once
+    if model_args.init_from and not resume:
+        resolve_folder(model_args.init_from)  # likewise a missing --init_from folder (warm_start reads it later)
     set_seed(args.seed)  # before the experts are initialised, so that a run is reproducible
     setup = build_model(model_args, moe_args, bf16=args.bf16, fp16=args.fp16)
     if model_args.init_from and not resume:  # a resumed run takes everything from its checkpoint
