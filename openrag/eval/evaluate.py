@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..answer.backends import BackendOptions
+from ..data.fingerprint import dataset_identity
 from ..jsonfiles import read_json_object
 from ..registry import check_choice, unknown
 from .metrics import METRICS
@@ -118,7 +119,7 @@ def load_questions(req: EvalRequest, config: RunConfig) -> Loaded:
 
 
 def run_config(req: EvalRequest, output_file: Path | None = None) -> RunConfig:
-    settings = {"model": req.model_name, "dataset": req.dataset, **req.options}
+    settings = {"model": req.model_name, **dataset_identity(req.dataset), **req.options}
     if req.baseline is not None:
         settings["baseline"] = req.baseline
     if req.backend.backend != "torch":  # recorded only when not the default, so older runs resume as they were
