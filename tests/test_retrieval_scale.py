@@ -313,6 +313,35 @@ def test_shards_merge_into_the_single_build(tmp_path, corpus, encoder):
         merge_index([shards[0], tmp_path / "other", shards[2]], tmp_path / "merged2")
 
 
+def test_shards_of_different_counts_are_not_merged(tmp_path, corpus):
+    """Issue 31: shard 0/2 and shard 1/3 are parts of two builds, not "a build missing chunk 3"."""
+    build_index(corpus, tmp_path / "a", chunk_size=4, shard=(0, 2), show_progress=False)
+    build_index(corpus, tmp_path / "b", chunk_size=4, shard=(1, 3), show_progress=False)
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'b'} is shard 1/3 and {tmp_path / 'a'} is shard 0/2: different "
+                                         "shard counts"):
+        merge_index([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_build_that_did_not_finish_is_named_so(tmp_path, corpus, monkeypatch, capsys):
+    """Issue 31: `ask --index .NAME.building` is a stopped build to resume, not "one shard of a sharded build"."""
+    from openrag.answer import OpenRAG
+    from openrag.cli import main
+
+    kill_at(monkeypatch, BM25Writer, 2)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(corpus, tmp_path / "idx", chunk_size=5, show_progress=False)
+    half = tmp_path / ".idx.building"
+    capsys.readouterr()
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("the model was loaded")))
+    with pytest.raises(SystemExit) as done:
+        main(["ask", "Which city?", "--index", str(half)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"{half} is a build that did not finish" in err, err
+    assert f"`openrag index --corpus {corpus} --output {tmp_path / 'idx'}` command again to resume it" in err
+    assert "shard" not in err
+
+
 # --- faiss factory strings and search parameters -----------------------------------------------------------------
 
 @pytest.mark.parametrize("factory, params", [("Flat", ""), ("HNSW8", "efSearch=64"), ("SQ8", ""),

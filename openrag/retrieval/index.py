@@ -236,8 +236,7 @@ def read_manifest(folder: Path) -> dict:
         raise FileNotFoundError(f"index {folder} does not exist: build it with `openrag index --corpus CORPUS --output {folder}`")
     if not (folder / MANIFEST).is_file():
         if (folder / building.BUILD).is_file():
-            raise FileNotFoundError(f"{folder} is one shard of a sharded build, not an index: merge the shards with "
-                                    f"`openrag index --merge SHARD_FOLDERS... --output INDEX`")
+            raise FileNotFoundError(building.not_an_index(folder))
         raise FileNotFoundError(f"{folder} is not an openrag index (no {MANIFEST}): build one with "
                                 f"`openrag index --corpus CORPUS --output {folder}`")
     manifest = read_json_object(folder / MANIFEST, "rebuild the index with `openrag index --overwrite`")
