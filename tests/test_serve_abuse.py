@@ -237,6 +237,20 @@ def test_the_budget_counts_the_chain_row():
     assert request_tokens(count, "qqq", None, {**chain, "ndocs": 4}, None, limit=10**6).rows == 6  # the index's passages
 
 
+def test_the_budget_counts_a_passage_as_the_engine_keeps_it():
+    """Issue 31: with max_passage_tokens (the server's, never a request's) a passage costs at most that many tokens."""
+    from openrag.answer import AnswerOptions
+
+    passages = [{"title": "ab", "text": "x" * 100}, {"title": "", "text": "short"}]
+    capped = AnswerOptions(max_passage_tokens=10, chain=True)
+    work = request_tokens(len, "qqq", passages, {"ndocs": 2, "max_new_tokens": 1}, capped, limit=53)
+    assert work.prompt_tokens == 4 * 3 + 2 * ((2 + 10) + (0 + 5)) and work.complete  # tokenised: each text <= 10
+    work = request_tokens(len, "qqq", passages, {"ndocs": 2, "max_new_tokens": 1}, capped, limit=10**6)
+    assert work.prompt_tokens == 4 * 3 + 2 * ((2 + 1 + 10) + (0 + 1 + 6))  # far within: UTF-8 bytes, capped too
+    uncapped = request_tokens(len, "qqq", passages, {"ndocs": 2, "max_new_tokens": 1}, AnswerOptions(chain=True), limit=100)
+    assert uncapped.tokens > 100 and not uncapped.complete
+
+
 def test_host_names_and_settings():
     assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "127.0.0.1", "[::1]")] == ["::1", "localhost", "127.0.0.1", "::1"]
     assert ServeSettings(allowed_hosts=("[::1]", " Example.org ")).allowed_hosts == ("::1", "example.org")
