@@ -403,6 +403,71 @@ def test_a_short_request_overtakes_a_long_one_in_its_own_lane(lanes):
         assert steps[: last_short + 1].count("long question") == 400
 
 
+def test_turns_go_to_the_short_lane_unless_a_long_call_was_passed_over_too_often():
+    import torch
+
+    from openrag.serve.turns import PASSED_LIMIT, Turns
+
+    turns = Turns(torch.nn.Linear(2, 2))
+    turns._waiting = {1: [1, 0, 0], 2: [0, 0, 1], 3: [0, 0, 2]}  # thread: [lane, times passed over, arrival]
+    assert turns._next() == 2  # the short lane first, oldest first
+    turns._waiting[1][1] = PASSED_LIMIT
+    assert turns._next() == 1  # a long call passed over PASSED_LIMIT times goes next
+    turns.close()
+
+
+def test_a_call_waiting_for_its_turn_is_stopped_and_the_turn_moves_on():
+    """A withdrawn call stops while it waits for the model; a forward that raised hands the turn on."""
+    import threading
+
+    import torch
+
+    from openrag.serve.limits import Interrupted
+    from openrag.serve.turns import Turns
+
+    class Gated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.entered, self.release = threading.Event(), threading.Event()
+
+        def forward(self, x):
+            self.entered.set()
+            if not self.release.wait(10):
+                raise AssertionError("never released")
+            if x.sum() > 0:
+                raise ValueError("a forward that fails")
+            return x
+
+    model = Gated()
+    turns, outcomes = Turns(model), {}
+    stops = {"holder": threading.Event(), "waiter": threading.Event(), "next": threading.Event()}
+
+    def call(name: str, lane: int, x: float) -> None:
+        try:
+            with turns.taking_part(lane, stops[name]):
+                model(torch.full((1,), x))
+            outcomes[name] = "done"
+        except (Interrupted, ValueError) as err:
+            outcomes[name] = type(err).__name__
+
+    holder = threading.Thread(target=call, args=("holder", 0, 1.0))
+    holder.start()
+    assert model.entered.wait(10)  # the holder's forward runs and holds the turn
+    waiter = threading.Thread(target=call, args=("waiter", 1, 0.0))
+    waiter.start()
+    time.sleep(0.2)
+    stops["waiter"].set()  # its requests withdrawn while it waits for the model
+    waiter.join(5)
+    assert outcomes == {"waiter": "Interrupted"}
+    model.release.set()  # the holder's forward raises; the turn must still move on
+    holder.join(5)
+    following = threading.Thread(target=call, args=("next", 1, 0.0))
+    following.start()
+    following.join(5)
+    assert outcomes == {"waiter": "Interrupted", "holder": "ValueError", "next": "done"}
+    turns.close()
+
+
 def test_stopping_the_server_stops_the_engine_call_in_progress():
     from openrag.serve import Batcher
     from openrag.serve.batcher import ShuttingDown
