@@ -76,8 +76,8 @@ class EngineStats:
 REFILL_FRACTION = 0.25  # waiting rows join once this share of max_batch has stopped (each join copies the cache)
 # The most positions one prefill forward computes (rows x slice width): a slice of a 135M model takes about a
 # second on a busy CPU core; a GPU is better used by wider ones.
-FORWARD_TOKENS = {"cpu": 256}
-FORWARD_TOKENS_ELSEWHERE = 4096
+FORWARD_TOKENS = 256
+FORWARD_TOKENS_GPU = 4096
 
 
 @dataclass
@@ -121,7 +121,7 @@ class Engine:
                  pad_id: int = 0, forward_tokens: int | None = None):
         self.model = model
         self.device = next(model.parameters()).device
-        self.forward_tokens = forward_tokens or FORWARD_TOKENS.get(self.device.type, FORWARD_TOKENS_ELSEWHERE)
+        self.forward_tokens = forward_tokens or (FORWARD_TOKENS if self.device.type == "cpu" else FORWARD_TOKENS_GPU)
         self.n_layers = model.config.get_text_config().num_hidden_layers
         self.cache_keyword = cache_keyword(model)  # "cache" (transformers >= 5.24) or "past_key_values"
         self.stop_ids = set(int(t) for t in stop_ids)
