@@ -1,7 +1,7 @@
 """Load and abuse on ``openrag serve`` over loopback: well-formed clients beside hostile ones, for a fixed time.
 
     python benchmarks/bench_serve_abuse.py [--model_name smollm2 | --tiny] [--seconds 60] [--well_formed 4]
-                                           [--slow 200] [--threads 1] [--output FILE.json]
+                                           [--slow 200] [--long 3] [--threads 1] [--output FILE.json]
 
 The server runs in its own process with its default limits (``python -m openrag serve`` on 127.0.0.1, a free
 port); this process is the clients, all on asyncio, for ``--seconds``:
@@ -13,9 +13,13 @@ port); this process is the clients, all on asyncio, for ``--seconds``:
 - ``--slow`` slow clients: connections that send a request's headers a few bytes a second and never finish
   them, reopened when the server closes them (header timeout, connection limit);
 - one disconnecting client sending a heavy in-budget request (6 passages, 512 new tokens) and hanging up
-  after half a second, again and again; the server should stop that work.
+  after half a second, again and again; the server should stop that work;
+- ``--long`` clients (issue 31), each sending one of three requests of long passages that are within the
+  default limits, again and again: a 20 KB passage of 5,000 x "𝔘" (some 15k tokens), a 20,000-character English
+  passage, and 14 such passages; the well-formed requests should not wait behind them.
 
-Reported: well-formed requests served, their errors and p50/p95/max latency; what each hostile kind got;
+Reported: well-formed requests served, their errors and p50/p95/max latency (beside the long requests' own);
+what each hostile kind got;
 /health probed twice a second (its worst latency); the server's peak memory (RSS, sampled four times a
 second) and its memory once the load stopped; the server's own counters. Nothing leaves 127.0.0.1, and the
 number of connections and the time are bounded by the flags.
@@ -52,7 +56,9 @@ class Load:
         self.url, self.port, self.stop_at = url, port, stop_at
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
-        self.hostile: dict[str, Counter] = {"oversize": Counter(), "slow": Counter(), "disconnecting": Counter()}
+        self.hostile: dict[str, Counter] = {"oversize": Counter(), "slow": Counter(), "disconnecting": Counter(),
+                                            "long": Counter()}
+        self.long_latencies: list[float] = []
         self.health_latencies: list[float] = []
         self.peak_rss = 0
 
@@ -83,6 +89,22 @@ class Load:
                 except httpx.HTTPError as err:
                     self.hostile["oversize"][type(err).__name__] += 1
                 await asyncio.sleep(0.2)
+
+    async def long(self, body: dict) -> None:
+        """A closed-loop client of in-limit requests of long passages; the one in flight when the load stops is
+        withdrawn (its connection closed)."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=None) as http:
+            while self.running():
+                start = time.perf_counter()
+                try:
+                    r = await asyncio.wait_for(http.post("/v1/answer", json=body), self.stop_at - time.monotonic())
+                    self.hostile["long"][f"HTTP {r.status_code}"] += 1
+                    if r.status_code == 200:
+                        self.long_latencies.append(time.perf_counter() - start)
+                except asyncio.TimeoutError:
+                    self.hostile["long"]["unanswered when the load stopped"] += 1
+                except httpx.HTTPError as err:
+                    self.hostile["long"][type(err).__name__] += 1
 
     async def slow(self) -> None:
         """One connection at a time that trickles headers forever; reopened when the server closes it."""
@@ -143,10 +165,11 @@ class Load:
                 await asyncio.sleep(0.25)
 
 
-async def run_load(server: Server, args, requests: list[dict], oversize: dict, heavy: dict) -> Load:
+async def run_load(server: Server, args, requests: list[dict], oversize: dict, heavy: dict, long: list[dict]) -> Load:
     load = Load(server.url, server.port, time.monotonic() + args.seconds)
     tasks = [load.well_formed(requests, k * 7) for k in range(args.well_formed)]
     tasks += [load.oversize(oversize), load.disconnecting(heavy), load.watch(server.process.pid)]
+    tasks += [load.long(long[k % len(long)]) for k in range(args.long)]
     tasks += [load.slow() for _ in range(args.slow)]
     await asyncio.gather(*tasks)
     return load
@@ -159,6 +182,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the load lasts")
     parser.add_argument("--well_formed", type=int, default=4, help="well-formed clients (closed loop)")
     parser.add_argument("--slow", type=int, default=200, help="connections that never finish their headers")
+    parser.add_argument("--long", type=int, default=3, help="clients sending in-limit requests of long passages")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     parser.add_argument("--data", type=Path, default=DATA)
@@ -171,6 +195,9 @@ def main() -> None:
                 "passages": [{"title": f"P{i}", "text": words(rng, 20_000)} for i in range(32)]}
     heavy = {"question": "Which river runs past the castle?", "mode": "always_retrieve", "ndocs": 6, "max_new_tokens": 512,
              "passages": [{"title": f"P{i}", "text": words(rng, 4_000)} for i in range(6)]}
+    long = [{"question": "What does the passage say?", "mode": "always_retrieve", "max_new_tokens": 16, "ndocs": len(texts),
+             "passages": [{"title": f"P{i}", "text": text} for i, text in enumerate(texts)]}
+            for texts in (["\U0001d518" * 5_000], [words(rng, 20_000)], [words(rng, 20_000) for _ in range(14)])]
     with tempfile.TemporaryDirectory() as tmp:
         model = str(save_tiny_model(Path(tmp) / "tiny")) if args.tiny else args.model_name
         extra = ["--threads", str(args.threads)] if args.threads else []
@@ -179,7 +206,7 @@ def main() -> None:
             server.wait_ready()
             httpx.post(server.url + "/v1/answer", json=requests[0], timeout=300)  # warm-up
             start_rss = psutil.Process(server.process.pid).memory_info().rss
-            load = asyncio.run(run_load(server, args, requests, oversize, heavy))
+            load = asyncio.run(run_load(server, args, requests, oversize, heavy, long))
             time.sleep(2.0)
             end_rss = psutil.Process(server.process.pid).memory_info().rss
             health = server.health()
@@ -187,7 +214,7 @@ def main() -> None:
         finally:
             server.stop()
 
-    ordered = sorted(load.latencies)
+    ordered, long_ordered = sorted(load.latencies), sorted(load.long_latencies)
     health_ordered = sorted(load.health_latencies)
     report = {
         "machine": machine(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -198,6 +225,9 @@ def main() -> None:
                         "latency_p95_s": percentile(ordered, 95) if ordered else None,
                         "latency_max_s": ordered[-1] if ordered else None},
         "hostile": {kind: dict(counts) for kind, counts in load.hostile.items()},
+        "long": {"clients": args.long, "answered": len(long_ordered),
+                 "latency_p50_s": percentile(long_ordered, 50) if long_ordered else None,
+                 "latency_p95_s": percentile(long_ordered, 95) if long_ordered else None},
         "health_probes": {"count": len(health_ordered), "max_latency_s": health_ordered[-1] if health_ordered else None},
         "server_memory_mb": {"before": start_rss / 2**20, "peak": load.peak_rss / 2**20, "after": end_rss / 2**20},
         "server_counters": {k: health[k] for k in ("answered", "failed", "rejected", "over_budget", "timed_out",
@@ -209,6 +239,9 @@ def main() -> None:
           f"p50 {w['latency_p50_s'] or 0:.2f} s, p95 {w['latency_p95_s'] or 0:.2f} s, max {w['latency_max_s'] or 0:.2f} s")
     for kind, counts in report["hostile"].items():
         print(f"  {kind}: {counts}")
+    lg = report["long"]
+    print(f"  beside {lg['clients']} long-passage clients ({lg['answered']} answered, p95 {lg['latency_p95_s'] or 0:.2f} s): "
+          f"well-formed p95 {w['latency_p95_s'] or 0:.2f} s")
     print(f"  /health: {report['health_probes']['count']} probes, worst {report['health_probes']['max_latency_s']:.2f} s")
     print(f"  server memory: {m['before']:.0f} MB before, peak {m['peak']:.0f} MB, {m['after']:.0f} MB after; "
           f"{log_lines} log lines; counters {report['server_counters']}")

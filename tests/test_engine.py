@@ -70,6 +70,29 @@ def test_batched_equals_hf_generate_row_by_row():
     assert len(lengths) > 1, "rows should stop at different steps (the batch shrinks on the way)"
 
 
+@pytest.mark.parametrize("forward_tokens", [1, 4, 9])
+def test_prefill_in_slices_equals_hf_generate(forward_tokens):
+    """Chunked prefill (issue 31): prompts and suffixes computed a few positions per forward give what one forward
+    gives, and no prefill forward computes more than ``forward_tokens`` positions (one row, at least)."""
+    model = make_tiny_llama()
+    prompts, rows = random_rows()
+    stop = pick_stop(model, rows, 12)
+    widths = []  # positions computed by each forward of the engine
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].numel()),
+                                           with_kwargs=True)
+    engine = Engine(model, stop_ids=[stop], watch=WATCH, forward_tokens=forward_tokens)
+    prefixes = engine.prefill(prompts)
+    prefilled = list(widths)
+    results = engine.generate(prefixes, rows, max_new_tokens=12)
+    hook.remove()
+    for (_, ids), r in zip(rows, results):
+        tokens, logp = reference(model, ids, 12, stop)
+        assert r.tokens == tokens
+        assert r.logprobs == pytest.approx([logp[t][tok].item() for t, tok in enumerate(tokens)], abs=1e-4)
+    assert max(prefilled) <= forward_tokens and sum(prefilled) == sum(map(len, prompts))
+    assert all(w <= max(forward_tokens, len(rows)) for w in widths), widths  # a decode step is [B, 1], B <= 6
+
+
 def test_batched_equals_engine_one_row_at_a_time():
     model = make_tiny_llama(seed=3)
     prompts, rows = random_rows(seed=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -161,3 +162,33 @@ def test_report_checks_its_output_paths_before_writing(tmp_path, capsys):
         main(["report", str(metrics), "--plot", str(tmp_path / "chart.xyz")])
     out, err = capsys.readouterr()
     assert done.value.code == 2 and out == "" and "--plot" in err and ".png, .svg, .pdf" in err
+
+
+@pytest.mark.parametrize("field, value", [("em", "NaN"), ("f1", "Infinity"), ("retrieval_frequency", "-Infinity"), ("n", "NaN")])
+def test_report_refuses_non_finite_metrics_naming_file_and_field(tmp_path, capsys, field, value):
+    """Python reads JSON's NaN and Infinity; a table cell "nan" and a bar left out of the chart hid them (issue 31)."""
+    from openrag.cli import main
+
+    path = tmp_path / "broken.metrics.json"
+    path.write_text(json.dumps({"n": 3, "em": 0.5, "f1": 0.6, "retrieval_frequency": 0.2}).replace("}", f', "{field}": {value}}}'))
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(path), "--plot", str(tmp_path / "chart.png")])
+    out, err = capsys.readouterr()
+    assert done.value.code == 2 and out == "" and not (tmp_path / "chart.png").exists()
+    assert err.startswith(f"openrag report: error: {path}: '{field}' is ") and "not a finite number" in err, err
+
+
+def test_report_table_cells_cannot_add_columns_or_rows(tmp_path):
+    """A run name, task or mode holding | or a line break stays in its cell (issue 31)."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    path = folder / "a|b\n| injected | row |.metrics.json"
+    path.write_text(json.dumps({"task": "hotpot|qa", "mode": "x\n|---|\n| fake |", "n": 2, "em": 0.5}))
+    table = markdown_table(load_summaries([path])).splitlines()
+    assert len(table) == 3, table  # header, rule, one run
+    assert table[2] == r"| a\|b \| injected \| row \| | hotpot\|qa | x \|---\| \| fake \| | 2 | 50.0 |  |  |  |"
+    cells = re.split(r"(?<!\\)\|", table[2])  # where a markdown reader splits the row: unescaped bars
+    assert len(cells) == len(re.split(r"(?<!\\)\|", table[0]))
+    path.write_text(json.dumps({"task": "t\\", "mode": "m", "n": 1}))
+    row = markdown_table(load_summaries([path])).splitlines()[2]
+    assert r"| t\\ | m |" in row  # the backslash escaped: it cannot escape the bar after it

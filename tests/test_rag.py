@@ -244,6 +244,21 @@ def test_long_passage_is_cut_with_a_note(rag):
     assert len(rag.tokenizer(text).input_ids) + 6 <= 512
 
 
+def test_max_passage_tokens_cuts_each_passage_and_the_chain_with_a_note(rag):
+    """Issue 31: a bound on one row's work below the context window; the chain gets it once per passage it joins."""
+    long = {"title": "Long", "text": " ".join(f"word{i}" for i in range(100))}  # within the context window
+    ids = rag.tokenizer(long["text"], add_special_tokens=False).input_ids
+    a = rag.answer(QUESTION, [long, PASSAGES[0]], mode="always_retrieve", max_passage_tokens=20, chain=True)
+    assert [c.passage["text"] for c in a.candidates[:2]] == [rag.tokenizer.decode(ids[:20]), PASSAGES[0]["text"]]
+    assert f"passage 1 (Long) cut from {len(ids)} to 20 tokens (max_passage_tokens)" in a.notes
+    chain = a.candidates[2].passage
+    assert chain["chained"] == 2 and len(rag.tokenizer(chain["text"], add_special_tokens=False).input_ids) <= 41
+    assert any(n.startswith("the chain of 2 passages cut from ") and n.endswith(" to 40 tokens (max_passage_tokens)")
+               for n in a.notes), a.notes
+    whole = rag.answer(QUESTION, [long, PASSAGES[0]], mode="always_retrieve")  # by default only the context cuts
+    assert whole.candidates[0].passage["text"] == long["text"] and not whole.notes
+
+
 def test_answer_batch_equals_one_by_one(rag):
     questions = [QUESTION, "Who wrote Hamlet?", "Is Berlin in Germany?"]
     passages = [PASSAGES, PASSAGES[1:], []]

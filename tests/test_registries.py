@@ -121,7 +121,7 @@ def test_every_option_is_a_flag_of_each_command(command):
         if "choices" in f.metadata:
             assert tuple(flags[f.name].choices) == tuple(f.metadata["choices"])
         if not COMMANDS[command].given_only:
-            assert flags[f.name].default == f.default
+            assert flags[f.name].default == COMMANDS[command].defaults.get(f.name, f.default)
     assert tuple(flags["retrieval_rule"].choices) == tuple(RULES)
 
 

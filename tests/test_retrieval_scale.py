@@ -208,6 +208,82 @@ def test_duplicate_ids_and_empty_corpora_are_caught_before_indexing(tmp_path, en
         build_index(write_jsonl(tmp_path / "empty.jsonl", []), tmp_path / "idx", show_progress=False)
 
 
+# --- damaged indexes (issue 31, item 2) ----------------------------------------------------------------------------
+
+def _cut(path, keep: float = 0.5):
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+def _scramble(path):  # random bytes, the same size
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, path.stat().st_size, dtype=np.uint8).tobytes())
+
+
+DAMAGE = {
+    "passages.jsonl cut short": ("passages.jsonl", _cut),
+    "passages.jsonl scrambled": ("passages.jsonl", _scramble),
+    "dense.faiss cut short": ("dense.faiss", _cut),
+    "dense.faiss scrambled": ("dense.faiss", _scramble),
+    "passage_offsets.npy cut short": ("passage_offsets.npy", _cut),
+    "a BM25 array cut short": ("bm25/data.csc.index.npy", lambda p: _cut(p, 0.9)),
+    "the BM25 vocabulary cut short": ("bm25/vocab.index.json", _cut),
+    "dense.faiss gone": ("dense.faiss", lambda p: p.unlink()),
+}
+
+
+@pytest.fixture
+def hybrid(tmp_path, corpus, encoder):
+    build_index(corpus, tmp_path / "idx", IndexSettings(kind="hybrid"), show_progress=False)
+    return tmp_path / "idx"
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_index_is_refused_when_opened_naming_the_file(hybrid, corpus, damage):
+    name, harm = DAMAGE[damage]
+    harm(hybrid / name)
+    with pytest.raises(ValueError, match=rf"index {hybrid} is damaged: {hybrid / name} .*; rebuild it with "
+                                         rf"`openrag index --corpus {corpus} --output {hybrid} --overwrite`"):
+        open_index(hybrid)
+
+
+@pytest.mark.parametrize("damage", ["passages.jsonl cut short", "passages.jsonl scrambled", "dense.faiss cut short",
+                                    "passage_offsets.npy cut short", "a BM25 array cut short"])
+def test_an_index_that_records_no_files_is_checked_too(hybrid, damage):
+    """An index built before manifests recorded their files: what each file must be is still checked."""
+    manifest = json.loads((hybrid / "manifest.json").read_text())
+    del manifest["files"]
+    (hybrid / "manifest.json").write_text(json.dumps(manifest))
+    name, harm = DAMAGE[damage]
+    harm(hybrid / name)
+    with pytest.raises(ValueError, match=rf"index {hybrid} is damaged: {hybrid / name} .*--overwrite"):
+        open_index(hybrid)
+
+
+@pytest.mark.parametrize("command", [["ask", "Which city?", "--index"], ["serve", "--index"]])
+def test_ask_and_serve_refuse_a_damaged_index_before_loading_the_model(hybrid, monkeypatch, capsys, command):
+    from openrag.answer import OpenRAG
+    from openrag.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(never))
+    _cut(hybrid / "passages.jsonl")
+    with pytest.raises(SystemExit) as done:
+        main([*command, str(hybrid)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"is damaged: {hybrid / 'passages.jsonl'} holds " in err and "Traceback" not in err, err
+
+
+def test_an_undamaged_index_records_every_file_and_opens(hybrid):
+    files = json.loads((hybrid / "manifest.json").read_text())["files"]
+    assert sorted(files) == ["bm25/data.csc.index.npy", "bm25/indices.csc.index.npy", "bm25/indptr.csc.index.npy",
+                             "bm25/params.index.json", "bm25/vocab.index.json", "dense.faiss", "passage_offsets.npy",
+                             "passages.jsonl"]
+    assert all(files[name]["bytes"] == (hybrid / name).stat().st_size for name in files)
+    with open_index(hybrid) as index:
+        assert index.search([make_passages()[7]["text"]], top_k=1)[0][0].id == "p7"
+
+
 # --- shards ------------------------------------------------------------------------------------------------------
 
 def test_shards_merge_into_the_single_build(tmp_path, corpus, encoder):
@@ -235,6 +311,35 @@ def test_shards_merge_into_the_single_build(tmp_path, corpus, encoder):
                 show_progress=False)
     with pytest.raises(ValueError, match="shard of another build"):
         merge_index([shards[0], tmp_path / "other", shards[2]], tmp_path / "merged2")
+
+
+def test_shards_of_different_counts_are_not_merged(tmp_path, corpus):
+    """Issue 31: shard 0/2 and shard 1/3 are parts of two builds, not "a build missing chunk 3"."""
+    build_index(corpus, tmp_path / "a", chunk_size=4, shard=(0, 2), show_progress=False)
+    build_index(corpus, tmp_path / "b", chunk_size=4, shard=(1, 3), show_progress=False)
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'b'} is shard 1/3 and {tmp_path / 'a'} is shard 0/2: different "
+                                         "shard counts"):
+        merge_index([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_build_that_did_not_finish_is_named_so(tmp_path, corpus, monkeypatch, capsys):
+    """Issue 31: `ask --index .NAME.building` is a stopped build to resume, not "one shard of a sharded build"."""
+    from openrag.answer import OpenRAG
+    from openrag.cli import main
+
+    kill_at(monkeypatch, BM25Writer, 2)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(corpus, tmp_path / "idx", chunk_size=5, show_progress=False)
+    half = tmp_path / ".idx.building"
+    capsys.readouterr()
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("the model was loaded")))
+    with pytest.raises(SystemExit) as done:
+        main(["ask", "Which city?", "--index", str(half)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"{half} is a build that did not finish" in err, err
+    assert f"`openrag index --corpus {corpus} --output {tmp_path / 'idx'}` command again to resume it" in err
+    assert "shard" not in err
 
 
 # --- faiss factory strings and search parameters -----------------------------------------------------------------

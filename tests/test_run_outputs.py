@@ -123,6 +123,37 @@ def test_resume_without_a_settings_record_is_refused(data, tmp_path):
         evaluate(request(data, out, resume=True), factory())
 
 
+def test_resume_knows_the_dataset_by_its_file_not_its_spelling(data, tmp_path, monkeypatch):
+    """Issue 31, item 3: the same relative name from another folder is another dataset (refused before loading);
+    the same file spelled otherwise is the same dataset (resumed)."""
+    out = tmp_path / "run.jsonl"
+    monkeypatch.chdir(tmp_path)
+    killed_run("dev.jsonl", out)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "dev.jsonl").write_text(data.read_text().replace("river", "lake"))  # another dataset, same spelling
+    monkeypatch.chdir(other)
+    before, loads = files(out), []
+    with pytest.raises(ValueError, match=rf"cannot resume .*other settings \(dataset: '{tmp_path}/dev.jsonl' there, "
+                                         rf"'{other}/dev.jsonl' now; dataset_fingerprint: "):
+        evaluate(request("dev.jsonl", out, resume=True), factory(loads=loads))
+    assert loads == [] and files(out) == before  # refused before loading; nothing appended
+    monkeypatch.chdir(other)
+    summary = evaluate(request(f"../elsewhere/../{data.name}", out, resume=True), factory())
+    assert summary["complete"] and summary["n"] == N and [r["index"] for r in read_records(out)] == list(range(N))
+
+
+def test_resume_refuses_a_dataset_file_that_changed(data, tmp_path):
+    out = tmp_path / "run.jsonl"
+    killed_run(data, out)
+    size = data.stat().st_size
+    data.write_text(data.read_text().replace("city", "town"))  # same path, same size, other rows
+    assert data.stat().st_size == size
+    with pytest.raises(ValueError, match=r"cannot resume .*other settings \(dataset_fingerprint: \{'bytes': \d+, 'sha256'"):
+        evaluate(request(data, out, resume=True), factory())
+    assert len(read_records(out)) == 4
+
+
 # --------------------------------------------------------------------------- 6: a rerun over finished answers
 
 

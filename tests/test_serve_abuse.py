@@ -3,8 +3,9 @@
 One server process (a tiny random Llama on the bundled tokenizer, 8k positions) with small limits, run with
 at most 256 open files, as a server on a crowded machine would be. The attacks: a request under every byte
 and field limit that would hold the engine for minutes, a request that outlives its deadline, a client
-that leaves while its answer is computed, hundreds of connections that never finish their headers, and a
-page under a foreign name (DNS rebinding) asking a keyless local server. Pure pieces are tested in-process.
+that leaves while its answer is computed, hundreds of connections that never finish their headers, a
+page under a foreign name (DNS rebinding) asking a keyless local server, and (issue 31, on a second server whose
+limits let them in) requests of long passages that held up everyone else. Pure pieces are tested in-process.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ ATTACK = {"question": "Summarise everything.", "mode": "always_retrieve", "ndocs
 SLOW = {"question": "Which river runs past the castle?", "mode": "always_retrieve", "ndocs": 10, "max_new_tokens": 1024,
         "passages": [{"title": f"P{i}", "text": _text(RNG, 6_000)} for i in range(10)]}
 SMALL = {"question": "Who wrote Dune?", "mode": "no_retrieval", "max_new_tokens": 4}
+# Issue 31: in the limits of a server that lets long passages in (a large budget, passages not cut below the
+# context window), 32 rows of some 6,700 tokens each: a minute or more of engine work each, three at once.
+LONG = {"question": "What does the castle's history say?", "mode": "always_retrieve", "ndocs": 32, "max_new_tokens": 8,
+        "passages": [{"title": f"P{i}", "text": _text(RNG, 20_000)} for i in range(32)]}
+STARVED_S = 20.0  # a small request waiting longer than this waited for the long ones (alone it takes well under 1 s)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +97,26 @@ def server(tiny_model_folder, tmp_path_factory):
     with running_server(tiny_model_folder, log_path, *limits, preexec_fn=_crowded) as url:
         assert httpx.post(url + "/v1/answer", json=SMALL, timeout=60).status_code == 200  # warm
         yield Server(url, log_path)
+
+
+@pytest.fixture(scope="module")
+def roomy_server(tiny_model_folder, tmp_path_factory):
+    """The server's defaults but a token budget that lets LONG in and no passage cut below the context window."""
+    log_path = tmp_path_factory.mktemp("roomy_log") / "server.log"
+    limits = ["--threads", "1", "--max_new_tokens", "8", "--max_request_tokens", "400000", "--max_passage_tokens", "8192",
+              "--request_timeout_s", str(STARVED_S + 10)]
+    with running_server(tiny_model_folder, log_path, *limits, preexec_fn=_crowded) as url:
+        assert httpx.post(url + "/v1/answer", json=SMALL, timeout=60).status_code == 200  # warm
+        yield Server(url, log_path)
+
+
+def _send(server: Server, body: dict) -> socket.socket:
+    """A request sent on a socket of its own, its answer not read: closing the socket withdraws it."""
+    data = json.dumps(body).encode()
+    client = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10)
+    client.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    return client
 
 
 def _small_answer_is_quick(server: Server) -> None:
@@ -158,6 +184,28 @@ def test_a_client_that_disconnects_has_its_work_cancelled(server):
     assert after["disconnected"] == before["disconnected"] + 1 and after["timed_out"] == before["timed_out"]
     assert after["answered"] == before["answered"]
     _small_answer_is_quick(server)
+
+
+def test_a_small_request_is_answered_while_long_in_limit_requests_run(roomy_server):
+    """Issue 31, item 1: three requests of long passages, each within the server's limits, held the engine for
+    minutes and every other request waited behind them (504). Long rows are now computed in bounded slices between
+    which a short request's forwards go first: it is answered while they still run."""
+    before = roomy_server.health()
+    clients = [_send(roomy_server, LONG) for _ in range(3)]
+    try:
+        roomy_server.until(lambda h: h["running"] >= 1, timeout=30)  # the engine works on the long ones
+        start = time.monotonic()
+        r = httpx.post(roomy_server.url + "/v1/answer", json=SMALL, timeout=60)
+        took = time.monotonic() - start
+        assert r.status_code == 200, r.text[:500]
+        assert took < STARVED_S, f"the small request waited {took:.0f} s"
+        health = roomy_server.health()
+        assert health["answered"] == before["answered"] + 1 and health["running"] >= 1  # it overtook them
+    finally:
+        for client in clients:
+            client.close()
+    roomy_server.until(lambda h: h["running"] == 0 and h["queue"]["waiting"] == 0, timeout=30)  # withdrawn, their work stopped
+    _small_answer_is_quick(roomy_server)
 
 
 # -- 2: connections that never finish their headers ------------------------------------------------------
@@ -237,6 +285,20 @@ def test_the_budget_counts_the_chain_row():
     assert request_tokens(count, "qqq", None, {**chain, "ndocs": 4}, None, limit=10**6).rows == 6  # the index's passages
 
 
+def test_the_budget_counts_a_passage_as_the_engine_keeps_it():
+    """Issue 31: with max_passage_tokens (the server's, never a request's) a passage costs at most that many tokens."""
+    from openrag.answer import AnswerOptions
+
+    passages = [{"title": "ab", "text": "x" * 100}, {"title": "", "text": "short"}]
+    capped = AnswerOptions(max_passage_tokens=10, chain=True)
+    work = request_tokens(len, "qqq", passages, {"ndocs": 2, "max_new_tokens": 1}, capped, limit=53)
+    assert work.prompt_tokens == 4 * 3 + 2 * ((2 + 10) + (0 + 5)) and work.complete  # tokenised: each text <= 10
+    work = request_tokens(len, "qqq", passages, {"ndocs": 2, "max_new_tokens": 1}, capped, limit=10**6)
+    assert work.prompt_tokens == 4 * 3 + 2 * ((2 + 1 + 10) + (0 + 1 + 6))  # far within: UTF-8 bytes, capped too
+    uncapped = request_tokens(len, "qqq", passages, {"ndocs": 2, "max_new_tokens": 1}, AnswerOptions(chain=True), limit=100)
+    assert uncapped.tokens > 100 and not uncapped.complete
+
+
 def test_host_names_and_settings():
     assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "127.0.0.1", "[::1]")] == ["::1", "localhost", "127.0.0.1", "::1"]
     assert ServeSettings(allowed_hosts=("[::1]", " Example.org ")).allowed_hosts == ("::1", "example.org")
@@ -292,6 +354,118 @@ def test_a_withdrawn_request_stops_its_engine_call():
 
     stats = asyncio.run(work())
     assert stats.interrupted == 1 and stats.answered == 0
+
+
+class StepEngine:
+    """Answers each question after running its model a number of times: many for "long ...", two for others."""
+
+    def __init__(self):
+        import torch
+
+        self.model, self.steps = torch.nn.Linear(2, 2), []
+
+    def answer_batch(self, questions, passages=None, choices=None, **options):
+        import torch
+
+        for question in questions:
+            for _ in range(400 if question.startswith("long") else 2):
+                self.model(torch.zeros(1, 2))
+                self.steps.append(question)
+                time.sleep(0.002)
+        return list(questions)
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+def test_a_short_request_overtakes_a_long_one_in_its_own_lane(lanes):
+    """With lanes, a short request's steps go between a long one's (it waits a step of it, not all of them);
+    in one lane it waits for the whole long call, as every request did before issue 31."""
+    from openrag.serve import Batcher
+
+    async def work():
+        engine = StepEngine()
+        batcher = Batcher(engine, max_wait_s=0, long_tokens=100 if lanes else None)
+        long = asyncio.ensure_future(batcher.submit("long question", tokens=10_000))
+        while not engine.steps:
+            await asyncio.sleep(0.01)
+        short = await batcher.submit("short question", tokens=10)
+        long_steps_before_short = engine.steps.count("long question")
+        assert await long == "long question" and short == "short question"
+        await batcher.stop()
+        return engine.steps, long_steps_before_short
+
+    steps, long_steps = asyncio.run(work())
+    last_short = max(i for i, step in enumerate(steps) if step == "short question")
+    if lanes:
+        assert long_steps < 200 and steps[last_short + 1 :].count("long question") > 100, steps
+        first_short = steps.index("short question")
+        assert steps[first_short : last_short + 1].count("long question") < 50  # mostly one between (a busy CPU: more)
+    else:
+        assert steps[: last_short + 1].count("long question") == 400
+
+
+def test_turns_go_to_the_short_lane_unless_a_long_call_was_passed_over_too_often():
+    import torch
+
+    from openrag.serve.turns import PASSED_LIMIT, Turns
+
+    turns = Turns(torch.nn.Linear(2, 2))
+    turns._waiting = {1: [1, 0, 0], 2: [0, 0, 1], 3: [0, 0, 2]}  # thread: [lane, times passed over, arrival]
+    assert turns._next() == 2  # the short lane first, oldest first
+    turns._waiting[1][1] = PASSED_LIMIT
+    assert turns._next() == 1  # a long call passed over PASSED_LIMIT times goes next
+    turns.close()
+
+
+def test_a_call_waiting_for_its_turn_is_stopped_and_the_turn_moves_on():
+    """A withdrawn call stops while it waits for the model; a forward that raised hands the turn on."""
+    import threading
+
+    import torch
+
+    from openrag.serve.limits import Interrupted
+    from openrag.serve.turns import Turns
+
+    class Gated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.entered, self.release = threading.Event(), threading.Event()
+
+        def forward(self, x):
+            self.entered.set()
+            if not self.release.wait(10):
+                raise AssertionError("never released")
+            if x.sum() > 0:
+                raise ValueError("a forward that fails")
+            return x
+
+    model = Gated()
+    turns, outcomes = Turns(model), {}
+    stops = {"holder": threading.Event(), "waiter": threading.Event(), "next": threading.Event()}
+
+    def call(name: str, lane: int, x: float) -> None:
+        try:
+            with turns.taking_part(lane, stops[name]):
+                model(torch.full((1,), x))
+            outcomes[name] = "done"
+        except (Interrupted, ValueError) as err:
+            outcomes[name] = type(err).__name__
+
+    holder = threading.Thread(target=call, args=("holder", 0, 1.0))
+    holder.start()
+    assert model.entered.wait(10)  # the holder's forward runs and holds the turn
+    waiter = threading.Thread(target=call, args=("waiter", 1, 0.0))
+    waiter.start()
+    time.sleep(0.2)
+    stops["waiter"].set()  # its requests withdrawn while it waits for the model
+    waiter.join(5)
+    assert outcomes == {"waiter": "Interrupted"}
+    model.release.set()  # the holder's forward raises; the turn must still move on
+    holder.join(5)
+    following = threading.Thread(target=call, args=("next", 1, 0.0))
+    following.start()
+    following.join(5)
+    assert outcomes == {"waiter": "Interrupted", "holder": "ValueError", "next": "done"}
+    turns.close()
 
 
 def test_stopping_the_server_stops_the_engine_call_in_progress():

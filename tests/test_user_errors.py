@@ -297,3 +297,70 @@ def test_eval_shard_variables_are_the_flags_defaults(monkeypatch):
     monkeypatch.setenv("RANK", "one")
     req = request("--world_size", "2", "--rank", "1")
     assert (req.world_size, req.rank) == (2, 1)
+
+
+# ----------------------------------------------------- issue 31, item 4: a mistyped local checkpoint is local
+
+
+@pytest.fixture
+def hub_downloads(monkeypatch, tmp_path):
+    """In a folder that holds ``tr/``: the names sent to the hub's snapshot_download (none should be)."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(name, **kwargs):
+        calls.append(name)
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tr").mkdir()
+    return calls
+
+
+@pytest.mark.parametrize("name", ["tr/nope_model", "./nope", "~/no/such/model"])
+def test_a_missing_local_checkpoint_is_an_error_not_a_hub_request(hub_downloads, name):
+    from openrag.model.loading import resolve_folder
+
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint folder at {re.escape(name)}: .*never looked up on the hub"):
+        resolve_folder(name)
+    assert hub_downloads == []
+    with pytest.raises(FileNotFoundError, match="cannot fetch 'owner/model' from the Hugging Face hub"):
+        resolve_folder("owner/model")  # a hub name still goes to the hub
+    assert hub_downloads == ["owner/model"]
+
+
+@pytest.mark.parametrize("argv", [["ask", "Who?", "--model_name", "tr/nope_model"],
+                                  ["eval", "--task", "hotpotqa", "--dataset", "dev.jsonl", "--model_name", "tr/nope_model",
+                                   "--output_file", "out.jsonl", "--no_progress"],
+                                  ["merge", "--base_model", "tr/nope_base", "--model_path", "BUNDLED", "--output_dir", "merged"],
+                                  ["info", "tr/nope_model"]])
+def test_every_command_refuses_a_missing_local_checkpoint(hub_downloads, capsys, argv):
+    from openrag.model.bundled import default_model_dir
+
+    Path("dev.jsonl").write_text(json.dumps(ROW) + "\n")
+    argv = [str(default_model_dir()) if a == "BUNDLED" else a for a in argv]  # an adapter checkpoint to merge
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and "no checkpoint folder at tr/nope_" in err and "never looked up on the hub" in err, err
+    assert hub_downloads == []
+
+
+def test_train_refuses_a_missing_init_from_before_loading_the_base(hub_downloads, monkeypatch, capsys):
+    import openrag.training.run as training_run
+
+    monkeypatch.setattr(training_run, "build_model", lambda *a, **k: never_loaded(None, None))
+    Path("train.jsonl").write_text("")
+    code, err = run_cli(["train", "--init_from", "tr/nope", "--data_path", "train.jsonl", "--output_dir", "ckpt"], capsys)
+    assert code == 2 and "no checkpoint folder at tr/nope: " in err and "never looked up on the hub" in err, err
+    assert hub_downloads == []
+
+
+def test_encoders_and_rerankers_follow_the_same_rule(hub_downloads):
+    from openrag.retrieval.dense import DenseSettings, load_encoder
+    from openrag.retrieval.rerank import CrossEncoderReranker
+
+    with pytest.raises(FileNotFoundError, match="no sentence-transformers encoder .* at tr/nope: .*never looked up"):
+        load_encoder(DenseSettings(model="tr/nope"))
+    with pytest.raises(FileNotFoundError, match="no cross-encoder .* at tr/nope: .*never looked up"):
+        CrossEncoderReranker("tr/nope")

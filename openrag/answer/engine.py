@@ -22,6 +22,10 @@ dropped from the batch, with any leading slots no remaining row attends to. The 
 At most ``max_batch`` rows decode together; the others wait. When a quarter of the batch has stopped, waiting
 rows are admitted (refill): their suffixes are computed as above and the running batch is copied into a cache
 wide enough for both, every row still right-aligned, so the next decode step is again one ``[B, 1]`` forward.
+
+Prompts and suffixes are computed in slices of at most ``forward_tokens`` positions per forward (chunked prefill),
+so that no forward, however long a row, takes more than a bounded time: a forward is the step at which a server
+stops an abandoned call and lets another call's work run (openrag.serve.turns).
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ class EngineStats:
 
 
 REFILL_FRACTION = 0.25  # waiting rows join once this share of max_batch has stopped (each join copies the cache)
+# The most positions one prefill forward computes (rows x slice width): a slice of a 135M model takes about a
+# second on a busy CPU core; a GPU is better used by wider ones.
+FORWARD_TOKENS = 256
+FORWARD_TOKENS_GPU = 4096
 
 
 @dataclass
@@ -110,9 +118,10 @@ class Engine:
     """
 
     def __init__(self, model: nn.Module, stop_ids: Sequence[int], watch: Mapping[str, Sequence[int]] | None = None,
-                 pad_id: int = 0):
+                 pad_id: int = 0, forward_tokens: int | None = None):
         self.model = model
         self.device = next(model.parameters()).device
+        self.forward_tokens = forward_tokens or (FORWARD_TOKENS if self.device.type == "cpu" else FORWARD_TOKENS_GPU)
         self.n_layers = model.config.get_text_config().num_hidden_layers
         self.cache_keyword = cache_keyword(model)  # "cache" (transformers >= 5.24) or "past_key_values"
         self.stop_ids = set(int(t) for t in stop_ids)
@@ -139,7 +148,7 @@ class Engine:
                 raise ValueError("cannot prefill an empty prompt")
             cache = KVCache(self.n_layers, len(ids))
             x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # [1, P]
-            logits = self._forward(x, None, None, cache)  # [1, V]
+            logits = self._sliced_forward(x, None, None, cache)  # [1, V]
             self._count(real=len(ids), padded=0, pairs=len(ids) * (len(ids) + 1) // 2, logit_rows=1)
             _, _, watched = self._pick(logits)
             kv = [cache.held(l) for l in range(self.n_layers)]
@@ -211,7 +220,7 @@ class Engine:
             x[i, T - len(s) :] = torch.tensor(s)
             pos[i, T - len(s) :] = torch.arange(c, c + len(s))
             mask[i, P + T - len(s) :] = True
-        logits = self._forward(x.to(self.device), pos.to(self.device), mask, sub_cache)  # [n, V]
+        logits = self._sliced_forward(x.to(self.device), pos.to(self.device), mask, sub_cache)  # [n, V]
         real = sum(len(s) for s in sub_suffixes)
         pairs = sum(len(s) * c + len(s) * (len(s) + 1) // 2 for c, s in zip(sub_shared, sub_suffixes))
         self._count(real=real, padded=n * T - real, pairs=pairs, logit_rows=n)
@@ -315,6 +324,18 @@ class Engine:
         start = int(mask.any(0).nonzero()[0])
         cache.select(keep, start)
         return mask[:, start:], tok[idx], next_pos[idx]
+
+    def _sliced_forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: KVCache) -> Tensor:
+        """``x`` [n, T] new tokens after the slots ``cache`` holds (``mask`` [n, held + T]), run in column slices of
+        at most ``forward_tokens`` positions each; the last slice's [n, V] logits."""
+        n, T = x.shape
+        held = cache.lengths[0]
+        width = max(1, self.forward_tokens // n)
+        for start in range(0, T, width):
+            end = min(T, start + width)
+            logits = self._forward(x[:, start:end], None if pos is None else pos[:, start:end],
+                                   None if mask is None else mask[:, : held + end], cache)
+        return logits
 
     def _forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: KVCache) -> Tensor:
         self.stats.forwards += 1

@@ -38,6 +38,9 @@ class AnswerOptions:
     chain: bool = field(default=False, metadata={"help": "multi-hop: one more candidate whose evidence is those "
                         "passages in one chain ('Knowledge 1: ... [SEP] Knowledge 2: ...'), so that an answer may join them"})
     max_new_tokens: int = field(default=100, metadata={"help": "the most tokens generated per candidate"})
+    max_passage_tokens: int | None = field(default=None, metadata={"help": "cut each passage to its first N tokens, "
+                                           "with a note (the chain: N per passage it joins): a bound on one row's work "
+                                           "(default: only the context window bounds it; serve: 1024)"})
     use_seqscore: bool = field(default=True, metadata={"help": "add exp(mean token log-prob) to the score"})
     use_groundness: bool = field(default=True, metadata={"help": "add w_sup * the groundedness (support) score (spelled as in the seed)"})
     use_utility: bool = field(default=True, metadata={"help": "add w_use * the utility score"})
@@ -61,8 +64,8 @@ class AnswerOptions:
         get_task(self.task)
         if self.prompt_format is not None:
             check_prompt_format(self.prompt_format)
-        for name in ("ndocs", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
+        for name in ("ndocs", "max_new_tokens", "batch_size", "max_passage_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @property
@@ -99,14 +102,16 @@ class CommandOptions:
 # The one table of per-command differences.
 COMMANDS: dict[str, CommandOptions] = {
     "ask": CommandOptions(),
-    "serve": CommandOptions(),  # the flags set the server's defaults; a request may override the `request` fields
+    # The flags set the server's defaults; a request may override the `request` fields. Its passages are cut to a
+    # bounded length, so that one long row cannot hold the engine (README, "Security").
+    "serve": CommandOptions(defaults={"max_passage_tokens": 1024}),
     # The seed's evaluation: its --use_* switches are store_true, off unless given. The task comes from its own
     # --task (evaluation tasks) and sets `closed`; its --batch_size counts questions per call (the runner's), and
     # the engine's rows follow from it (eval.answerer.answer_options).
     "eval": CommandOptions(excluded=("task", "closed", "batch_size"), given_only=True,
                            defaults={"use_seqscore": False, "use_groundness": False, "use_utility": False}),
-    # The HTTP request fields (openrag.serve.schemas): the prompt format and batching stay the server's.
-    "request": CommandOptions(excluded=("prompt_format", "closed", "batch_size"), given_only=True),
+    # The HTTP request fields (openrag.serve.schemas): the prompt format, batching and the passage cut stay the server's.
+    "request": CommandOptions(excluded=("prompt_format", "closed", "batch_size", "max_passage_tokens"), given_only=True),
 }
 
 

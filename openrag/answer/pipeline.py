@@ -27,6 +27,7 @@ from .backend_types import BackendOptions, engine_tokens
 from .backends import load_backend
 from .engine import Engine, RowResult
 from .options import AnswerOptions
+from .passage_cap import cap_passage
 from .scoring import ANSWER_SIGNALS, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
 
 CHUNK_BATCHES = 8  # questions are prefilled and decided in chunks of up to this many engine batches of rows
@@ -305,6 +306,8 @@ class OpenRAG:
         """One row per passage, each cut from its end (with a note) where it would overflow the context."""
         limit = None if self.context_window is None else self.context_window - opts.max_new_tokens
         for k, passage in enumerate(q.passages):
+            passage, note = cap_passage(self.tokenizer, k, passage, opts.max_passage_tokens)
+            q.answer.notes.extend([note] if note else [])
             ids = self._evidence_ids(q.prompt, passage, opts)
             if limit is not None and len(ids) > limit:
                 passage, ids = self._cut(q, k, passage, ids, opts, limit)

@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max_request_tokens", type=int, default=defaults.max_request_tokens,
                         help="tokens of work one request may ask for: the prompt of each row it makes (one per passage "
                              "used, plus the no-retrieval row and any chain) and the new tokens of each; more gets 413 (default: %(default)s)")
+    limits.add_argument("--long_request_tokens", type=int, default=defaults.long_request_tokens,
+                        help="requests of more tokens of work than this are answered in a lane of their own, whose "
+                             "forwards wait while a shorter request's run, so that they cannot hold short requests up "
+                             "(built-in engine; default: %(default)s)")
     limits.add_argument("--request_timeout_s", type=float, default=defaults.request_timeout_s,
                         help="seconds from a request read to its answer, queue included; then 504 and its work is "
                              "stopped, as it is when the client disconnects (default: %(default)s)")
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     api_key = resolve_api_key(args.api_key)
     settings = ServeSettings(model_name=args.model_name, api_key=api_key, max_batch=args.max_batch,
                              queue_size=args.queue_size, max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
-                             max_request_tokens=args.max_request_tokens, request_timeout_s=args.request_timeout_s,
+                             max_request_tokens=args.max_request_tokens, long_request_tokens=args.long_request_tokens,
+                             request_timeout_s=args.request_timeout_s,
                              allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
                              header_timeout_s=args.header_timeout_s, idle_timeout_s=args.idle_timeout_s,
                              max_connections=args.max_connections)

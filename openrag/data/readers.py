@@ -45,6 +45,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import localpaths
 from ..passage import Passage
 from .examples import ErrorLog, QAExample, RowError, SubQuestion
 from .facts import fact_question, passage_holds
@@ -96,15 +97,12 @@ _DATA_SUFFIXES = (".json", ".jsonl", ".jsonlines", ".parquet", ".csv", ".tsv", "
 
 
 def looks_local(name: str) -> bool:
-    """A path rather than a hub name: it starts like one, ends in a data file extension, or its first folder is here."""
-    if name.startswith((".", "/", "~")) or name.lower().endswith(_DATA_SUFFIXES):
-        return True
-    first = name.split("/", 1)[0]
-    return "/" in name and Path(first).exists()
+    """A path rather than a hub name (openrag.localpaths' rule), or a name ending in a data file extension."""
+    return localpaths.looks_local(name) or name.lower().endswith(_DATA_SUFFIXES)
 
 
 def is_hub_name(name: str) -> bool:
-    return not Path(name).exists() and name.count("/") == 1 and not looks_local(name)
+    return localpaths.is_hub_name(name) and not looks_local(name)
 
 
 def read_utf8(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -23,12 +24,27 @@ def load_summaries(paths: Sequence[Path]) -> list[tuple[str, dict]]:
         summary = read_json_object(path, NOT_METRICS)
         if "n" not in summary:
             raise ValueError(f"{path}: no 'n' field; {NOT_METRICS}")
-        for key in NUMBER_FIELDS:
-            if summary.get(key) is not None and (isinstance(summary[key], bool) or not isinstance(summary[key], (int, float))):
-                raise ValueError(f"{path}: {key!r} is {summary[key]!r}, not a number; {NOT_METRICS}")
+        for key in ("n", *NUMBER_FIELDS):
+            _check_number(path, key, summary.get(key))
         name = path.name[: -len(".metrics.json")] if path.name.endswith(".metrics.json") else path.stem
         runs.append((name, summary))
     return runs
+
+
+def _check_number(path: Path, key: str, value) -> None:
+    """A field the report shows is a finite number or null; JSON's NaN and Infinity (which Python reads) are not."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: {key!r} is {value!r}, not a number; {NOT_METRICS}")
+    if not math.isfinite(value):
+        raise ValueError(f"{path}: {key!r} is {value!r}, not a finite number; the run that wrote it went wrong: "
+                         "rerun it (`openrag eval ... --overwrite`) or leave this file out")
+
+
+def cell(text: str) -> str:
+    """Text as one markdown table cell: ``|`` and ``\\`` escaped, line breaks as spaces, so no name adds a column or a row."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
 def _pct(value) -> str:
@@ -41,7 +57,7 @@ def markdown_table(runs: Sequence[tuple[str, dict]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in runs:
         qps = s.get("questions_per_second")
-        row = [name, str(s.get("task", "")), str(s.get("mode", "")), str(s["n"])]
+        row = [cell(name), cell(s.get("task", "")), cell(s.get("mode", "")), str(s["n"])]
         row += [_pct(s.get(c)) for c in scores]
         row += [_pct(s.get("retrieval_frequency")), _pct(s.get("gold_recall")), "" if qps is None else f"{qps:.2f}"]
         lines.append("| " + " | ".join(row) + " |")

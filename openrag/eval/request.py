@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..answer.backend_types import BackendOptions
+from ..data.fingerprint import dataset_identity
 from ..flags import add_field_flags
 from ..registry import check_choice
 from ..tasks import EVAL_TASKS, get_eval_task
@@ -110,7 +111,7 @@ class EvalRequest:
             raise ValueError("--instruction sets the plain prompt of --baseline; Open-RAG prompts are fixed by the task")
         if self.index is None and self.options.get("query", "question") != "question":
             raise ValueError(f"--query {self.options['query']} needs --index INDEX_DIR (it says what the index is asked)")
-        self.settings = {"model": self.model_name, "dataset": self.dataset, **self.options}
+        self.settings = {"model": self.model_name, **dataset_identity(self.dataset), **self.options}
         if self.baseline is not None:
             self.settings["baseline"] = self.baseline
         if self.backend.backend != "torch":  # recorded only when not the default, so older runs resume as they were

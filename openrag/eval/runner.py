@@ -186,7 +186,7 @@ def _check_resumed(records: list[dict], questions: list[Question], path: Path) -
 # Those known before the model is loaded are checked then; the rest (a checkpoint's prompt format, the defaults
 # of options not given) once it is. Not here: batch sizes (they group the work), limit/world_size/rank (the
 # questions themselves are checked), timings.
-SETTINGS_BEFORE_LOADING = ("task", "metric", "model", "dataset", "baseline", "backend", "ndocs", "ranker", "index", "passages")
+SETTINGS_BEFORE_LOADING = ("task", "metric", "model", "dataset", "dataset_fingerprint", "baseline", "backend", "ndocs", "ranker", "index", "passages")
 
 
 def resume_keys() -> dict:

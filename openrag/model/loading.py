@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..localpaths import check_local_or_hub
 from . import layouts as ckpt
 from .bundled import DEFAULT_NAME, SMOLLM2_NAME, default_model_dir, smollm2_checkpoint
 from .experts import inject_moe
@@ -37,8 +38,7 @@ def resolve_folder(name_or_path: str) -> Path:
         return path
     if path.exists():
         raise FileNotFoundError(f"{name_or_path} is a file; give the checkpoint folder that holds config.json")
-    if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")):
-        raise FileNotFoundError(f"no checkpoint folder at {name_or_path}, and it is not a hub name (owner/name)")
+    check_local_or_hub(name_or_path, "checkpoint folder")
     from huggingface_hub import snapshot_download
 
     try:

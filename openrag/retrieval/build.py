@@ -125,6 +125,10 @@ def merge_shards(shards: list[Path], output: Path, writers: list, finish, show_p
     for shard, record in zip(shards, records):
         if not record.get("complete") or not record["key"].get("shard"):
             raise ValueError(f"{shard} is not a finished shard: finish it with its `openrag index ... --shard i/n` command")
+        if record["key"]["shard"][1] != n:
+            i, m = record["key"]["shard"]
+            raise ValueError(f"{shard} is shard {i}/{m} and {shards[0]} is shard {key['shard'][0]}/{n}: different shard "
+                             f"counts, so not parts of one build; merge the {n} shards of one build")
         if _unsharded(record["key"]) != _unsharded(key):
             raise ValueError(f"{shard} is a shard of another build than {shards[0]} (other corpus, settings or chunk "
                              f"size): merge the shards of one build")
@@ -172,6 +176,23 @@ def read_record(folder: Path) -> dict:
     if record.get("format") != BUILD_FORMAT:
         raise ValueError(f"{path} is not an openrag build record")
     return record
+
+
+def not_an_index(folder: Path) -> str:
+    """Why ``folder``, which holds a build record and no manifest, cannot be opened as an index, and what to do."""
+    try:
+        record = read_record(folder)
+    except ValueError:
+        record = {}
+    if record.get("complete") and record.get("key", {}).get("shard"):
+        return (f"{folder} is one shard of a sharded build, not an index: merge the shards with "
+                f"`openrag index --merge SHARD_FOLDERS... --output INDEX`")
+    name = folder.name
+    output = folder.with_name(name[1 : -len(".building")]) if name.startswith(".") and name.endswith(".building") else None
+    corpus = record.get("corpus_path") or "CORPUS"
+    return (f"{folder} is a build that did not finish (stopped, killed or still running), not an index: run the same "
+            f"`openrag index --corpus {corpus} --output {output or 'INDEX'}` command again to resume it"
+            + (f", then open {output}" if output else "") + "; or delete the folder to start over")
 
 
 def replace_folder(building: Path, output: Path) -> None:

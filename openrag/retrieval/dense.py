@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openrag.localpaths import check_local_or_hub
 from openrag.outputs import write_atomic
 from openrag.retrieval.passage import Hit
 
@@ -62,6 +63,7 @@ def load_encoder(settings: DenseSettings, device: str | None = None):
         name = str(get_model_path())
     else:
         name = settings.model
+        check_local_or_hub(name, "sentence-transformers encoder (--dense_model)")
     encoder = SentenceTransformer(name, device=device)  # None: the best device there is
     encoder.max_seq_length = settings.max_seq_length
     return encoder

@@ -28,6 +28,7 @@ from openrag.jsonfiles import read_json_object
 from openrag.outputs import write_json
 from openrag.registry import check_choice
 from openrag.retrieval import build as building
+from openrag.retrieval import integrity
 from openrag.retrieval.bm25 import BM25Retriever, BM25Settings, BM25Writer
 from openrag.retrieval.build import BuildOptions
 from openrag.retrieval.corpus import PassageStore, corpus_checksum
@@ -212,11 +213,9 @@ def open_index(path: str | Path, corpus: str | Path | None = None, settings: Ind
         _check_settings(folder, manifest, settings)
     if corpus is not None:
         _check_corpus(folder, manifest, corpus_checksum(corpus), corpus)
+    integrity.check_index_files(folder, manifest)
     passages = PassageStore(folder)
     try:
-        if len(passages) != manifest["corpus"]["passages"]:
-            raise ValueError(f"index {folder} is damaged: the manifest counts {manifest['corpus']['passages']} "
-                             f"passages, the store holds {len(passages)}; rebuild it with `openrag index --overwrite`")
         stored = IndexSettings.from_dict(manifest["settings"])
         search = search if search is not None else SearchSettings.from_dict(manifest.get("search"))
         reranker = None
@@ -224,7 +223,10 @@ def open_index(path: str | Path, corpus: str | Path | None = None, settings: Ind
             from openrag.retrieval.rerank import CrossEncoderReranker
 
             reranker = CrossEncoderReranker(search.rerank, device=device)
-        retriever = KINDS[stored.kind].open(folder, stored, search, device)
+        try:
+            retriever = KINDS[stored.kind].open(folder, stored, search, device)
+        except (RuntimeError, UnicodeDecodeError, json.JSONDecodeError) as err:  # damage the checks cannot see
+            raise integrity.unreadable(folder, manifest, err) from None
     except BaseException:
         passages.close()  # the index was not opened: nothing else owns the store
         raise
@@ -236,8 +238,7 @@ def read_manifest(folder: Path) -> dict:
         raise FileNotFoundError(f"index {folder} does not exist: build it with `openrag index --corpus CORPUS --output {folder}`")
     if not (folder / MANIFEST).is_file():
         if (folder / building.BUILD).is_file():
-            raise FileNotFoundError(f"{folder} is one shard of a sharded build, not an index: merge the shards with "
-                                    f"`openrag index --merge SHARD_FOLDERS... --output INDEX`")
+            raise FileNotFoundError(building.not_an_index(folder))
         raise FileNotFoundError(f"{folder} is not an openrag index (no {MANIFEST}): build one with "
                                 f"`openrag index --corpus CORPUS --output {folder}`")
     manifest = read_json_object(folder / MANIFEST, "rebuild the index with `openrag index --overwrite`")
@@ -364,6 +365,7 @@ def _write_manifest(folder: Path, settings: IndexSettings, corpus: dict, search:
     }
     if prebuilt:
         manifest["prebuilt_faiss"] = prebuilt
+    manifest[integrity.FILES] = integrity.file_records(folder)
     write_json(folder / MANIFEST, manifest)
 
 

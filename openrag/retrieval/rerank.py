@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from openrag.localpaths import check_local_or_hub
 from openrag.passage import Passage, titled_text
 
 
@@ -26,6 +27,8 @@ class CrossEncoderReranker:
         self.max_length = max_length
         if encoder is not None:
             self.model = encoder  # given: the cached_property never loads one
+        else:
+            check_local_or_hub(model, "cross-encoder (--rerank)")
 
     @cached_property
     def model(self):

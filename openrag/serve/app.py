@@ -57,6 +57,7 @@ class ServeSettings:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_body_bytes: int = 1_000_000  # larger request bodies are answered 413
     max_request_tokens: int = 16_384  # prompt + new tokens over all of a request's rows; more is answered 413
+    long_request_tokens: int = 2_048  # requests of more tokens of work take turns with shorter ones, which go first
     request_timeout_s: float = 120.0  # from the request read to its answer (queue included); then 504, work cancelled
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names answered ("*": any, "*.x.org": subdomains)
     header_timeout_s: float = 10.0  # a connection's next request line and headers, then its body, each in this time
@@ -64,7 +65,7 @@ class ServeSettings:
     max_connections: int = 256  # open connections; over it the oldest one idle or still sending headers is closed
 
     def __post_init__(self):
-        for name in ("max_batch", "queue_size", "max_body_bytes", "max_request_tokens", "max_connections"):
+        for name in ("max_batch", "queue_size", "max_body_bytes", "max_request_tokens", "long_request_tokens", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -107,7 +108,8 @@ class Answering:
 
     def __init__(self, pipeline: Pipeline, settings: ServeSettings):
         self.settings = settings
-        self.batcher = Batcher(pipeline, settings.max_batch, settings.queue_size, settings.max_wait_ms / 1000)
+        self.batcher = Batcher(pipeline, settings.max_batch, settings.queue_size, settings.max_wait_ms / 1000,
+                               settings.long_request_tokens)
         self.count_tokens = token_counter(pipeline)
         self.defaults = getattr(pipeline, "options", None) or AnswerOptions()
 
@@ -187,7 +189,7 @@ def _install_routes(app: FastAPI, ask: Answering) -> None:
                 "rejected": stats.rejected, "over_budget": stats.over_budget, "timed_out": stats.timed_out,
                 "disconnected": stats.disconnected, "interrupted": stats.interrupted,
                 "pipeline_calls": stats.pipeline_calls, "largest_batch": stats.largest_batch,
-                "limits": {"max_request_tokens": settings.max_request_tokens,
+                "limits": {"max_request_tokens": settings.max_request_tokens, "long_request_tokens": settings.long_request_tokens,
                            "request_timeout_s": settings.request_timeout_s, "max_body_bytes": settings.max_body_bytes}}
 
     @app.get("/", response_class=HTMLResponse)

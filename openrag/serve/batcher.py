@@ -13,6 +13,11 @@ A request whose waiter is cancelled (its client disconnected, or its deadline pa
 once, so abandoned requests never hold slots that live ones are refused for, and it is never handed to the
 pipeline; once no request of the pipeline call in progress waits for it, the call is stopped at its next step
 (:class:`limits.Interrupter`). After a large or stopped call the freed memory is handed back.
+
+Lanes. With ``long_tokens`` set and a pipeline whose model can take turns (the built-in one), a request of more
+tokens of work than that waits in the long lane, the others in the short lane; each lane has its own worker and
+pipeline call, and the two calls share the model a forward at a time, the short lane's first (:mod:`.turns`). So a
+short request is never queued behind a long one: it waits at most one forward of it (a bounded slice).
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .limits import Interrupted, Interrupter, release_memory
+from .turns import Turns
 
 log = logging.getLogger(__name__)
 
 
 RELEASE_AFTER_TOKENS = 8_192  # pipeline calls with at least this many tokens of work hand their memory back
+SHORT, LONG = 0, 1  # the lanes; a lower lane's forwards go first
 STOP_WAIT_S = 10.0  # how long stop() waits for the pipeline call in progress to stop
 
 
@@ -68,6 +75,7 @@ class Job:
     options: dict
     future: asyncio.Future
     tokens: int = 0  # the work it asked for (limits.request_tokens)
+    lane: int = SHORT
 
     @property
     def group(self) -> tuple:
@@ -99,18 +107,21 @@ class BatcherStats:
 
 
 class Batcher:
-    def __init__(self, pipeline: Pipeline, max_batch: int = 8, queue_size: int = 64, max_wait_s: float = 0.005):
+    def __init__(self, pipeline: Pipeline, max_batch: int = 8, queue_size: int = 64, max_wait_s: float = 0.005,
+                 long_tokens: int | None = None):
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch and queue_size must be at least 1 and max_wait_s at least 0")
         self.pipeline = pipeline
         self.max_batch, self.queue_size, self.max_wait_s = max_batch, queue_size, max_wait_s
+        self.long_tokens = long_tokens  # a request of more tokens of work goes to the long lane (None: one lane)
         self.stats = BatcherStats()
         # The queue, oldest first: a dict (insertion-ordered), so that a withdrawn job leaves it at once.
         self._waiting: dict[Job, None] = {}
-        self._arrived = asyncio.Event()  # set when a job joins the queue
-        self._worker: asyncio.Task | None = None
+        self._arrived = {SHORT: asyncio.Event(), LONG: asyncio.Event()}  # set when a job joins the lane's queue
+        self._workers: dict[int, asyncio.Task] = {}
         self._interrupter: Interrupter | None = None
-        self._current: _Call | None = None  # the pipeline call in progress
+        self._turns: Turns | None = None  # None: one lane (the pipeline's model cannot take turns, or no long_tokens)
+        self._current: dict[int, _Call] = {}  # the pipeline call in progress, per lane
 
     @property
     def waiting(self) -> int:
@@ -118,40 +129,45 @@ class Batcher:
 
     @property
     def running(self) -> int:
-        """Requests in the pipeline call in progress."""
-        return len(self._current.jobs) if self._current is not None else 0
+        """Requests in the pipeline calls in progress."""
+        return sum(len(call.jobs) for call in self._current.values())
 
     async def start(self) -> None:
-        if self._worker is not None and self._worker.done():  # a worker that died must not leave requests waiting
-            if not self._worker.cancelled() and self._worker.exception() is not None:
-                log.error("the batching worker stopped; starting a new one", exc_info=self._worker.exception())
-            self._worker = None
-        if self._worker is None:
+        for lane, worker in list(self._workers.items()):
+            if worker.done():  # a worker that died must not leave requests waiting
+                if not worker.cancelled() and worker.exception() is not None:
+                    log.error("the batching worker stopped; starting a new one", exc_info=worker.exception())
+                del self._workers[lane]
+        if self._interrupter is None:
             self._interrupter = Interrupter.for_pipeline(self.pipeline)
-            self._worker = asyncio.create_task(self._work(), name="openrag-batcher")
+        if self.long_tokens is not None and self._turns is None:
+            self._turns = Turns.for_pipeline(self.pipeline)
+        for lane in (SHORT, LONG) if self._turns is not None else (SHORT,):
+            if lane not in self._workers:
+                self._workers[lane] = asyncio.create_task(self._work(lane), name=f"openrag-batcher-{lane}")
 
     async def stop(self) -> None:
-        """Stop taking work: the pipeline call in progress is stopped (at most ``STOP_WAIT_S`` waited for), and
-        its requests and those still waiting are failed with :class:`ShuttingDown`."""
-        if self._worker is None:
+        """Stop taking work: the pipeline calls in progress are stopped (at most ``STOP_WAIT_S`` waited for), and
+        their requests and those still waiting are failed with :class:`ShuttingDown`."""
+        if not self._workers:
             return
-        current = self._current
-        if current is not None:
-            current.stop.set()
-        self._worker.cancel()
-        try:
-            await self._worker
-        except asyncio.CancelledError:
-            pass
-        self._worker = None
-        jobs = list(current.jobs) if current is not None else []
-        if current is not None:  # its thread stops at the model's next forward, while the hook is still there
-            await asyncio.wait([current.thread], timeout=STOP_WAIT_S)
-            if current.thread.done() and not current.thread.cancelled():
-                current.thread.exception()  # retrieved: nobody else will
-        if self._interrupter is not None:
-            self._interrupter.close()
-            self._interrupter = None
+        calls = list(self._current.values())
+        for call in calls:
+            call.stop.set()
+        for worker in self._workers.values():
+            worker.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        self._workers.clear()
+        jobs = [job for call in calls for job in call.jobs]
+        if calls:  # their threads stop at the model's next forward, while the hooks are still there
+            await asyncio.wait([call.thread for call in calls], timeout=STOP_WAIT_S)
+            for call in calls:
+                if call.thread.done() and not call.thread.cancelled():
+                    call.thread.exception()  # retrieved: nobody else will
+        for hooks in (self._interrupter, self._turns):
+            if hooks is not None:
+                hooks.close()
+        self._interrupter = self._turns = None
         jobs.extend(self._waiting)
         self._waiting.clear()
         for job in jobs:
@@ -163,12 +179,13 @@ class Batcher:
         """Queue one question and wait for its answer (the pipeline's answer object). Cancelling the wait
         withdraws the question, and stops the pipeline call it is in once no other question of it waits."""
         await self.start()
-        job = Job(question, passages, choices, dict(options or {}), asyncio.get_running_loop().create_future(), tokens)
+        lane = LONG if self._turns is not None and tokens > self.long_tokens else SHORT
+        job = Job(question, passages, choices, dict(options or {}), asyncio.get_running_loop().create_future(), tokens, lane)
         if len(self._waiting) >= self.queue_size:
             self.stats.rejected += 1
             raise QueueFull(self.queue_size, self.retry_after())
         self._waiting[job] = None
-        self._arrived.set()
+        self._arrived[lane].set()
         try:
             return await job.future
         finally:
@@ -179,9 +196,9 @@ class Batcher:
         per_call = self.stats.recent_call_seconds or 1.0
         return max(1, math.ceil(per_call * math.ceil(self.waiting / self.max_batch)))
 
-    async def _work(self) -> None:
+    async def _work(self, lane: int) -> None:
         while True:
-            jobs = await self._gather()
+            jobs = await self._gather(lane)
             jobs = [j for j in jobs if not j.future.done()]  # withdrawn while the batch gathered
             if not jobs:
                 continue
@@ -191,31 +208,31 @@ class Batcher:
             for job in jobs:
                 groups.setdefault(job.group, []).append(job)
             for group in groups.values():
-                await self._answer(group)
+                await self._answer(group, lane)
 
-    async def _gather(self) -> list[Job]:
-        """The first waiting job and whatever arrives within ``max_wait_s``, at most ``max_batch``."""
-        while not self._waiting:
-            self._arrived.clear()
-            await self._arrived.wait()
-        jobs = self._take(1)
-        if self.max_wait_s and len(self._waiting) < self.max_batch - 1:
+    async def _gather(self, lane: int) -> list[Job]:
+        """The lane's first waiting job and whatever arrives within ``max_wait_s``, at most ``max_batch``."""
+        while not any(job.lane == lane for job in self._waiting):
+            self._arrived[lane].clear()
+            await self._arrived[lane].wait()
+        jobs = self._take(1, lane)
+        if self.max_wait_s and sum(job.lane == lane for job in self._waiting) < self.max_batch - 1:
             await asyncio.sleep(self.max_wait_s)
-        return jobs + self._take(self.max_batch - 1)
+        return jobs + self._take(self.max_batch - 1, lane)
 
-    def _take(self, n: int) -> list[Job]:
-        """The ``n`` oldest waiting jobs (fewer if fewer wait), out of the queue."""
-        jobs = list(itertools.islice(self._waiting, n))
+    def _take(self, n: int, lane: int) -> list[Job]:
+        """The lane's ``n`` oldest waiting jobs (fewer if fewer wait), out of the queue."""
+        jobs = list(itertools.islice((job for job in self._waiting if job.lane == lane), n))
         for job in jobs:
             del self._waiting[job]
         return jobs
 
-    async def _answer(self, jobs: list[Job]) -> None:
+    async def _answer(self, jobs: list[Job], lane: int) -> None:
         jobs = [j for j in jobs if not j.future.done()]  # withdrawn while an earlier group was answered
         if not jobs:
             return
         try:
-            answers = await self._call(jobs)
+            answers = await self._call(jobs, lane)
         except Interrupted:
             self.stats.interrupted += 1
             return  # nobody waits for these answers
@@ -226,12 +243,12 @@ class Batcher:
             log.warning("a batch of %d failed (%s: %s); answering its requests one by one", len(jobs),
                         type(err).__name__, err)
             for job in jobs:
-                await self._answer([job])
+                await self._answer([job], lane)
             return
         for job, answer in zip(jobs, answers):
             self._settle(job, answer=answer)
 
-    async def _call(self, jobs: list[Job]) -> list:
+    async def _call(self, jobs: list[Job], lane: int) -> list:
         passages = None if jobs[0].passages is None else [j.passages for j in jobs]
         choices = [j.choices for j in jobs] if any(j.choices for j in jobs) else None
         stop = threading.Event()
@@ -243,13 +260,13 @@ class Batcher:
         for job in jobs:
             job.future.add_done_callback(withdrawn)
         start = time.perf_counter()
-        thread = asyncio.ensure_future(asyncio.to_thread(self._run, stop, sum(j.tokens for j in jobs),
+        thread = asyncio.ensure_future(asyncio.to_thread(self._run, stop, lane, sum(j.tokens for j in jobs),
                                                          [j.question for j in jobs], passages, choices, jobs[0].options))
-        self._current = _Call(jobs, stop, thread)
+        self._current[lane] = _Call(jobs, stop, thread)
         try:
             answers = await asyncio.shield(thread)  # cancelling the worker leaves the thread to stop()
         finally:
-            self._current = None
+            del self._current[lane]
             for job in jobs:
                 job.future.remove_done_callback(withdrawn)
             seconds = time.perf_counter() - start
@@ -262,10 +279,12 @@ class Batcher:
             raise RuntimeError(f"the pipeline returned {len(answers)} answers for {len(jobs)} questions")
         return answers
 
-    def _run(self, stop: threading.Event, tokens: int, questions, passages, choices, options: dict) -> list:
-        """In the worker thread: one pipeline call, stopped when ``stop`` is set; then the memory handed back."""
+    def _run(self, stop: threading.Event, lane: int, tokens: int, questions, passages, choices, options: dict) -> list:
+        """In the worker thread: one pipeline call, stopped when ``stop`` is set, taking turns at the model with the
+        other lane's call; then the memory handed back."""
         try:
-            with self._interrupter.watching(stop) if self._interrupter else contextlib.nullcontext():
+            with (self._interrupter.watching(stop) if self._interrupter else contextlib.nullcontext(),
+                  self._turns.taking_part(lane, stop) if self._turns else contextlib.nullcontext()):
                 return self.pipeline.answer_batch(questions, passages, choices, **options)
         except Interrupted:
             pass  # raised afresh below: this one's traceback holds the call's frames, and their tensors

@@ -66,7 +66,8 @@ def request_tokens(count: Callable[[str], int], question: str, passages: Sequenc
     """The work of one request: every row's prompt (the question, and its passage or chain) and its new tokens.
 
     ``options``: what the request set; ``defaults``: the pipeline's options (an AnswerOptions, or None: the
-    most a request may ask for). Passages the pipeline will not use (past ``ndocs``) are not counted; without
+    most a request may ask for). A passage counts no more than the pipeline keeps of it (``max_passage_tokens``).
+    Passages the pipeline will not use (past ``ndocs``) are not counted; without
     passages, the index's ``ndocs`` passages are counted as rows but not by length (the index is trusted).
     Counting stops once ``limit`` is exceeded, so a huge request costs little to refuse.
     """
@@ -84,12 +85,17 @@ def request_tokens(count: Callable[[str], int], question: str, passages: Sequenc
     if passages is None or mode == "no_retrieval":
         return work
     copies = 1 + chained  # each used passage is in its own row, and in the chain's
-    cheap = copies * sum(utf8_bytes(p.get("title", "")) + utf8_bytes(p["text"]) for p in passages[:used])
+    cap = option("max_passage_tokens", None)  # the engine cuts each passage's text to this many tokens
+
+    def text(counted: int) -> int:
+        return counted if cap is None else min(counted, cap)
+
+    cheap = copies * sum(utf8_bytes(p.get("title", "")) + text(utf8_bytes(p["text"])) for p in passages[:used])
     if work.tokens + cheap <= limit or count is utf8_bytes:  # within the budget even by the upper bound
         work.prompt_tokens += cheap
         return work
     for i, passage in enumerate(passages[:used]):
-        work.prompt_tokens += copies * (count(passage.get("title", "")) + count(passage["text"]))
+        work.prompt_tokens += copies * (count(passage.get("title", "")) + text(count(passage["text"])))
         if work.tokens > limit:
             work.complete = i == used - 1
             break

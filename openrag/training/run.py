@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..model.loading import resolve_folder
 from .args import DataArguments, ModelArguments, MoEArguments, OpenRAGTrainingArguments
 from .checkpointing import resume_folder, warm_start
 from .data import Collator, PackingCollator, load_tokenized
@@ -32,6 +33,8 @@ def run_training(
     if getattr(args.eval_strategy, "value", args.eval_strategy) != "no" and not data_args.eval_data_path:
         raise ValueError("--eval_strategy needs held-out instances: give --eval_data_path (e.g. the .held_out.jsonl of "
                          "`openrag data build --held_out N`), or --eval_strategy no")
+    if model_args.init_from and not resume:
+        resolve_folder(model_args.init_from)  # likewise a missing --init_from folder (warm_start reads it later)
     set_seed(args.seed)  # before the experts are initialised, so that a run is reproducible
     setup = build_model(model_args, moe_args, bf16=args.bf16, fp16=args.fp16)
     if model_args.init_from and not resume:  # a resumed run takes everything from its checkpoint
