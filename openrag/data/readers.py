@@ -470,16 +470,19 @@ def _parse_gold_evidence(row: dict, passages_required: bool = True) -> dict:
     answers = _answers(_need(row, "answer"), "answer")
     evidence = _paragraph_list(row, "evidence", passages_required, "a non-empty list of paragraph strings")
     passages = [Passage("", _text(e, "evidence"), is_gold=True) for e in evidence or []]
-    qid = row.get("id", row.get("_id"))
-    qid = str(qid) if qid not in (None, "") else "q-" + hashlib.sha1(question.encode()).hexdigest()[:12]
-    return dict(id=qid, question=question, answers=answers, passages=passages, ranked=False)
+    return dict(id=_row_id(row, question, "id", "_id"), question=question, answers=answers, passages=passages, ranked=False)
+
+
+def _row_id(row: dict, question: str, *fields: str) -> str:
+    """The first of ``fields`` the row gives, else an id made from the question (the same question, the same id)."""
+    qid = next((row[f] for f in fields if row.get(f) not in (None, "")), None)
+    return str(qid) if qid is not None else "q-" + hashlib.sha1(question.encode()).hexdigest()[:12]
 
 
 def _parse_sources(row: dict, passages_required: bool = True) -> dict:
     question = _text(_need(row, "question"), "question")
     answers = _answers(_need(row, "answer"), "answer")
-    qid = row.get("id", row.get("_id", row.get("dataset_index")))
-    qid = str(qid) if qid not in (None, "") else "q-" + hashlib.sha1(question.encode()).hexdigest()[:12]
+    qid = _row_id(row, question, "id", "_id", "dataset_index")
     sources = _paragraph_list(row, "sources", passages_required, "a non-empty list of {title, text, is_gold}")
     if sources is None:
         return dict(id=qid, question=question, answers=answers, passages=[], ranked=False)
