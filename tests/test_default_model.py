@@ -55,6 +55,17 @@ def test_default_model_answers_a_single_hop_question_from_its_passage(default_ra
 
 
 @KNOWN_GAP
+def test_default_model_answers_the_page_example_from_its_passage(default_rag):
+    # The web page's example (issue 28): the shipped model rates the film's paragraph 0.91 relevant and answers
+    # "Ridley Scott", the bridge (the film's director) instead of the novel's author.
+    passages = [{"title": "Blade Runner", "text": "Blade Runner is a 1982 science fiction film directed by Ridley Scott. "
+                 "It is an adaptation of Philip K. Dick's 1968 novel Do Androids Dream of Electric Sheep?"},
+                {"title": "Paris", "text": "Paris is the capital and most populous city of France."}]
+    answer = default_rag.answer("Who wrote the novel the film Blade Runner is based on?", passages, mode="always_retrieve", max_new_tokens=16)
+    assert "philip k. dick" in answer.text.lower()
+
+
+@KNOWN_GAP
 def test_default_model_tells_the_gold_passage_from_a_distractor(default_rag):
     gold = {"title": "Hamlet", "text": "Hamlet is a tragedy written by William Shakespeare sometime between 1599 and 1601."}
     distractor = {"title": "Hamlet (place)", "text": "A hamlet is a small human settlement, smaller than a village."}
