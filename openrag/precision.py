@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+DTYPES = ("float32", "bfloat16", "float16")  # what --dtype may name (ask, eval, serve)
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_MIN_SPEEDUP = 1.2  # bf16 products must beat float32 by this much to be worth their rounding
 PROBE_SHAPE = (1024, 576, 1536)  # tokens x hidden -> MLP width, as in SmolLM2's feed-forward

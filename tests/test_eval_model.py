@@ -139,3 +139,27 @@ def test_cli_with_seed_flags(tiny_pair, hotpot4, tmp_path, capsys):
     assert summary["n"] == 2 and summary["ndocs"] == 3 and summary["threshold"] == 0.0
     assert {"n", "em", "f1", "precision", "recall", "retrieval_frequency", "seconds", "questions_per_second", "load_seconds"} <= set(summary)
     assert "hotpotqa: em" in capsys.readouterr().out
+
+
+def test_dtype_reaches_the_loaded_model_and_the_resume_settings(hotpot4, monkeypatch):
+    from openrag.answer.pipeline import OpenRAG
+    from openrag.cli import build_parser
+    from openrag.eval.answerer import pipeline_answerer_factory
+
+    seen = {}
+
+    def loading(cls, name, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("loaded")
+
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(loading))
+    req = EvalRequest(task="hotpotqa", dataset=str(hotpot4), dtype="bfloat16")
+    assert req.settings["dtype"] == "bfloat16"  # a resumed run in another dtype is refused
+    assert "dtype" not in EvalRequest(task="hotpotqa", dataset=str(hotpot4)).settings  # older runs resume as they were
+    with pytest.raises(RuntimeError, match="loaded"):
+        pipeline_answerer_factory(req, False)
+    assert seen["dtype"] == "bfloat16"
+    for command in (["serve"], ["ask", "q?"], ["eval", "--task", "hotpotqa"]):
+        assert build_parser().parse_args([*command, "--dtype", "bfloat16"]).dtype == "bfloat16"
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--dtype", "float64"])

@@ -9,6 +9,8 @@ import argparse
 import json
 from dataclasses import replace
 
+from ..precision import DTYPES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..answer.backends import add_backend_flags
@@ -26,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the answer object as JSON")
     parser.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default'/'smollm2'")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
+    parser.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="the model's weights and compute (default: float32 on the CPU where it fits in memory, the "
+                             "checkpoint's own on a GPU)")
     AnswerOptions.add_arguments(parser, "ask")
     add_backend_flags(parser)
 

@@ -14,6 +14,8 @@ import ipaddress
 import os
 import sys
 
+from ..precision import DTYPES
+
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -33,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}; prefer the variable, "
                              "a flag shows in the process list)")
     server.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    server.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="the model's weights and compute (default: float32 on the CPU where it fits in memory, the "
+                             "checkpoint's own on a GPU)")
     server.add_argument("--max_batch", type=int, default=defaults.max_batch, help="questions answered by one pipeline call")
     server.add_argument("--queue_size", type=int, default=defaults.queue_size,
                         help="requests that may wait; beyond it the server answers 503 with Retry-After")
@@ -129,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
         retriever = open_index(args.index)
         print(f"index: {args.index} ({retriever.kind}, {len(retriever)} passages)")
-    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, retriever=retriever, backend=backend, **vars(options))
+    rag = OpenRAG.from_pretrained(args.model_name, device=args.device, dtype=args.dtype, retriever=retriever, backend=backend,
+                                  **vars(options))
     for note in rag.notes:
         print(f"openrag serve: note: {note}", file=sys.stderr)
 

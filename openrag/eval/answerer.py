@@ -72,7 +72,7 @@ def pipeline_answerer_factory(req, both: bool):
         from ..retrieval import open_index
 
         retriever = open_index(req.index, device=req.device)
-    rag = OpenRAG.from_pretrained(req.model_name, device=req.device, retriever=retriever, backend=req.backend, **options)
+    rag = OpenRAG.from_pretrained(req.model_name, device=req.device, dtype=req.dtype, retriever=retriever, backend=req.backend, **options)
     settings = {k: v for k, v in asdict(rag.options).items() if not (isinstance(v, float) and math.isinf(v))}
     settings["prompt_format"] = rag.options.prompt_format or rag.model_prompt_format
     if settings.get("threshold", 0.0) is None:

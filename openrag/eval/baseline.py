@@ -93,7 +93,7 @@ def baseline_answerer_factory(req, both: bool):
     """Load the model as a plain LM; return (answerer, settings to record in the summary)."""
     from ..model.loading import load_model
 
-    model, tokenizer = load_model(req.model_name, device=req.device)
+    model, tokenizer = load_model(req.model_name, dtype=req.dtype, device=req.device)
     model.eval()
     max_new_tokens = req.options.get("max_new_tokens", 100)
     answerer = PlainAnswerer(model, tokenizer, req.task, req.baseline == "standard_rag", max_new_tokens, req.instruction)
