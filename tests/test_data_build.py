@@ -522,3 +522,15 @@ def test_a_question_repeated_across_inputs_is_built_once(tmp_path):
     assert result.duplicates == {"hotpotqa": 1}
     assert build_report(result)["duplicates"] == 1
     assert sum(result.questions.values()) == sum(build([str(first)]).questions.values())
+
+
+def test_held_out_questions_leave_the_training_instances_whole():
+    inputs = [str(FIXTURES / "hotpotqa_original.json"), str(FIXTURES / "gold_evidence.jsonl"), str(FIXTURES / "musique.jsonl")]
+    everything = build(inputs, BuildConfig(seed=3))
+    split = build(inputs, BuildConfig(seed=3, held_out=2))
+    held_ids = {i.id.split("/")[0] for i in split.held_out}
+    assert split.held_out_questions == 2 == len(held_ids)
+    assert not held_ids & {i.id.split("/")[0] for i in split.instances}
+    assert sum(split.questions.values()) == sum(everything.questions.values()) - 2
+    assert sorted(i.output for i in split.instances + split.held_out) == sorted(i.output for i in everything.instances)
+    assert build_report(split)["held_out_instances"] == len(split.held_out)

@@ -296,6 +296,7 @@ def build(
     held_out_ids = {id(chosen[i]) for i in rng.sample(range(len(chosen)), min(config.held_out, len(chosen)))}
     instances: list[Instance] = []
     held_out: list[Instance] = []
+    held_out_questions = 0
     questions: Counter = Counter()
     decisions: Counter = Counter()
     for ex in chosen:
@@ -306,6 +307,7 @@ def build(
             continue
         if id(ex) in held_out_ids:
             held_out.extend(made)
+            held_out_questions += 1  # counted once its instances exist (a bad row is neither trained nor held out)
             continue
         questions[ex.dataset] += 1
         decisions[RETRIEVAL if labels.needs_retrieval(ex) else NO_RETRIEVAL] += 1
@@ -314,7 +316,7 @@ def build(
         for inst in instances + held_out:
             critic.relabel(inst)
     rng.shuffle(instances)
-    return BuildResult(instances, questions, excluded, sampled_out, errors, decisions, duplicates, held_out, len(held_out_ids))
+    return BuildResult(instances, questions, excluded, sampled_out, errors, decisions, duplicates, held_out, held_out_questions)
 
 
 # ------------------------------------------------------------------------------------------ stats

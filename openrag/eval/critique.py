@@ -48,11 +48,19 @@ def relevance_metrics(records: Sequence[dict]) -> dict:
         return out
     said = [(share > RELEVANCE_DECISION, gold) for share, gold in judged]
     out["relevance_accuracy"] = sum(s == gold for s, gold in said) / len(said)
-    per_class = [[s == gold for s, gold in said if gold == cls] for cls in (True, False)]
-    if all(per_class):
-        out["relevance_balanced_accuracy"] = sum(sum(hits) / len(hits) for hits in per_class) / 2
+    out["relevance_balanced_accuracy"] = balanced_accuracy([s for s, _ in judged], [g for _, g in judged])
     out["relevance_auc"] = auc([s for s, _ in judged], [g for _, g in judged])
     return out
+
+
+def balanced_accuracy(shares: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """The mean of the accuracies on positives and on negatives at the decision point (share > 0.5);
+    None when either class is empty."""
+    said = [(share > RELEVANCE_DECISION, bool(p)) for share, p in zip(shares, positive)]
+    per_class = [[s == p for s, p in said if p == cls] for cls in (True, False)]
+    if not all(per_class):
+        return None
+    return sum(sum(hits) / len(hits) for hits in per_class) / 2
 
 
 def retrieval_need_auc(records: Sequence[dict], headline: str) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..eval.critique import RELEVANCE_DECISION, auc
+from ..eval.critique import auc, balanced_accuracy
 from ..model.reflection import IRRELEVANT, NO_RETRIEVAL, RELEVANT, RETRIEVAL
 
 
@@ -46,9 +46,8 @@ class CritiqueScores:
             value = auc(self.shares[name], self.positive[name])
             if value is not None:
                 out[f"{name}_auc"] = value
-        said = [(s > RELEVANCE_DECISION, p) for s, p in zip(self.shares["relevance"], self.positive["relevance"])]
-        per_class = [[s == p for s, p in said if p == cls] for cls in (True, False)]
-        if all(per_class):
-            out["relevance_balanced_accuracy"] = sum(sum(hits) / len(hits) for hits in per_class) / 2
-        out["relevance_n"] = float(len(said))
+        balanced = balanced_accuracy(self.shares["relevance"], self.positive["relevance"])
+        if balanced is not None:
+            out["relevance_balanced_accuracy"] = balanced
+        out["relevance_n"] = float(len(self.shares["relevance"]))
         return out
