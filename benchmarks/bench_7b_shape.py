@@ -210,6 +210,16 @@ def anonymous_kb(pid: int) -> int:
     return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:")), 0)
 
 
+def answered(work: Path) -> dict:
+    """What the eval and ask steps produced: the eval's rows (question and prediction) and the end of ask's output,
+    the proof that each step answered and did not just load."""
+    log = (work / "ask.log").read_text()
+    ask = json.loads(log[log.index("{"):])  # --json: the answer object, after any log lines
+    rows = [json.loads(line) for line in (work / "eval" / "hotpotqa.jsonl").read_text().splitlines() if line.strip()]
+    return {"eval_rows": [{"question": r["question"], "prediction": r["prediction"]} for r in rows],
+            "ask": {"question": QUESTION, "answer": ask["text"], "retrieved": ask["retrieved"]}}
+
+
 def folder_gb(folder: Path, pattern: str = "**/*.safetensors") -> float:
     return round(sum(p.stat().st_size for p in folder.glob(pattern)) / 1024**3, 2)
 
@@ -249,13 +259,14 @@ def main() -> None:
         "merge": [*openrag, "merge", "--model_path", str(work / "checkpoint"), "--output_dir", str(merged)],
         "eval": [*openrag, "eval", "--task", "hotpotqa", "--dataset", str(EXAMPLES / "hotpotqa_dev100.jsonl"), "--limit", "2",
                  "--model_name", str(merged), "--output_file", str(work / "eval" / "hotpotqa.jsonl"), "--no_progress", *tokens],
-        "ask": [*openrag, "ask", QUESTION, "--passages", str(EXAMPLES / "passages.json"), "--model_name", str(merged), *tokens],
+        "ask": [*openrag, "ask", QUESTION, "--passages", str(EXAMPLES / "passages.json"), "--model_name", str(merged), "--json", *tokens],
     }
     try:
         report["steps"] = [measured(name, command, work) for name, command in steps.items()]
         report["disk_gb"] = {"base": folder_gb(work / "base"), "checkpoint": folder_gb(work / "checkpoint"),
                              "merged": folder_gb(merged), "merged_largest_file": max(
                                  round(p.stat().st_size / 1024**3, 2) for p in merged.glob("*.safetensors"))}
+        report["answered"] = answered(work)
         report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         if not args.keep:
