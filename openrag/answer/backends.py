@@ -27,14 +27,13 @@ class Backend:
 
 
 def _load_torch(name_or_path: str, device, dtype, options: BackendOptions) -> LoadedBackend:
-    from ..model.compiled import compile_model, worth_compiling
+    from ..model.compiled import compile_as
     from ..model.loading import load_pretrained
     from ..model.reflection import add_reflection_tokens
 
     loaded = load_pretrained(name_or_path, dtype=dtype, device=device)
     notes = [untrained_tokens_note(name_or_path)] if add_reflection_tokens(loaded.model, loaded.tokenizer) else []
-    if options.compile == "on" or (options.compile == "auto" and worth_compiling(loaded.model)):
-        compile_model(loaded.model)
+    compile_as(loaded.model, options.compile)
     return LoadedBackend(loaded.model, loaded.tokenizer, prompt_format=loaded.prompt_format, notes=notes)
 
 

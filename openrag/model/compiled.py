@@ -144,6 +144,13 @@ def worth_compiling(model: nn.Module) -> bool:
     return device.type == "cpu" and torch.get_num_threads() >= 2
 
 
+def compile_as(model: nn.Module, choice: str) -> bool:
+    """Apply ``--compile`` (``on``, ``off`` or ``auto``: :func:`worth_compiling`) to a loaded model; whether it compiled."""
+    if choice == "on" or (choice == "auto" and worth_compiling(model)):
+        return compile_model(model) > 0
+    return False
+
+
 def compile_model(model: nn.Module) -> int:
     """Run ``model``'s RMSNorms and expert FFNs (inference) through the compiled functions and compile them now
     (one forward of two tokens and one of a single token, under ``torch.inference_mode`` as the engine runs),

@@ -1,0 +1,140 @@
+"""Compiled forwards (openrag.model.compiled) against the same model run eagerly, and the --compile flag.
+
+One tiny expert model (gated experts: 4 x 8 = 32 = hidden size) is compiled once for the module; every test
+compares it with the same weights run through the modules' own forwards. The first compile of the module's
+graphs takes seconds (less from inductor's disk cache)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from .conftest import make_tiny_llama
+from openrag.answer.backend_types import BackendOptions
+from openrag.answer.backends import backend_options
+from openrag.answer.engine import Engine
+from openrag.model.compiled import compile_as, compile_model, eager_model, is_compiled
+from openrag.model.experts import decoder_layers, inject_moe, moe_adapters, uses_gated_experts
+
+
+def tiny_expert_model():
+    model = make_tiny_llama()
+    inject_moe(model, num_experts=4, topk=2, adapter_dim=8, moe_scaling=0.25, dropout=0.0)
+    g = torch.Generator().manual_seed(3)
+    for adapter in moe_adapters(model):  # non-zero experts (adapter_up starts at zero) and a sharper router
+        for expert in adapter.experts.values():
+            expert.adapter_up.weight.data = torch.randn(expert.adapter_up.weight.shape, generator=g) * 0.5
+        adapter.router.weight.data *= 4
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def compiled_pair():
+    """The tiny expert model compiled, and a copy of it that stays eager."""
+    model = tiny_expert_model()
+    assert uses_gated_experts(moe_adapters(model)[0].config, 32, torch.device("cpu"))
+    eager = tiny_expert_model()
+    before = graphs()
+    assert compile_model(model) == 3 * len(decoder_layers(model))  # two norms and the feed-forward per layer
+    assert graphs() - before <= 4  # each function for N > 1 and for N = 1, shared by every layer
+    return model, eager
+
+
+def graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (3, 1), (4, 17)])
+def test_compiled_logits_equal_eager(compiled_pair, shape):
+    model, eager = compiled_pair
+    x = torch.randint(0, 128, shape, generator=torch.Generator().manual_seed(sum(shape)))
+    with torch.inference_mode():
+        got, expected = model(input_ids=x).logits, eager(input_ids=x).logits  # [B, T, V]
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    for a, b in zip(moe_adapters(model), moe_adapters(eager)):  # the routing kept for logging is the same too
+        assert torch.allclose(a.last_routing, b.last_routing, atol=1e-6)
+
+
+def test_engine_answers_equal_compiled_and_eager(compiled_pair):
+    model, eager = compiled_pair
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (6, 11)]
+    rows = [(0, prompts[0] + [7, 9]), (1, prompts[1] + [4] * 13), (0, prompts[0]), (1, prompts[1][:4] + [12, 13, 14])]
+    results = []
+    for m in (model, eager):
+        engine = Engine(m, stop_ids=[2], watch={"a": [5, 6]})
+        results.append(engine.generate(engine.prefill(prompts), rows, max_new_tokens=10, max_batch=3))
+    for got, expected in zip(*results):
+        assert got.tokens == expected.tokens
+        assert got.logprobs == pytest.approx(expected.logprobs, abs=1e-4)
+        assert got.first["a"] == pytest.approx(expected.first["a"], abs=1e-4)
+
+
+def test_every_batch_and_length_reuses_the_compiled_graphs(compiled_pair):
+    """compile_model compiled a graph per function for N > 1 and one for N = 1 (warm-up); no other token count,
+    and no other layer, compiles another."""
+    model, _ = compiled_pair
+    before = graphs()
+    with torch.inference_mode():
+        for B, T in [(1, 2), (2, 1), (5, 3), (1, 33), (8, 1), (2, 64), (1, 1), (7, 7), (3, 100)]:
+            model(input_ids=torch.zeros((B, T), dtype=torch.long))
+    assert graphs() == before
+
+
+def test_training_mode_runs_the_modules_own_forward(compiled_pair):
+    model, eager = compiled_pair
+    x = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for m in (model, eager):
+        m.train()
+        try:
+            out = m(input_ids=x, labels=x)
+            out.loss.backward()
+            losses.append((out.loss.item(), m.model.layers[0].mlp.moe_adapter.router.weight.grad.clone()))
+        finally:
+            m.zero_grad()
+            m.eval()
+    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
+    assert torch.allclose(losses[0][1], losses[1][1], atol=1e-6)
+
+
+def test_eager_model_and_off_leave_every_module_its_own_forward(compiled_pair):
+    model, _ = compiled_pair
+    assert is_compiled(model)
+    eager_model(model)
+    try:
+        assert not is_compiled(model)
+        assert all("forward" not in m.__dict__ for m in model.modules())
+        assert compile_as(model, "off") is False and not is_compiled(model)
+        assert compile_as(model, "on") is True and is_compiled(model)
+    finally:
+        compile_model(model)
+
+
+def test_dense_model_compiles_its_mlp():
+    model, eager = make_tiny_llama(), make_tiny_llama()
+    assert compile_model(model) == 3 * len(decoder_layers(model))
+    x = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.allclose(model(input_ids=x).logits, eager(input_ids=x).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["ask", "eval", "serve"])
+def test_compile_flag(command):
+    from openrag.cli import build_parser
+
+    argv = {"ask": ["ask", "q"], "eval": ["eval", "--task", "hotpotqa"], "serve": ["serve"]}[command]
+    parse = build_parser(with_flags=[command]).parse_args
+    args = parse([*argv, "--backend", "torch"])
+    assert args.compile == "auto"
+    assert backend_options(args, batches=True).compile == "auto"  # decided when the model is loaded
+    assert backend_options(args, batches=False).compile == "off"  # one question: the compile would cost more
+    assert backend_options(parse([*argv, "--backend", "torch", "--compile", "on"]), batches=False).compile == "on"
+    assert backend_options(parse([*argv, "--compile", "on"]), batches=True).backend == "torch"  # the engine's flag
+    assert backend_options(parse([*argv, "--backend", "vllm"]), batches=True).compile == "off"
+    with pytest.raises(ValueError, match="vLLM compiles its own"):
+        backend_options(parse([*argv, "--backend", "vllm", "--compile", "on"]), batches=True)
+    with pytest.raises(SystemExit):
+        parse([*argv, "--compile", "yes"])
+    assert BackendOptions().compile == "off"  # in Python: only when asked
