@@ -6,9 +6,9 @@ dispatch: RMSNorm, SiLU x up, and the expert layer's router, top-k, softmax, gat
 
 What is compiled is pure functions of tensors, :func:`rms_norm` and :func:`moe_feed_forward` (:func:`feed_forward`
 for a dense model), called with each layer's weights as arguments: every layer has weights of the same shapes,
-so all layers share one graph, and the token count N is marked dynamic, so that one graph serves every batch
-and length (N = 1, a single row's decoding step, gets one more: the compiler specialises size 1). Four graphs
-in all for an expert model, however long the run; no padding to buckets is needed. Attention, with the engine's KV cache
+so all layers share one graph, and the token count N is marked unbacked (a size the compiler may assume
+nothing of, not even that it is not 1), so that one graph serves every batch and length. Two graphs in all,
+however long the run; no padding to buckets is needed. Attention, with the engine's KV cache
 written by Python ints, stays eager: compiled, it would be a graph per cache length.
 
 :func:`compile_model` puts these in place on a loaded model (the modules' own ``forward`` is shadowed on the
@@ -65,9 +65,9 @@ def compiled(fn):
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
-    """x [..., D] -> [N, D], N marked dynamic (one graph for every N > 1)."""
+    """x [..., D] -> [N, D], N marked unbacked (one graph for every N)."""
     flat = x.reshape(-1, x.shape[-1])
-    torch._dynamo.maybe_mark_dynamic(flat, 0)
+    torch._dynamo.decorators.mark_unbacked(flat, 0)
     return flat
 
 
@@ -153,8 +153,8 @@ def compile_as(model: nn.Module, choice: str) -> bool:
 
 def compile_model(model: nn.Module) -> int:
     """Run ``model``'s RMSNorms and expert FFNs (inference) through the compiled functions and compile them now
-    (one forward of two tokens and one of a single token, under ``torch.inference_mode`` as the engine runs),
-    so that the cost is paid here rather than by the first question. Returns how many modules were replaced
+    (a forward of one token, under ``torch.inference_mode`` as the engine runs), so that the cost is paid here
+    rather than by the first question. Returns how many modules were replaced
     (see :func:`_replacements`)."""
     config = model.config.get_text_config()
     device = next(model.parameters()).device
@@ -165,8 +165,7 @@ def compile_model(model: nn.Module) -> int:
             count += 1
     if count and not model.training:
         with torch.inference_mode():
-            for n in (2, 1):
-                model(input_ids=torch.zeros((1, n), dtype=torch.long, device=device))
+            model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
     return count
 
 
