@@ -14,7 +14,7 @@ from .conftest import make_tiny_llama
 from openrag.answer.backend_types import BackendOptions
 from openrag.answer.backends import backend_options
 from openrag.answer.engine import Engine
-from openrag.model.compiled import compile_as, compile_model, eager_model, is_compiled
+from openrag.model.compiled import compile_model, eager_model, is_compiled
 from openrag.model.experts import decoder_layers, inject_moe, moe_adapters, uses_gated_experts
 
 
@@ -36,8 +36,8 @@ def compiled_pair():
     assert uses_gated_experts(moe_adapters(model)[0].config, 32, torch.device("cpu"))
     eager = tiny_expert_model()
     before = graphs()
-    assert compile_model(model) == 3 * len(decoder_layers(model))  # two norms and the feed-forward per layer
-    assert graphs() - before <= 2  # one per function, shared by every layer and every token count
+    assert compile_model(model) == len(decoder_layers(model))
+    assert graphs() - before <= 2  # the norm's and the block's, shared by every layer and every token count
     return model, eager
 
 
@@ -99,24 +99,22 @@ def test_training_mode_runs_the_modules_own_forward(compiled_pair):
     assert torch.allclose(losses[0][1], losses[1][1], atol=1e-6)
 
 
-def test_eager_model_and_off_leave_every_module_its_own_forward(compiled_pair):
+def test_eager_model_gives_every_module_its_own_forward_back(compiled_pair):
     model, _ = compiled_pair
     assert is_compiled(model)
     eager_model(model)
     try:
         assert not is_compiled(model)
         assert all("forward" not in m.__dict__ for m in model.modules())
-        assert compile_as(model, "off") is False and not is_compiled(model)
-        assert compile_as(model, "on") is True and is_compiled(model)
     finally:
         compile_model(model)
 
 
-def test_dense_model_compiles_its_mlp():
+def test_dense_model_compiles_too():
     model, eager = make_tiny_llama(), make_tiny_llama()
     before = graphs()
-    assert compile_model(model) == 3 * len(decoder_layers(model))
-    assert graphs() - before <= 1  # the norms' graph is the expert model's
+    assert compile_model(model) == len(decoder_layers(model))
+    assert graphs() - before <= 1  # the dense block's (the norm's is the expert model's)
     x = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         assert torch.allclose(model(input_ids=x).logits, eager(input_ids=x).logits, atol=1e-5)
@@ -128,15 +126,26 @@ def test_compile_flag(command):
 
     argv = {"ask": ["ask", "q"], "eval": ["eval", "--task", "hotpotqa"], "serve": ["serve"]}[command]
     parse = build_parser(with_flags=[command]).parse_args
-    args = parse([*argv, "--backend", "torch"])
-    assert args.compile == "auto"
-    assert backend_options(args, batches=True).compile == "auto"  # decided when the model is loaded
-    assert backend_options(args, batches=False).compile == "off"  # one question: the compile would cost more
-    assert backend_options(parse([*argv, "--backend", "torch", "--compile", "on"]), batches=False).compile == "on"
-    assert backend_options(parse([*argv, "--compile", "on"]), batches=True).backend == "torch"  # the engine's flag
-    assert backend_options(parse([*argv, "--backend", "vllm"]), batches=True).compile == "off"
+    assert backend_options(parse([*argv, "--backend", "torch"]), batches=True).compile is False  # off unless asked
+    assert backend_options(parse([*argv, "--backend", "torch", "--compile"]), batches=True).compile is True
+    assert backend_options(parse([*argv, "--compile"]), batches=True).backend == "torch"  # the built-in engine's flag
     with pytest.raises(ValueError, match="vLLM compiles its own"):
-        backend_options(parse([*argv, "--backend", "vllm", "--compile", "on"]), batches=True)
-    with pytest.raises(SystemExit):
-        parse([*argv, "--compile", "yes"])
-    assert BackendOptions().compile == "off"  # in Python: only when asked
+        backend_options(parse([*argv, "--backend", "vllm", "--compile"]), batches=True)
+    assert BackendOptions().compile is False
+
+
+def test_load_compiles_only_when_asked(monkeypatch):
+    from openrag.answer import backends
+    from openrag.model import loading
+
+    class Tokenizer:  # what add_reflection_tokens reads: the reflection tokens and a pad token are there already
+        pad_token = "<pad>"
+
+        def get_vocab(self):
+            from openrag.model.reflection import REFLECTION_TOKENS
+
+            return {t: i for i, t in enumerate(REFLECTION_TOKENS)}
+
+    monkeypatch.setattr(loading, "load_pretrained", lambda *a, **k: loading.LoadedModel(make_tiny_llama(), Tokenizer(), None))
+    assert not is_compiled(backends.load_backend("tiny", backend=BackendOptions()).model)
+    assert is_compiled(backends.load_backend("tiny", backend=BackendOptions(compile=True)).model)

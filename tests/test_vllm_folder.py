@@ -214,7 +214,7 @@ def test_backend_flags_on_each_command(command):
     parse = build_parser(with_flags=[command]).parse_args
     options = backend_options(parse([*argv, "--backend", "vllm", "--tensor_parallel_size", "2", "--kv_cache_gib", "4"]), batches=True)
     assert (options.backend, options.tensor_parallel_size, options.kv_cache_gib) == ("vllm", 2, 4.0)
-    assert backend_options(parse([*argv, "--backend", "torch"]), batches=True) == BackendOptions(compile="auto")
+    assert backend_options(parse([*argv, "--backend", "torch"]), batches=True) == BackendOptions()
     with pytest.raises(SystemExit):
         parse([*argv, "--backend", "onnx"])  # choices from the registry
     with pytest.raises(ValueError, match="add --backend vllm"):

@@ -26,20 +26,15 @@ class LoadedBackend:
     notes: list[str] = field(default_factory=list)
 
 
-COMPILE_CHOICES = ("auto", "on", "off")  # --compile; auto: see openrag.model.compiled.worth_compiling
-
-
 @dataclass(frozen=True)
 class BackendOptions:
     """Which backend generates, the built-in engine's compiled forwards, and vLLM's settings; every field is also
     a flag of ask, eval and serve (:func:`openrag.answer.backends.add_backend_flags`)."""
 
     backend: str = "torch"  # a name of answer.backends.BACKENDS, checked when it loads (load_backend)
-    compile: str = field(default="off", metadata={"choices": COMPILE_CHOICES, "help": "torch: each layer's norms and "
-                         "feed-forward (with the experts) through torch.compile (openrag.model.compiled; its first "
-                         "compile takes tens of seconds, later ones read inductor's disk cache); auto (the flag's "
-                         "default): on for eval and serve where BENCHMARKS.md measured it faster, off for ask and in "
-                         "Python"})
+    compile: bool = field(default=False, metadata={"help": "torch: each decoder layer's work outside attention through "
+                          "torch.compile (openrag.model.compiled): ~20 s to compile at load, ~3 s from inductor's disk "
+                          "cache; then about 4%% faster on a 2-core CPU (BENCHMARKS.md, 'Compiled forwards')"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs one model is split over (a 13B model "
                                                                    "on 24 GB cards: 2)"})
     gpu_memory_utilization: float | None = field(default=None, metadata={"help": "vllm: the share of GPU memory vLLM "
@@ -57,14 +52,12 @@ class BackendOptions:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
             raise ValueError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
-        if self.compile not in COMPILE_CHOICES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
         if self.backend != "vllm":
             changed = vllm_settings_given({f.name: getattr(self, f.name) for f in fields(self)})
             if changed:
                 raise ValueError(f"--{', --'.join(changed)}: vLLM settings; add --backend vllm")
-        elif self.compile == "on":
-            raise ValueError("--compile on compiles the built-in engine's forwards; vLLM compiles its own (unless "
+        elif self.compile:
+            raise ValueError("--compile compiles the built-in engine's forwards; vLLM compiles its own (unless "
                              "--enforce_eager): drop --compile or use --backend torch")
 
 

@@ -27,13 +27,14 @@ class Backend:
 
 
 def _load_torch(name_or_path: str, device, dtype, options: BackendOptions) -> LoadedBackend:
-    from ..model.compiled import compile_as
+    from ..model.compiled import compile_model
     from ..model.loading import load_pretrained
     from ..model.reflection import add_reflection_tokens
 
     loaded = load_pretrained(name_or_path, dtype=dtype, device=device)
     notes = [untrained_tokens_note(name_or_path)] if add_reflection_tokens(loaded.model, loaded.tokenizer) else []
-    compile_as(loaded.model, options.compile)
+    if options.compile:
+        compile_model(loaded.model)
     return LoadedBackend(loaded.model, loaded.tokenizer, prompt_format=loaded.prompt_format, notes=notes)
 
 
@@ -78,25 +79,21 @@ def vllm_installed() -> bool:
 
 def add_backend_flags(parser: argparse.ArgumentParser) -> None:
     """The ``backend`` flags: ``--backend`` (a name of BACKENDS, or ``auto``, its default: see
-    :func:`backend_options`), ``--compile`` (default ``auto``) and one per vLLM setting of BackendOptions."""
+    :func:`backend_options`), ``--compile`` and one per vLLM setting of BackendOptions."""
     group = parser.add_argument_group("backend")
     group.add_argument("--backend", default=AUTO, choices=(AUTO, *BACKENDS), help=_backends_help())
-    add_field_flags(group, [f for f in fields(BackendOptions) if f.name != "backend"], defaults={"compile": AUTO})
+    add_field_flags(group, [f for f in fields(BackendOptions) if f.name != "backend"])
 
 
 def backend_options(args: argparse.Namespace, batches: bool) -> BackendOptions:
     """The options the flags give. ``--backend auto`` becomes vllm where vLLM is installed and the command
     answers ``batches`` of questions (eval, serve: BENCHMARKS.md, "Three backends", has vLLM 1.6-2.1x the
     built-in engine's questions/s on a CPU; GPUs are its home) or a vLLM setting is given; torch otherwise, and
-    with ``--compile on`` (the built-in engine's).
-    ``--compile auto`` stays auto (decided when the model is loaded) for ``batches`` and the built-in engine,
-    and is off otherwise: one question does not win back the compile's cost, and vLLM compiles its own."""
+    with ``--compile`` (the built-in engine's)."""
     values = {f.name: getattr(args, f.name) for f in fields(BackendOptions)}
     if values["backend"] == AUTO:
-        wants_vllm = vllm_settings_given(values) or (batches and values["compile"] != "on" and vllm_installed())
+        wants_vllm = vllm_settings_given(values) or (batches and not values["compile"] and vllm_installed())
         values["backend"] = "vllm" if wants_vllm else "torch"
-    if values["compile"] == AUTO and not (batches and values["backend"] == "torch"):
-        values["compile"] = "off"
     return BackendOptions(**values)
 
 
