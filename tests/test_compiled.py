@@ -149,3 +149,20 @@ def test_load_compiles_only_when_asked(monkeypatch):
     monkeypatch.setattr(loading, "load_pretrained", lambda *a, **k: loading.LoadedModel(make_tiny_llama(), Tokenizer(), None))
     assert not is_compiled(backends.load_backend("tiny", backend=BackendOptions()).model)
     assert is_compiled(backends.load_backend("tiny", backend=BackendOptions(compile=True)).model)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_eval_summary_records_a_compiled_model(tiny_pair, monkeypatch, compile):
+    from pathlib import Path
+
+    from openrag.answer.pipeline import OpenRAG
+    from openrag.eval.answerer import pipeline_answerer_factory
+    from openrag.eval.request import EvalRequest
+
+    model, tokenizer = tiny_pair
+    if compile:
+        compile_model(model)
+    monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(lambda cls, name, **kw: cls(model, tokenizer)))
+    examples = Path(__file__).resolve().parents[1] / "examples" / "hotpotqa_sample.jsonl"
+    _, settings = pipeline_answerer_factory(EvalRequest(task="hotpotqa", dataset=str(examples)), False)
+    assert settings.get("compiled", False) is compile  # absent when eager: older summaries read the same
