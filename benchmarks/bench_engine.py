@@ -20,7 +20,7 @@ Up to three sides, each in a subprocess of its own (so that peak memory is its o
   ``[No Retrieval]``.
 * engine: ``OpenRAG.answer_batch`` over all questions (prefix prefilled once per question, rows of several
   questions decoded together, ``--batch_size`` at a time; a stopped row's place goes to the next waiting row).
-* compiled: the same engine with its layers' norms and feed-forwards compiled (``--compile on``,
+* compiled: the same engine with each decoder layer's work outside attention compiled (``--compile``,
   openrag.model.compiled); its ``load_seconds`` less the engine's is the compile's cost (cold or from inductor's
   disk cache, whichever this run found: set ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder for a cold one).
 * unrefilled: the same engine as it was before refill: the call's rows cut into chunks of ``--batch_size``, each
@@ -214,7 +214,7 @@ class Side:
                 from openrag.answer import pipeline
 
                 pipeline.CHUNK_BATCHES = 1
-            backend = BackendOptions(compile="on" if side == "compiled" else "off")
+            backend = BackendOptions(compile=side == "compiled")
             self.rag = OpenRAG.from_pretrained(model, device="cpu", dtype=dtype, backend=backend)
         self.load_seconds = time.perf_counter() - start
         self.questions, self.passages = load_questions(n)

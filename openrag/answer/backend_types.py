@@ -34,8 +34,8 @@ class BackendOptions:
     backend: str = "torch"  # a name of answer.backends.BACKENDS, checked when it loads (load_backend)
     compile: bool = field(default=False, metadata={"help": "torch: each decoder layer's work outside attention through "
                           "torch.compile (openrag.model.compiled): ~20 s to compile at load, ~3 s from inductor's disk "
-                          "cache; same answers; measured no faster overall on a 2-core CPU (BENCHMARKS.md, 'Compiled "
-                          "forwards'): off by default, a switch to measure elsewhere"})
+                          "cache; the same answers in float32; measured no faster overall on a 2-core CPU (BENCHMARKS.md, "
+                          "'Compiled forwards'): off by default, a switch to measure elsewhere"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs one model is split over (a 13B model "
                                                                    "on 24 GB cards: 2)"})
     gpu_memory_utilization: float | None = field(default=None, metadata={"help": "vllm: the share of GPU memory vLLM "

@@ -83,6 +83,6 @@ def pipeline_answerer_factory(req, both: bool):
         settings["mode"] = "sweep"
     if rag.notes:
         settings["model_notes"] = list(rag.notes)
-    if rag.model is not None and is_compiled(rag.model):  # recorded, not compared on resume: the same answers
+    if rag.model is not None and is_compiled(rag.model):  # recorded, not compared on resume: the same answers in float32
         settings["compiled"] = True
     return rag_answerer(rag, both), settings
