@@ -146,9 +146,14 @@ def test_load_compiles_only_when_asked(monkeypatch):
 
             return {t: i for i, t in enumerate(REFLECTION_TOKENS)}
 
-    monkeypatch.setattr(loading, "load_pretrained", lambda *a, **k: loading.LoadedModel(make_tiny_llama(), Tokenizer(), None))
+    models = {"tiny": make_tiny_llama, "grouped": lambda: inject_moe(make_tiny_llama(), 4, 2, 16, 0.25)}  # 4 x 16 > 32
+    monkeypatch.setattr(loading, "load_pretrained", lambda name, **k: loading.LoadedModel(models[name](), Tokenizer(), None))
     assert not is_compiled(backends.load_backend("tiny", backend=BackendOptions()).model)
-    assert is_compiled(backends.load_backend("tiny", backend=BackendOptions(compile=True)).model)
+    loaded = backends.load_backend("tiny", backend=BackendOptions(compile=True))
+    assert is_compiled(loaded.model) and not loaded.notes
+    loaded = backends.load_backend("grouped", backend=BackendOptions(compile=True))  # wide experts: the grouped path
+    assert not is_compiled(loaded.model)
+    assert any("runs eager" in note for note in loaded.notes)
 
 
 @pytest.mark.parametrize("compile", [False, True])

@@ -33,8 +33,9 @@ def _load_torch(name_or_path: str, device, dtype, options: BackendOptions) -> Lo
 
     loaded = load_pretrained(name_or_path, dtype=dtype, device=device)
     notes = [untrained_tokens_note(name_or_path)] if add_reflection_tokens(loaded.model, loaded.tokenizer) else []
-    if options.compile:
-        compile_model(loaded.model)
+    if options.compile and not compile_model(loaded.model):
+        notes.append(f"--compile: no decoder layer of {name_or_path} has a form openrag compiles (openrag.model.compiled); "
+                     "it runs eager")
     return LoadedBackend(loaded.model, loaded.tokenizer, prompt_format=loaded.prompt_format, notes=notes)
 
 

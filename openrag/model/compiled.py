@@ -132,13 +132,14 @@ def compilable(layer: nn.Module, hidden_size: int, device: torch.device) -> bool
     """Whether :func:`compile_model` computes ``layer``: a Llama-family decoder layer with RMSNorms and a plain Llama
     MLP, alone or under gated experts. Anything else (a LoRA-wrapped or quantised projection, grouped experts)
     keeps its own forward."""
+    if type(layer).__name__ not in DECODER_LAYERS:
+        return False
+    if not all(type(n).__name__ in RMS_NORMS for n in (layer.input_layernorm, layer.post_attention_layernorm)):
+        return False
     ffn = layer.mlp
     if isinstance(ffn, MoEFeedForward):
-        ffn_ok = _plain_mlp(ffn.dense_mlp) and uses_gated_experts(ffn.moe_adapter.config, hidden_size, device)
-    else:
-        ffn_ok = _plain_mlp(ffn)
-    norms = (getattr(layer, "input_layernorm", None), getattr(layer, "post_attention_layernorm", None))
-    return type(layer).__name__ in DECODER_LAYERS and all(type(n).__name__ in RMS_NORMS for n in norms) and ffn_ok
+        return _plain_mlp(ffn.dense_mlp) and uses_gated_experts(ffn.moe_adapter.config, hidden_size, device)
+    return _plain_mlp(ffn)
 
 
 def _shadow(module: nn.Module, forward) -> None:
