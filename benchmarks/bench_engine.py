@@ -6,7 +6,7 @@ batched Open-RAG inference engine; Open-RAG on vLLM).
         --sides baseline engine vllm --threads 2 --scenarios released
 
 Model: ``--model`` (default: the bundled base SmolLM2-135M-Instruct with the 15 reflection tokens added,
-``OpenRAG.from_pretrained("smollm2")``; ``default``: the bundled trained model), float32 on the CPU. Data: the first ``--questions`` questions of
+``OpenRAG.from_pretrained("smollm2")``; ``default``: the bundled trained model), float32 on the CPU (``--dtype``: another). Data: the first ``--questions`` questions of
 ../shared/data/hotpotqa/hotpotqa_dev_ircot500.jsonl; each gets 3 passages: its 2 gold (supporting)
 paragraphs in file order, then the first non-gold paragraph in file order.
 
@@ -20,6 +20,9 @@ Up to three sides, each in a subprocess of its own (so that peak memory is its o
   ``[No Retrieval]``.
 * engine: ``OpenRAG.answer_batch`` over all questions (prefix prefilled once per question, rows of several
   questions decoded together, ``--batch_size`` at a time; a stopped row's place goes to the next waiting row).
+* compiled: the same engine with each decoder layer's work outside attention compiled (``--compile``,
+  openrag.model.compiled); its ``load_seconds`` less the engine's is the compile's cost (cold or from inductor's
+  disk cache, whichever this run found: set ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder for a cold one).
 * unrefilled: the same engine as it was before refill: the call's rows cut into chunks of ``--batch_size``, each
   decoded until its last row stops before the next starts (``openrag.answer.pipeline.CHUNK_BATCHES = 1``). With
   ``--slice`` questions per call, refill can matter only where a slice has more rows than ``--batch_size``.
@@ -62,7 +65,7 @@ SCENARIOS = {
     "released": dict(mode="adaptive_retrieval", retrieval_rule="token", threshold=0.0),
     "always": dict(mode="always_retrieve", retrieval_rule="token", threshold=None),
 }
-SIDES = ("baseline", "engine", "unrefilled", "vllm")
+SIDES = ("baseline", "engine", "compiled", "unrefilled", "vllm")
 SCORING = dict(ndocs=3, use_seqscore=True, use_groundness=True, use_utility=True, w_rel=1.0, w_sup=1.0, w_use=0.5)
 
 
@@ -195,21 +198,25 @@ class Released:
 class Side:
     """One side loaded once; answers slices of the questions on request and keeps the totals."""
 
-    def __init__(self, side: str, scenario: str, model: str, n: int, max_new_tokens: int, threads: int, batch_size: int):
+    def __init__(self, side: str, scenario: str, model: str, n: int, max_new_tokens: int, threads: int, batch_size: int,
+                 dtype: str | None):
         from openrag.answer import OpenRAG
         from openrag.answer.backend_types import BackendOptions
 
         torch.set_num_threads(threads)
         self.side, self.batch_size, self.max_new = side, batch_size, max_new_tokens
         self.tree = TreePeak()
+        start = time.perf_counter()
         if side == "vllm":
-            self.rag = OpenRAG.from_pretrained(model, backend=BackendOptions(backend="vllm", enforce_eager=True, kv_cache_gib=2))
+            self.rag = OpenRAG.from_pretrained(model, dtype=dtype, backend=BackendOptions(backend="vllm", enforce_eager=True, kv_cache_gib=2))
         else:
             if side == "unrefilled":
                 from openrag.answer import pipeline
 
                 pipeline.CHUNK_BATCHES = 1
-            self.rag = OpenRAG.from_pretrained(model, device="cpu")
+            backend = BackendOptions(compile=side == "compiled")
+            self.rag = OpenRAG.from_pretrained(model, device="cpu", dtype=dtype, backend=backend)
+        self.load_seconds = time.perf_counter() - start
         self.questions, self.passages = load_questions(n)
         self.options = {**SCORING, **SCENARIOS[scenario]}
         self.released = Released(self.rag, self.options, max_new_tokens) if side == "baseline" else None
@@ -235,10 +242,11 @@ class Side:
         if self.side == "vllm":  # the model and its work are in vLLM's process; its CPU time is not ours
             self.rag.engine.close()
             return {"seconds": self.seconds, "cpu_seconds": None, "rss_after_load_mib": self.loaded,
-                    "peak_rss_mib": self.tree.mib(), "work": {}, "flops": None}
+                    "peak_rss_mib": self.tree.mib(), "work": {}, "flops": None, "load_seconds": self.load_seconds}
         work = {"real_tokens": self.released.tokens} if self.side == "baseline" else vars(self.rag.engine.stats)
         return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "rss_after_load_mib": self.loaded,
-                "peak_rss_mib": max(peak_rss_mib(), self.tree.mib()), "work": work, "flops": flop_counts(self.rag.model, work)}
+                "peak_rss_mib": max(peak_rss_mib(), self.tree.mib()), "work": work, "flops": flop_counts(self.rag.model, work),
+                "load_seconds": self.load_seconds}
 
 
 def worker(args) -> None:
@@ -248,7 +256,8 @@ def worker(args) -> None:
     channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    side = Side(args.side, args.scenario, args.model, args.questions, args.max_new_tokens, args.threads, args.batch_size)
+    side = Side(args.side, args.scenario, args.model, args.questions, args.max_new_tokens, args.threads, args.batch_size,
+                args.dtype)
     print(json.dumps("ready"), file=channel, flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -261,6 +270,8 @@ class Worker:
     def __init__(self, side: str, scenario: str, args):
         cmd = [sys.executable, __file__, "--side", side, "--scenario", scenario, "--model", args.model, "--questions", str(args.questions),
                "--max_new_tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--batch_size", str(args.batch_size)]
+        if args.dtype:
+            cmd += ["--dtype", args.dtype]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def ask(self, cmd):
@@ -349,6 +360,7 @@ def summarise(sides: dict, n: int, peak_gflops: float) -> dict:
         entry = {"seconds": side["seconds"], "questions_per_second": n / side["seconds"],
                  "engine_speedup_over_it": side["seconds"] / eng["seconds"], "cpu_seconds": side["cpu_seconds"],
                  "peak_rss_mib": side["peak_rss_mib"], "rss_after_load_mib": side["rss_after_load_mib"],
+                 "load_seconds": side["load_seconds"],
                  "empty_answers": sum(not a for a in side["answers"])}
         if name != "engine":
             entry.update(compare(side, eng, n))
@@ -373,6 +385,7 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", default=["baseline", "engine"], choices=SIDES,
                         help="sides to run (engine always: the others are compared with it); vllm needs .venv-vllm")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="every side's model (default: float32)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
@@ -385,7 +398,7 @@ def main() -> None:
         args.sides.append("engine")
 
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-              "model": args.model, "threads": args.threads, "questions": args.questions,
+              "model": args.model, "dtype": args.dtype or "float32", "threads": args.threads, "questions": args.questions,
               "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "slice": args.slice,
               "load_average_before": os.getloadavg(),
               "matmul_peak_gflops": matmul_peak(args.threads), "scenarios": {}}

@@ -28,10 +28,14 @@ class LoadedBackend:
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Which backend generates, and vLLM's settings; every field is also a flag of ask, eval and serve
-    (:func:`openrag.answer.backends.add_backend_flags`)."""
+    """Which backend generates, the built-in engine's compiled forwards, and vLLM's settings; every field is also
+    a flag of ask, eval and serve (:func:`openrag.answer.backends.add_backend_flags`)."""
 
     backend: str = "torch"  # a name of answer.backends.BACKENDS, checked when it loads (load_backend)
+    compile: bool = field(default=False, metadata={"help": "torch: each decoder layer's work outside attention through "
+                          "torch.compile (openrag.model.compiled): ~20 s to compile at load, ~3 s from inductor's disk "
+                          "cache; the same answers in float32; measured no faster overall on a 2-core CPU (BENCHMARKS.md, "
+                          "'Compiled forwards'): off by default, a switch to measure elsewhere"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs one model is split over (a 13B model "
                                                                    "on 24 GB cards: 2)"})
     gpu_memory_utilization: float | None = field(default=None, metadata={"help": "vllm: the share of GPU memory vLLM "
@@ -50,9 +54,17 @@ class BackendOptions:
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
             raise ValueError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
         if self.backend != "vllm":
-            changed = [f.name for f in fields(self) if f.name != "backend" and getattr(self, f.name) != f.default]
+            changed = vllm_settings_given({f.name: getattr(self, f.name) for f in fields(self)})
             if changed:
                 raise ValueError(f"--{', --'.join(changed)}: vLLM settings; add --backend vllm")
+        elif self.compile:
+            raise ValueError("--compile compiles the built-in engine's forwards; vLLM compiles its own (unless "
+                             "--enforce_eager): drop --compile or use --backend torch")
+
+
+def vllm_settings_given(values: dict) -> list[str]:
+    """The vLLM settings that ``values`` (BackendOptions' field names -> values) sets to other than their defaults."""
+    return [f.name for f in fields(BackendOptions) if f.name not in ("backend", "compile") and values[f.name] != f.default]
 
 
 def untrained_tokens_note(name: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 
 from ..flags import add_field_flags
 from ..registry import lookup
-from .backend_types import BackendOptions, LoadedBackend, untrained_tokens_note
+from .backend_types import BackendOptions, LoadedBackend, untrained_tokens_note, vllm_settings_given
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,15 @@ class Backend:
 
 
 def _load_torch(name_or_path: str, device, dtype, options: BackendOptions) -> LoadedBackend:
+    from ..model.compiled import compile_model
     from ..model.loading import load_pretrained
     from ..model.reflection import add_reflection_tokens
 
     loaded = load_pretrained(name_or_path, dtype=dtype, device=device)
     notes = [untrained_tokens_note(name_or_path)] if add_reflection_tokens(loaded.model, loaded.tokenizer) else []
+    if options.compile and not compile_model(loaded.model):
+        notes.append(f"--compile: no decoder layer of {name_or_path} has a form openrag compiles (openrag.model.compiled); "
+                     "it runs eager")
     return LoadedBackend(loaded.model, loaded.tokenizer, prompt_format=loaded.prompt_format, notes=notes)
 
 
@@ -76,7 +80,7 @@ def vllm_installed() -> bool:
 
 def add_backend_flags(parser: argparse.ArgumentParser) -> None:
     """The ``backend`` flags: ``--backend`` (a name of BACKENDS, or ``auto``, its default: see
-    :func:`backend_options`) and one per vLLM setting of BackendOptions."""
+    :func:`backend_options`), ``--compile`` and one per vLLM setting of BackendOptions."""
     group = parser.add_argument_group("backend")
     group.add_argument("--backend", default=AUTO, choices=(AUTO, *BACKENDS), help=_backends_help())
     add_field_flags(group, [f for f in fields(BackendOptions) if f.name != "backend"])
@@ -85,11 +89,12 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
 def backend_options(args: argparse.Namespace, batches: bool) -> BackendOptions:
     """The options the flags give. ``--backend auto`` becomes vllm where vLLM is installed and the command
     answers ``batches`` of questions (eval, serve: BENCHMARKS.md, "Three backends", has vLLM 1.6-2.1x the
-    built-in engine's questions/s on a CPU; GPUs are its home) or a vLLM setting is given; torch otherwise."""
+    built-in engine's questions/s on a CPU; GPUs are its home) or a vLLM setting is given; torch otherwise, and
+    with ``--compile`` (the built-in engine's)."""
     values = {f.name: getattr(args, f.name) for f in fields(BackendOptions)}
     if values["backend"] == AUTO:
-        vllm_settings = any(values[f.name] != f.default for f in fields(BackendOptions) if f.name != "backend")
-        values["backend"] = "vllm" if vllm_settings or (batches and vllm_installed()) else "torch"
+        wants_vllm = vllm_settings_given(values) or (batches and not values["compile"] and vllm_installed())
+        values["backend"] = "vllm" if wants_vllm else "torch"
     return BackendOptions(**values)
 
 

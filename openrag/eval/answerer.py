@@ -65,6 +65,7 @@ def rag_answerer(rag, both: bool):
 def pipeline_answerer_factory(req, both: bool):
     """Load the model once; return (answerer, settings to record in the summary)."""
     from ..answer.pipeline import OpenRAG
+    from ..model.compiled import is_compiled
 
     options = answer_options(req, both)
     retriever = None
@@ -82,4 +83,6 @@ def pipeline_answerer_factory(req, both: bool):
         settings["mode"] = "sweep"
     if rag.notes:
         settings["model_notes"] = list(rag.notes)
+    if rag.model is not None and is_compiled(rag.model):  # recorded, not compared on resume: the same answers in float32
+        settings["compiled"] = True
     return rag_answerer(rag, both), settings
