@@ -54,9 +54,16 @@ def build_parser(with_flags: list[str] | None = None) -> argparse.ArgumentParser
 
 def _quiet_libraries() -> None:
     """Library chatter (weight-loading bars, sharding notes) hides our own output on the console."""
+    import logging
     import os
+    import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes (which peft imports) on a CPU with avx512_bf16 tries to fetch an optional 4-bit kernel from the
+    # hub at import, and warns when it cannot; its own CPU code then serves. Nothing a user can act on.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # peft reads transformers' deprecated `is_gradient_checkpointing` on every load (transformers 5.2x).
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         from transformers.utils import logging as hf_logging
 
