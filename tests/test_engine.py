@@ -223,3 +223,15 @@ def test_bundled_base_batched_equals_hf_generate(smollm2, tmp_path):
         tokens, logp = reference(model, ids, 8, stop)
         assert r.tokens == tokens
         assert r.logprobs == pytest.approx([logp[t][tok].item() for t, tok in enumerate(tokens)], abs=1e-3)
+
+
+def test_forwards_are_wide_unless_a_server_takes_turns_on_a_cpu():
+    """Eval and ask compute slices of FORWARD_TOKENS (fewer, larger products: faster where nothing waits between
+    forwards); a server's calls take turns between forwards, so on a CPU it makes them short."""
+    from openrag.answer.engine import FORWARD_TOKENS, TURN_FORWARD_TOKENS_CPU
+
+    engine = Engine(make_tiny_llama(), stop_ids=[0], watch=WATCH)
+    assert engine.forward_tokens == FORWARD_TOKENS > TURN_FORWARD_TOKENS_CPU
+    engine.take_turns()
+    assert engine.forward_tokens == TURN_FORWARD_TOKENS_CPU
+    assert Engine(make_tiny_llama(), stop_ids=[0], watch=WATCH, forward_tokens=9).forward_tokens == 9

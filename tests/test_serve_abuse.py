@@ -403,6 +403,27 @@ def test_a_short_request_overtakes_a_long_one_in_its_own_lane(lanes):
         assert steps[: last_short + 1].count("long question") == 400
 
 
+def test_a_started_batcher_makes_the_engines_forwards_short():
+    """Calls stop and take turns between the engine's forwards: the batcher bounds them when it starts."""
+    from openrag.serve import Batcher
+
+    class Pipeline:
+        def __init__(self):
+            self.engine, self.turned = self, False
+
+        def take_turns(self):
+            self.turned = True
+
+    async def work():
+        pipeline = Pipeline()
+        batcher = Batcher(pipeline, max_wait_s=0)
+        await batcher.start()
+        await batcher.stop()
+        return pipeline.turned
+
+    assert asyncio.run(work())
+
+
 def test_turns_go_to_the_short_lane_unless_a_long_call_was_passed_over_too_often():
     import torch
 

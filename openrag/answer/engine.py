@@ -24,8 +24,10 @@ rows are admitted (refill): their suffixes are computed as above and the running
 wide enough for both, every row still right-aligned, so the next decode step is again one ``[B, 1]`` forward.
 
 Prompts and suffixes are computed in slices of at most ``forward_tokens`` positions per forward (chunked prefill),
-so that no forward, however long a row, takes more than a bounded time: a forward is the step at which a server
-stops an abandoned call and lets another call's work run (openrag.serve.turns).
+which bounds a forward's memory. A server makes the slices short on a CPU (:meth:`Engine.take_turns`), so that no
+forward, however long a row, takes more than a bounded time: a forward is the step at which it stops an abandoned
+call and lets another call's work run (openrag.serve.turns). Where nothing waits between forwards (eval, ask), wide
+slices are faster: fewer, larger products.
 """
 
 from __future__ import annotations
@@ -74,10 +76,12 @@ class EngineStats:
 
 
 REFILL_FRACTION = 0.25  # waiting rows join once this share of max_batch has stopped (each join copies the cache)
-# The most positions one prefill forward computes (rows x slice width): a slice of a 135M model takes about a
-# second on a busy CPU core; a GPU is better used by wider ones.
-FORWARD_TOKENS = 256
-FORWARD_TOKENS_GPU = 4096
+# The most positions one prefill forward computes (rows x slice width). 4,096 where nothing waits between forwards:
+# on a CPU it answered 30 held-out questions 1.2x faster than slices of 256 (BENCHMARKS.md, "Chunked prefill").
+FORWARD_TOKENS = 4096
+# The same where a server's calls take turns between forwards, on a CPU: a slice of a 135M model takes about a second
+# on a busy core.
+TURN_FORWARD_TOKENS_CPU = 256
 
 
 @dataclass
@@ -121,7 +125,7 @@ class Engine:
                  pad_id: int = 0, forward_tokens: int | None = None):
         self.model = model
         self.device = next(model.parameters()).device
-        self.forward_tokens = forward_tokens or (FORWARD_TOKENS if self.device.type == "cpu" else FORWARD_TOKENS_GPU)
+        self.forward_tokens = forward_tokens or FORWARD_TOKENS
         self.n_layers = model.config.get_text_config().num_hidden_layers
         self.cache_keyword = cache_keyword(model)  # "cache" (transformers >= 5.24) or "past_key_values"
         self.stop_ids = set(int(t) for t in stop_ids)
@@ -136,6 +140,11 @@ class Engine:
             ids.extend(int(t) for t in group)
         self.watch_ids = torch.tensor(ids, dtype=torch.long, device=self.device)  # [W]
         self.stats = EngineStats()
+
+    def take_turns(self) -> None:
+        """Short forwards from now on where they are slow (a CPU): a server's calls stop and take turns between them."""
+        if self.device.type == "cpu":
+            self.forward_tokens = min(self.forward_tokens, TURN_FORWARD_TOKENS_CPU)
 
     # -- the two passes -------------------------------------------------------------------------------
 

@@ -140,6 +140,9 @@ class Batcher:
                 del self._workers[lane]
         if self._interrupter is None:
             self._interrupter = Interrupter.for_pipeline(self.pipeline)
+            engine = getattr(self.pipeline, "engine", None)
+            if hasattr(engine, "take_turns"):  # the built-in engine: calls stop and take turns between its forwards
+                engine.take_turns()
         if self.long_tokens is not None and self._turns is None:
             self._turns = Turns.for_pipeline(self.pipeline)
         for lane in (SHORT, LONG) if self._turns is not None else (SHORT,):

@@ -4,7 +4,7 @@ The server answers short requests and long ones in separate pipeline calls (the 
 of its own. :class:`Turns` lets them take turns at the model: a forward pre-hook waits for the calling thread's
 turn, a forward hook (run even when the forward raised) hands the turn on. Of the threads waiting, the one of the
 lowest lane goes first, so a short request runs between two forwards of a long one instead of after all of them
-(the engine computes long rows in slices of bounded size: engine.FORWARD_TOKENS). A thread passed over
+(the engine computes long rows in slices of bounded size: engine.TURN_FORWARD_TOKENS_CPU on a CPU). A thread passed over
 :data:`PASSED_LIMIT` times in a row goes next, so long calls still progress under a stream of short ones.
 A thread that takes no part (not inside :meth:`Turns.taking_part`) runs its forwards as they come.
 """
