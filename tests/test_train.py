@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -410,3 +411,27 @@ def test_a_checkpoint_kept_without_optimizer_state_resumes_its_schedule(tmp_path
     lr_again = {e["step"]: e["learning_rate"] for e in again.state.log_history if "learning_rate" in e}
     assert again.state.global_step == 8 and sum(1 for e in again.state.log_history if "loss" in e) == 8  # 1-4 kept, 5-8 new
     assert all(abs(lr_again[s] - lr[s]) < 1e-9 for s in range(5, 9))  # the schedule went on at step 5, not from warm-up
+
+
+def test_keep_checkpoint_keeps_the_best_or_with_newest_the_newest(tmp_path):
+    """scripts/keep_checkpoint.py: the checkpoint the held-out check chose, or the newest one (--newest: the resume
+    point when a session ends between two checks); a save that did not finish is never kept."""
+    from .conftest import load_script
+
+    keep = load_script("keep_checkpoint")
+    run = tmp_path / "run"
+    for step in (200, 350, 400):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "adapter.safetensors").write_bytes(b"weights")
+        (run / f"checkpoint-{step}" / "optimizer.pt").write_bytes(b"moments")
+    state = {"best_model_checkpoint": str(run / "checkpoint-200"), "global_step": 350}
+    for step in (200, 350):
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))
+    # checkpoint-400 has no trainer_state.json: its save did not finish
+    assert keep.best_checkpoint(run).name == "checkpoint-200"
+    assert keep.best_checkpoint(run, newest_only=True).name == "checkpoint-350"
+    keep.main(str(run), str(tmp_path / "kept"), newest_only=True)
+    kept = tmp_path / "kept" / "checkpoint-350"
+    assert kept.is_dir() and not (kept / "optimizer.pt").exists() and (kept / "adapter.safetensors").read_bytes() == b"weights"
+    keep.main(str(run), str(tmp_path / "kept"))
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["checkpoint-200"]  # what was kept before is replaced
