@@ -17,8 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from openrag.eval.runner import read_records  # noqa: E402
+from openrag.eval.runner import read_records
 
 PROBABILITIES = ("relevance", "groundedness", "utility")
 
@@ -76,8 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"error: no eval output at {path}: pass the .jsonl that `openrag eval` wrote", file=sys.stderr)
             return 2
-        runs.append(read_records(path))
-    result = compare(*runs)
+        try:
+            runs.append(read_records(path))
+        except (ValueError, UnicodeDecodeError) as err:
+            print(f"error: {path}: not `openrag eval` output ({err})", file=sys.stderr)
+            return 2
+    try:
+        result = compare(*runs)
+    except (KeyError, TypeError) as err:
+        print(f"error: a row lacks the field {err} that `openrag eval` writes: pass the .jsonl it wrote", file=sys.stderr)
+        return 2
     n = result["matched"]
     print(f"{n} rows in both ({result['only_first']} only in the first, {result['only_second']} only in the second)")
     if n:

@@ -54,3 +54,14 @@ def test_command_line_writes_json(ce, tmp_path, capsys):
     assert ce.main([str(a), str(b), "--json", str(tmp_path / "c.json")]) == 0
     assert "same answer 0/1" in capsys.readouterr().out
     assert json.loads((tmp_path / "c.json").read_text())["em"] == [100.0, 0.0]
+
+
+def test_command_line_names_a_malformed_file_and_a_missing_field(ce, tmp_path, capsys):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(row("q", "Paris", 1.0, True, 0.8)) + "\nnot json\n")
+    b.write_text(json.dumps({"id": "q", "retrieved": True}) + "\n")
+    assert ce.main([str(a), str(b)]) == 2
+    assert "a.jsonl:2" in capsys.readouterr().err
+    a.write_text(json.dumps(row("q", "Paris", 1.0, True, 0.8)) + "\n")
+    assert ce.main([str(a), str(b)]) == 2
+    assert "'prediction'" in capsys.readouterr().err
