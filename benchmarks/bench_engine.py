@@ -3,14 +3,17 @@ batched Open-RAG inference engine; Open-RAG on vLLM).
 
     python benchmarks/bench_engine.py [--questions 50] [--max_new_tokens 100] [--threads 1] [--output FILE.json]
     VLLM_CPU_NUM_OF_RESERVED_CPU=0 .venv-vllm/bin/python benchmarks/bench_engine.py --model default \
-        --sides baseline engine vllm --threads 2 --scenarios released
+        --sides baseline:float32 engine compiled vllm --dtypes float32 bfloat16 --threads 2 --scenarios always \
+        --engine_python .venv/bin/python
 
 Model: ``--model`` (default: the bundled base SmolLM2-135M-Instruct with the 15 reflection tokens added,
-``OpenRAG.from_pretrained("smollm2")``; ``default``: the bundled trained model), float32 on the CPU (``--dtype``: another). Data: the first ``--questions`` questions of
+``OpenRAG.from_pretrained("smollm2")``; ``default``: the bundled trained model), on the CPU in each of ``--dtypes``
+(default float32). Data: the first ``--questions`` questions of
 ../shared/data/hotpotqa/hotpotqa_dev_ircot500.jsonl; each gets 3 passages: its 2 gold (supporting)
 paragraphs in file order, then the first non-gold paragraph in file order.
 
-Up to three sides, each in a subprocess of its own (so that peak memory is its own), same model, same inputs:
+Sides, each in a subprocess of its own (so that peak memory is its own), same model, same inputs; each side runs in
+every dtype of ``--dtypes``, or in one (``baseline:float32``):
 
 * baseline: what the released ``run_short_form_multihop.py`` does per question, rewritten here: Hugging Face
   ``generate`` with batch size 1 and ``output_scores``; in adaptive mode first an unforced generation whose
@@ -31,18 +34,22 @@ Up to three sides, each in a subprocess of its own (so that peak memory is its o
   memory is that of the process tree (the side's process and every descendant, sampled every 50 ms; pages
   two processes share count twice).
 
+vLLM pins its own transformers, so a run with the vllm side starts from .venv-vllm; ``--engine_python`` runs the
+other sides under another interpreter (``.venv/bin/python``: the engine as openrag's own environment runs it, on its
+transformers; the two environments' engines have differed by 1.3x on one machine).
+
 Scenarios: ``released`` = the published multi-hop setting (adaptive_retrieval, token rule, threshold 0.0,
 ndocs 3, w_use 0.5, seqscore + groundedness + utility); ``always`` = always_retrieve with the same scoring
 (no unforced pass on either side: the gain of batching and prefix sharing alone).
-Answers are compared with the engine's after the same post-processing (openrag.answer.scoring.postprocess), and so is every
+Answers are compared with those of the engine in the first dtype, after the same post-processing (openrag.answer.scoring.postprocess), and so is every
 candidate (its text, and its score within float tolerance): the untrained base often ends an evidence row
 at once (an empty candidate), so the candidates are the finer check.
 Throughput counts questions per second of wall time, model loading excluded. FLOPs: 2 x (linear-layer
 weights) per computed token position, 2 x hidden x vocab per projected logit row, 4 x heads x head_dim per
 (query, key) pair per layer; "useful" counts only real (non-padding) positions, and a side without work counters
 (the released loop, vLLM) is credited with the engine's useful work on the same questions. Peak: the best of
-several matmuls of 2048 x 2048 in the run's dtype on the same number of threads; each side's ``fraction_of_peak``
-is its useful GFLOP/s over it.
+several matmuls of 2048 x 2048 in each dtype on the same number of threads; each side's ``fraction_of_peak``
+is its useful GFLOP/s over the peak in its own dtype.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ SCENARIOS = {
     "always": dict(mode="always_retrieve", retrieval_rule="token", threshold=None),
 }
 SIDES = ("baseline", "engine", "compiled", "unrefilled", "vllm")
+DTYPES = ("float32", "bfloat16")
 SCORING = dict(ndocs=3, use_seqscore=True, use_groundness=True, use_utility=True, w_rel=1.0, w_sup=1.0, w_use=0.5)
 
 
@@ -269,11 +277,12 @@ def worker(args) -> None:
 
 
 class Worker:
-    def __init__(self, side: str, scenario: str, args):
-        cmd = [sys.executable, __file__, "--side", side, "--scenario", scenario, "--model", args.model, "--questions", str(args.questions),
-               "--max_new_tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--batch_size", str(args.batch_size)]
-        if args.dtype:
-            cmd += ["--dtype", args.dtype]
+    def __init__(self, side: str, dtype: str, scenario: str, args):
+        python = sys.executable if side == "vllm" else args.engine_python
+        cmd = [python, __file__, "--side", side, "--scenario", scenario, "--model", args.model, "--questions", str(args.questions),
+               "--max_new_tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--batch_size", str(args.batch_size),
+               "--dtype", dtype]
+        self.name = f"{side} {dtype}"
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def ask(self, cmd):
@@ -282,20 +291,22 @@ class Worker:
             self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"worker {self.proc.args[3]} died (exit {self.proc.wait()})")
+            raise RuntimeError(f"worker {self.name} died (exit {self.proc.wait()})")
         return json.loads(line)
 
 
-def run_scenario(scenario: str, args) -> dict:
-    """Every side over the same questions, in slices taken in turn, the order rotating (the machine is shared:
-    a load change hits every side alike)."""
+def run_scenario(scenario: str, runs: list[tuple[str, str]], args) -> dict:
+    """Every (side, dtype) over the same questions, in slices taken in turn, the order rotating (the machine is
+    shared: a load change hits every side alike). Keys: "side dtype"."""
     workers = {}
-    for side in args.sides:  # one at a time: loading is heavy, and vLLM's start must not race the others'
-        workers[side] = Worker(side, scenario, args)
-        workers[side].ask("wait")
-    results = {side: {"answers": [], "retrieved": [], "candidates": []} for side in workers}
+    for side, dtype in runs:  # one at a time: loading is heavy, and vLLM's start must not race the others'
+        w = Worker(side, dtype, scenario, args)
+        workers[w.name] = w
+        w.ask("wait")
+    names = list(workers)
+    results = {name: {"answers": [], "retrieved": [], "candidates": []} for name in names}
     for k, start in enumerate(range(0, args.questions, args.slice)):
-        order = args.sides[k % len(args.sides):] + args.sides[:k % len(args.sides)]
+        order = names[k % len(names):] + names[:k % len(names)]
         for side in order:
             out = workers[side].ask([start, min(start + args.slice, args.questions)])
             for key, values in out.items():
@@ -356,8 +367,9 @@ def compare(side: dict, engine: dict, n: int) -> dict:
     }
 
 
-def summarise(sides: dict, n: int, peak_gflops: float) -> dict:
-    eng = sides["engine"]
+def summarise(sides: dict, reference: str, n: int, peaks: dict[str, float]) -> dict:
+    """Each side's speed, memory and share of its dtype's peak; answers compared with ``reference``'s (an engine)."""
+    eng = sides[reference]
     summary = {}
     for name, side in sides.items():
         entry = {"seconds": side["seconds"], "questions_per_second": n / side["seconds"],
@@ -365,19 +377,32 @@ def summarise(sides: dict, n: int, peak_gflops: float) -> dict:
                  "peak_rss_mib": side["peak_rss_mib"], "rss_after_load_mib": side["rss_after_load_mib"],
                  "load_seconds": side["load_seconds"],
                  "empty_answers": sum(not a for a in side["answers"])}
-        if name != "engine":
+        if name != reference:
             entry.update(compare(side, eng, n))
         # A side without work counters (the released loop, vLLM) is credited with the engine's useful work: the
         # same questions and answers, whatever it computed beside them.
         useful = (side["flops"] or eng["flops"])["useful"]
         entry["useful_gflop"] = useful / 1e9
         entry["useful_gflops_per_s"] = useful / side["seconds"] / 1e9
-        entry["fraction_of_peak"] = entry["useful_gflops_per_s"] / peak_gflops  # of the peak in the run's dtype
+        entry["fraction_of_peak"] = entry["useful_gflops_per_s"] / peaks[name.split()[1]]  # in the side's own dtype
         summary[name] = entry
-    summary["engine"].update(work=eng["work"], computed_gflops_per_s=eng["flops"]["computed"] / eng["seconds"] / 1e9,
+    summary[reference].update(work=eng["work"], computed_gflops_per_s=eng["flops"]["computed"] / eng["seconds"] / 1e9,
                              useful_gflops_per_cpu_s=eng["flops"]["useful"] / eng["cpu_seconds"] / 1e9,
                              nonempty_candidate_texts=sum(bool(c[0]) for cs in eng["candidates"] for c in cs))
     return summary
+
+
+def side_runs(parser, sides: list[str], dtypes: list[str]) -> list[tuple[str, str]]:
+    """``--sides`` as (side, dtype) pairs: a bare side in every dtype, ``side:dtype`` in that one; the engine in the
+    first dtype comes first (the reference), added if missing."""
+    runs = []
+    for spec in sides:
+        side, _, dtype = spec.partition(":")
+        if side not in SIDES or (dtype and dtype not in DTYPES):
+            parser.error(f"--sides {spec}: expected one of {', '.join(SIDES)}, optionally :{'|:'.join(DTYPES)}")
+        runs += [(side, d) for d in ([dtype] if dtype else dtypes) if (side, d) not in runs]
+    reference = ("engine", dtypes[0])
+    return [reference] + [r for r in runs if r != reference]
 
 
 def main() -> None:
@@ -387,10 +412,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every side (the sides take turns)")
     parser.add_argument("--batch_size", type=int, default=32, help="engine rows decoded together")
     parser.add_argument("--model", default="smollm2", help="checkpoint every side loads (default: the bundled base)")
-    parser.add_argument("--sides", nargs="+", default=["baseline", "engine"], choices=SIDES,
-                        help="sides to run (engine always: the others are compared with it); vllm needs .venv-vllm")
+    parser.add_argument("--sides", nargs="+", default=["baseline", "engine"],
+                        help=f"sides to run, of {', '.join(SIDES)}, each in every dtype or as SIDE:DTYPE in one (the engine always, "
+                             "in the first dtype: the others are compared with it); vllm needs .venv-vllm")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="every side's model (default: float32)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=DTYPES, help="the dtypes sides run in")
+    parser.add_argument("--engine_python", default=sys.executable,
+                        help="interpreter of every side but vllm (default: this one), e.g. .venv/bin/python beside .venv-vllm")
+    parser.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)  # a worker's
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
@@ -399,23 +428,24 @@ def main() -> None:
     if args.side:
         worker(args)
         return
-    if "engine" not in args.sides:
-        args.sides.append("engine")
+    runs = side_runs(parser, args.sides, args.dtypes)
+    reference = f"engine {args.dtypes[0]}"
 
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-              "model": args.model, "dtype": args.dtype or "float32", "threads": args.threads, "questions": args.questions,
+              "model": args.model, "dtypes": args.dtypes, "threads": args.threads, "questions": args.questions,
               "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "slice": args.slice,
+              "python": {"vllm": sys.executable, "others": args.engine_python}, "reference": reference,
               "load_average_before": os.getloadavg(),
-              "matmul_peak_gflops": matmul_peak(args.threads, args.dtype or "float32"), "scenarios": {}}
+              "matmul_peak_gflops": {d: matmul_peak(args.threads, d) for d in args.dtypes}, "scenarios": {}}
     for scenario in args.scenarios:
-        summary = summarise(run_scenario(scenario, args), args.questions, report["matmul_peak_gflops"])
+        summary = summarise(run_scenario(scenario, runs, args), reference, args.questions, report["matmul_peak_gflops"])
         report["scenarios"][scenario] = summary
         report["load_average_after"] = os.getloadavg()
         print(json.dumps({side: {k: v for k, v in entry.items() if k != "different_answers"}
                           for side, entry in summary.items()}, indent=1), flush=True)
         if args.output:  # after each scenario: a long run stopped early keeps what it measured
             Path(args.output).write_text(json.dumps(report, indent=1))
-    report["matmul_peak_gflops_after"] = matmul_peak(args.threads, args.dtype or "float32")
+    report["matmul_peak_gflops_after"] = {d: matmul_peak(args.threads, d) for d in args.dtypes}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "scenarios"}, indent=1))
