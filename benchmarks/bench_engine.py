@@ -44,7 +44,9 @@ ndocs 3, w_use 0.5, seqscore + groundedness + utility); ``always`` = always_retr
 Answers are compared with those of the engine in the first dtype, after the same post-processing (openrag.answer.scoring.postprocess), and so is every
 candidate (its text, and its score within float tolerance): the untrained base often ends an evidence row
 at once (an empty candidate), so the candidates are the finer check.
-Throughput counts questions per second of wall time, model loading excluded. FLOPs: 2 x (linear-layer
+Throughput counts questions per second of wall time, model loading excluded. Per phase (the engine's sides, which time their
+forwards): the linear layers' useful FLOPs in prefill (prompts and passage suffixes) and in decode steps over the
+forwards' time in each, against the peak. FLOPs: 2 x (linear-layer
 weights) per computed token position, 2 x hidden x vocab per projected logit row, 4 x heads x head_dim per
 (query, key) pair per layer; "useful" counts only real (non-padding) positions, and a side without work counters
 (the released loop, vLLM) is credited with the engine's useful work on the same questions. Peak: the best of
@@ -326,10 +328,13 @@ def flop_counts(model, work: dict) -> dict:
     head_dim = getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
     per_pair = 4 * cfg.num_attention_heads * head_dim * cfg.num_hidden_layers
     logits = 2 * cfg.hidden_size * cfg.vocab_size
-    real = work.get("real_tokens", 0)
+    real, decoded = work.get("real_tokens", 0), work.get("decode_tokens", 0)
     useful = 2 * linear * real + logits * work.get("logit_rows", 0) + per_pair * work.get("attended_pairs", 0)
     computed = useful + 2 * linear * work.get("padded_tokens", 0)
-    return {"useful": useful, "computed": computed}
+    # The linear layers' useful work (vocabulary projection included) in each phase: a decode step projects each row.
+    decode_linear = (2 * linear + logits) * decoded
+    prefill_linear = 2 * linear * (real - decoded) + logits * (work.get("logit_rows", 0) - decoded)
+    return {"useful": useful, "computed": computed, "prefill_linear": prefill_linear, "decode_linear": decode_linear}
 
 
 def matmul_peak(threads: int, dtype: str = "float32", size: int = 2048, repeats: int = 5) -> float:
@@ -386,6 +391,14 @@ def summarise(sides: dict, reference: str, n: int, peaks: dict[str, float]) -> d
         entry["useful_gflops_per_s"] = useful / side["seconds"] / 1e9
         entry["fraction_of_peak"] = entry["useful_gflops_per_s"] / peaks[name.split()[1]]  # in the side's own dtype
         summary[name] = entry
+    for name, side in sides.items():
+        work = side["work"]
+        if "decode_seconds" in work:  # the engine's sides: its forwards timed by phase
+            for phase in ("prefill", "decode"):
+                rate = side["flops"][f"{phase}_linear"] / max(work[f"{phase}_seconds"], 1e-9) / 1e9
+                summary[name][f"{phase}_seconds"] = work[f"{phase}_seconds"]
+                summary[name][f"{phase}_linear_gflops_per_s"] = rate
+                summary[name][f"{phase}_linear_fraction_of_peak"] = rate / peaks[name.split()[1]]
     summary[reference].update(work=eng["work"], computed_gflops_per_s=eng["flops"]["computed"] / eng["seconds"] / 1e9,
                              useful_gflops_per_cpu_s=eng["flops"]["useful"] / eng["cpu_seconds"] / 1e9,
                              nonempty_candidate_texts=sum(bool(c[0]) for cs in eng["candidates"] for c in cs))

@@ -93,6 +93,22 @@ def test_prefill_in_slices_equals_hf_generate(forward_tokens):
     assert all(w <= max(forward_tokens, len(rows)) for w in widths), widths  # a decode step is [B, 1], B <= 6
 
 
+def test_work_counters_split_prefill_from_decode():
+    """Each row's first token comes from its suffix's forward; every later one from a decode step (one position).
+    The rest of the real positions are the prompts' and suffixes'; both phases' forwards are timed."""
+    model = make_tiny_llama()
+    prompts, rows = random_rows()
+    engine = Engine(model, stop_ids=[pick_stop(model, rows, 12)], watch=WATCH)
+    prefixes = engine.prefill(prompts)
+    after_prompts = engine.stats.real_tokens
+    results = engine.generate(prefixes, rows, max_new_tokens=12)
+    s = engine.stats
+    shared = [shared_length(prefixes[q].ids, ids) for q, ids in rows]
+    assert after_prompts == sum(map(len, prompts)) and s.prefill_seconds > 0
+    assert s.decode_tokens == sum(len(r.tokens) - 1 for r in results) > 0 and s.decode_seconds > 0
+    assert s.real_tokens - s.decode_tokens == after_prompts + sum(len(ids) - c for (_, ids), c in zip(rows, shared))
+
+
 def test_batched_equals_engine_one_row_at_a_time():
     model = make_tiny_llama(seed=3)
     prompts, rows = random_rows(seed=4)

@@ -32,6 +32,7 @@ slices are faster: fewer, larger products.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,9 @@ class EngineStats:
     attended_pairs: int = 0  # sum over real query tokens of the slots they attend to
     logit_rows: int = 0  # positions projected onto the vocabulary
     admissions: int = 0  # times waiting rows joined the batch (the first batch included)
+    decode_tokens: int = 0  # the real positions computed by decode steps (one per row and step); the rest are prefill's
+    prefill_seconds: float = 0.0  # wall time in the forwards of prompts and suffixes (on a GPU: to launch them)
+    decode_seconds: float = 0.0  # wall time in the decode steps' forwards
 
 
 REFILL_FRACTION = 0.25  # waiting rows join once this share of max_batch has stopped (each join copies the cache)
@@ -322,8 +326,9 @@ class Engine:
             rows = [rows[i] for i in keep]
         n = batch.cache.lengths[0]
         mask[:, n] = True
-        logits = self._forward(tok[:, None], next_pos[:, None], mask[:, : n + 1], batch.cache)  # [B', V]
+        logits = self._forward(tok[:, None], next_pos[:, None], mask[:, : n + 1], batch.cache, decode=True)  # [B', V]
         self._count(real=len(rows), padded=0, pairs=int(mask[:, : n + 1].sum()), logit_rows=len(rows))
+        self.stats.decode_tokens += len(rows)
         return _Batch(batch.cache, mask, next_pos + 1, rows, logits)
 
     def _compact(self, cache: KVCache, mask: Tensor, keep: list[int], tok: Tensor, next_pos: Tensor):
@@ -346,11 +351,18 @@ class Engine:
                                    None if mask is None else mask[:, : held + end], cache)
         return logits
 
-    def _forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: KVCache) -> Tensor:
-        self.stats.forwards += 1
+    def _forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: KVCache, decode: bool = False) -> Tensor:
+        start = time.perf_counter()
         out = self.model(input_ids=x, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1,
                          **{self.cache_keyword: cache})
-        return out.logits[:, -1]  # [B, V]
+        logits = out.logits[:, -1]  # [B, V]
+        seconds = time.perf_counter() - start
+        self.stats.forwards += 1
+        if decode:
+            self.stats.decode_seconds += seconds
+        else:
+            self.stats.prefill_seconds += seconds
+        return logits
 
     def _pick(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Greedy token, its log-prob and the watched log-probs; the [B, V] log-softmax is never built."""
