@@ -93,6 +93,32 @@ def test_prefill_in_slices_equals_hf_generate(forward_tokens):
     assert all(w <= max(forward_tokens, len(rows)) for w in widths), widths  # a decode step is [B, 1], B <= 6
 
 
+def test_prompts_prefilled_together_equal_prompts_prefilled_alone():
+    """Prompts of similar length share a left-padded forward; each keeps exactly its own slots, and its cache and
+    first log-probs are those of a forward of its own. The pad slots held no NaN to leak (a pad query attends to
+    nothing real)."""
+    model = make_tiny_llama(seed=7)
+    g = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (20, 19, 20, 18, 5, 21)]
+    engine = Engine(model, stop_ids=[2], watch=WATCH)
+    assert any(len(b) > 1 and len({len(prompts[i]) for i in b}) > 1 for b in engine._buckets(list(map(len, prompts))))
+    together = engine.prefill(prompts)
+    for ids, pre in zip(prompts, together):
+        (alone,) = engine.prefill([ids])
+        assert pre.ids == ids
+        for (k, v), (k1, v1) in zip(pre.kv, alone.kv):
+            assert k.shape == k1.shape == (1, k1.shape[1], len(ids), k1.shape[3])
+            torch.testing.assert_close(k, k1, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(v, v1, atol=1e-5, rtol=1e-4)
+        for group, values in alone.first.items():
+            assert pre.first[group] == pytest.approx(values, abs=1e-4)
+    rows = [(i, ids + [9, 10, 11]) for i, ids in enumerate(prompts)]
+    for (_, ids), r in zip(rows, engine.generate(together, rows, max_new_tokens=6)):
+        tokens, logp = reference(model, ids, 6, stop=2)
+        assert r.tokens == tokens
+        assert r.logprobs == pytest.approx([logp[t][tok].item() for t, tok in enumerate(tokens)], abs=1e-4)
+
+
 def test_work_counters_split_prefill_from_decode():
     """Each row's first token comes from its suffix's forward; every later one from a decode step (one position).
     The rest of the real positions are the prompts' and suffixes'; both phases' forwards are timed."""

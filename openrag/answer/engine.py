@@ -1,7 +1,7 @@
 """Batched greedy generation for many rows that share prompt prefixes (the speed half of docs/method.md section 5).
 
 The engine knows token ids and log-probabilities, nothing of passages or reflection tokens. A prompt is
-prefilled once (batch 1, no padding); its KV cache is then fanned out to every row that continues it; each
+prefilled once (beside prompts of similar length); its KV cache is then fanned out to every row that continues it; each
 row appends its own forced tokens (``[Retrieval]<paragraph>...</paragraph>`` for instance) and all rows
 decode together, greedily, one column per step, until each stops (a stop token or ``max_new_tokens``).
 Per step only what scoring needs leaves the loop: the generated token's log-prob and the log-probs of a
@@ -154,18 +154,31 @@ class Engine:
 
     @torch.inference_mode()
     def prefill(self, prompts: Sequence[Sequence[int]]) -> list[Prefix]:
-        """Run each prompt once (batch 1, no padding) and keep its KV cache for ``generate``."""
-        prefixes = []
-        for ids in prompts:
-            if not ids:
-                raise ValueError("cannot prefill an empty prompt")
-            cache = KVCache(self.n_layers, len(ids))
-            x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # [1, P]
-            logits = self._sliced_forward(x, None, None, cache)  # [1, V]
-            self._count(real=len(ids), padded=0, pairs=len(ids) * (len(ids) + 1) // 2, logit_rows=1)
-            _, _, watched = self._pick(logits)
-            kv = [cache.held(l) for l in range(self.n_layers)]
-            prefixes.append(Prefix(list(ids), kv, self._split(watched[0].tolist())))
+        """Run the prompts and keep each one's KV cache for ``generate``. Prompts of similar length share a forward
+        (left-padded, each at its own positions; little padding, see :meth:`_buckets`); each keeps its own slots."""
+        if any(not ids for ids in prompts):
+            raise ValueError("cannot prefill an empty prompt")
+        prefixes: list[Prefix | None] = [None] * len(prompts)
+        for bucket in self._buckets([len(ids) for ids in prompts], self.forward_tokens):
+            n, P = len(bucket), len(prompts[bucket[0]])  # the longest first
+            x = torch.full((n, P), self.pad_id, dtype=torch.long)  # [n, P] left-padded prompts
+            pos = torch.zeros((n, P), dtype=torch.long)
+            mask = torch.zeros((n, P), dtype=torch.bool, device=self.device)
+            for i, b in enumerate(bucket):
+                m = len(prompts[b])
+                x[i, P - m :], pos[i, P - m :], mask[i, P - m :] = torch.tensor(list(prompts[b])), torch.arange(m), True
+            cache = KVCache(self.n_layers, P)
+            # A bucket of one prompt has no padding: positions and mask are left to the model (the common causal case).
+            padded = n > 1 and not bool(mask.all())
+            logits = self._sliced_forward(x.to(self.device), pos.to(self.device) if padded else None,
+                                          mask if padded else None, cache)  # [n, V]
+            lengths = [len(prompts[b]) for b in bucket]
+            self._count(real=sum(lengths), padded=n * P - sum(lengths), pairs=sum(m * (m + 1) // 2 for m in lengths),
+                        logit_rows=n)
+            _, _, watched = self._pick(logits)  # [n, W]
+            for i, (b, m) in enumerate(zip(bucket, lengths)):
+                kv = [tuple(t[i : i + 1, :, P - m :] for t in cache.held(l)) for l in range(self.n_layers)]  # [1, Hkv, m, Dh]
+                prefixes[b] = Prefix(list(prompts[b]), kv, self._split(watched[i].tolist()))
         return prefixes
 
     @torch.inference_mode()
@@ -201,7 +214,7 @@ class Engine:
 
     @staticmethod
     def _buckets(lengths: list[int], max_tokens: int = 4096, max_padding: float = 0.1) -> list[list[int]]:
-        """Rows grouped by suffix length (longest first) so that a padded forward wastes little: at most
+        """Rows grouped by length (longest first) so that a padded forward wastes little: at most
         ``max_padding`` of a group's positions are padding and at most ``max_tokens`` are computed."""
         buckets: list[list[int]] = []
         padding = 0
