@@ -389,16 +389,16 @@ def summarise(sides: dict, reference: str, n: int, peaks: dict[str, float]) -> d
         useful = (side["flops"] or eng["flops"])["useful"]
         entry["useful_gflop"] = useful / 1e9
         entry["useful_gflops_per_s"] = useful / side["seconds"] / 1e9
-        entry["fraction_of_peak"] = entry["useful_gflops_per_s"] / peaks[name.split()[1]]  # in the side's own dtype
-        summary[name] = entry
-    for name, side in sides.items():
+        peak = peaks[name.split()[1]]  # in the side's own dtype
+        entry["fraction_of_peak"] = entry["useful_gflops_per_s"] / peak
         work = side["work"]
         if "decode_seconds" in work:  # the engine's sides: its forwards timed by phase
             for phase in ("prefill", "decode"):
                 rate = side["flops"][f"{phase}_linear"] / max(work[f"{phase}_seconds"], 1e-9) / 1e9
-                summary[name][f"{phase}_seconds"] = work[f"{phase}_seconds"]
-                summary[name][f"{phase}_linear_gflops_per_s"] = rate
-                summary[name][f"{phase}_linear_fraction_of_peak"] = rate / peaks[name.split()[1]]
+                entry[f"{phase}_seconds"] = work[f"{phase}_seconds"]
+                entry[f"{phase}_linear_gflops_per_s"] = rate
+                entry[f"{phase}_linear_fraction_of_peak"] = rate / peak
+        summary[name] = entry
     summary[reference].update(work=eng["work"], computed_gflops_per_s=eng["flops"]["computed"] / eng["seconds"] / 1e9,
                              useful_gflops_per_cpu_s=eng["flops"]["useful"] / eng["cpu_seconds"] / 1e9,
                              nonempty_candidate_texts=sum(bool(c[0]) for cs in eng["candidates"] for c in cs))

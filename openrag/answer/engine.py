@@ -168,8 +168,8 @@ class Engine:
                 m = len(prompts[b])
                 x[i, P - m :], pos[i, P - m :], mask[i, P - m :] = torch.tensor(list(prompts[b])), torch.arange(m), True
             cache = KVCache(self.n_layers, P)
-            # A bucket of one prompt has no padding: positions and mask are left to the model (the common causal case).
-            padded = n > 1 and not bool(mask.all())
+            # Prompts of one length need no padding: positions and mask are left to the model (the plain causal case).
+            padded = not bool(mask.all())
             logits = self._sliced_forward(x.to(self.device), pos.to(self.device) if padded else None,
                                           mask if padded else None, cache)  # [n, V]
             lengths = [len(prompts[b]) for b in bucket]
