@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -204,6 +205,7 @@ def test_bf16_on_a_cpu_with_native_bf16_keeps_autocast_and_fp16_falls_back(monke
     monkeypatch.setenv("OPENRAG_CPU_BF16", "1")
     *_, args = parse_train_args(["--data_path", "x.jsonl", "--bf16", "True"])
     assert args.bf16 and args.use_cpu and args.mixed_precision == "bf16"
+    assert "bf16 autocast" in args.cpu_precision  # the sentence the run logs when it starts
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         *_, args = parse_train_args(["--data_path", "x.jsonl", "--fp16", "True"])
@@ -255,11 +257,13 @@ def test_a_bf16_autocast_step_is_close_to_float32(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_bf16_training_on_the_cpu_runs_under_autocast_and_saves_float32(tmp_path, monkeypatch):
+def test_bf16_training_on_the_cpu_runs_under_autocast_and_saves_float32(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("OPENRAG_CPU_BF16", "1")  # the code path a CPU with native bf16 takes (slow elsewhere, still right)
+    caplog.set_level(logging.INFO, logger="openrag")
     base, data, out = write_base(tmp_path / "base"), write_dataset(tmp_path / "data.jsonl"), tmp_path / "out"
     trainer = run_train(train_argv(base, data, out, "--max_steps", "8", "--bf16", "True", "--save_steps", "8"))
     assert trainer.accelerator.mixed_precision == "bf16" and trainer.accelerator.native_amp
+    assert any(r.getMessage().startswith("precision: bf16 autocast") for r in caplog.records)  # the run says what it chose
     seen = []
     hook = trainer.setup.inner.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])

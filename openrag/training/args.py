@@ -43,6 +43,8 @@ class ModelArguments:
                           "token rows (and LoRA, if it has the same) this run starts from; a LoRA it lacks starts fresh"},
     )
 
+    cpu_precision = None  # on the CPU, what --bf16/--fp16 became and why (set below; logged when the run starts)
+
     def __post_init__(self):
         if self.bits not in (4, 16):
             raise ValueError(f"--bits must be 4 (QLoRA) or 16 (no quantisation), got {self.bits}")
@@ -166,9 +168,9 @@ class OpenRAGTrainingArguments(TrainingArguments):
             if (precision.bf16, precision.fp16) != (self.bf16, self.fp16):
                 warnings.warn(precision.reason, stacklevel=2)
             elif precision.bf16:
-                log.info("%s", precision.reason)
                 self.use_cpu = True  # transformers accepts bf16 without a GPU only when told the run is on the CPU
             self.bf16, self.fp16 = precision.bf16, precision.fp16
+            self.cpu_precision = precision.reason
             if self.tf32:
                 warnings.warn("--tf32 is for CUDA GPUs; ignored on the CPU", stacklevel=2)
                 self.tf32 = None

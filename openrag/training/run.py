@@ -43,6 +43,8 @@ def run_training(
         # transformers separates packed instances by their position ids for sdpa and eager only (flash
         # attention does it for one-row batches only): elsewhere they would attend to each other
         raise ValueError(f"--packing needs sdpa or eager attention; this model uses {setup.inner.config._attn_implementation}")
+    if args.cpu_precision:
+        log.info("precision: %s", args.cpu_precision)
     log.info("%s", trainable_summary(setup.model))
     cache_dir = Path(args.output_dir) / "tokenized" if data_args.tokenized_cache else None
     with args.main_process_first(desc="tokenising the training data"):
