@@ -88,6 +88,17 @@ def cpu_name() -> str:
         return platform.processor() or "unknown"
 
 
+def run_conditions(load_before: tuple[float, float, float]) -> dict:
+    """When, on what and under what load a training bench ran (``load_before``: ``os.getloadavg()`` at its start)."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "torch": torch.__version__,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, default=512)
@@ -142,11 +153,7 @@ def main() -> None:
 
     tokens = args.batch * args.seq
     results = {
-        "date": datetime.date.today().isoformat(),
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
-        "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "torch": torch.__version__,
+        **run_conditions(load_before),
         "seq": args.seq,
         "batch": args.batch,
         "rounds": args.rounds,

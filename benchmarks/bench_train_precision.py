@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import random
@@ -38,15 +37,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import cpu_name, train_step  # noqa: E402
+from bench_train import run_conditions, train_step  # noqa: E402
+from bench_train_recipe import LORA_TARGETS, build_recipe  # noqa: E402
 
 from openrag.data.tokenize import load_training_instances  # noqa: E402
 from openrag.precision import bf16_matmul_speedup, cpu_bf16, native_bf16_flags  # noqa: E402
-from openrag.training.args import ModelArguments, MoEArguments  # noqa: E402
 from openrag.training.data import PackingCollator, tokenize_instances  # noqa: E402
-from openrag.training.setup import build_model  # noqa: E402
 
-LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 PEAK_SHAPE = (2048, 576, 1536)  # tokens x hidden -> MLP width
 
 
@@ -71,14 +68,6 @@ def block_linear_params(model) -> int:
                if isinstance(m, torch.nn.Linear) and name.removesuffix(".base_layer").rsplit(".", 1)[-1] in targets and "lora_" not in name)
 
 
-def build(bf16_base: bool):
-    setup = build_model(ModelArguments("smollm2", lora_r=16, lora_alpha=16, lora_dropout=0.0, lora_target_modules=LORA_TARGETS),
-                        MoEArguments(8, 2, 32, 0.25, 0.0), bf16=bf16_base)
-    model = setup.model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.0, fused=True)
-    return setup, model, optimizer
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="an `openrag data build` JSON-lines file")
@@ -91,8 +80,8 @@ def main() -> None:
     load_before = os.getloadavg()
     peaks = {"float32": matmul_gflops(torch.float32), "bfloat16": matmul_gflops(torch.bfloat16)}
 
-    setup, fp32_model, fp32_opt = build(bf16_base=False)
-    _, bf16_model, bf16_opt = build(bf16_base=True)
+    setup, fp32_model, fp32_opt = build_recipe(bf16=False)
+    _, bf16_model, bf16_opt = build_recipe(bf16=True)
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     variants = {  # name: (model, optimizer, context, dtype of its matrix products)
         "float32": (fp32_model, fp32_opt, contextlib.nullcontext, "float32"),
@@ -121,14 +110,10 @@ def main() -> None:
     positions = [int(b["input_ids"].numel()) for b in batches[1:]]
     linear = block_linear_params(fp32_model)
     results = {
-        "date": datetime.date.today().isoformat(),
-        "cpu": cpu_name(),
+        **run_conditions(load_before),
         "bf16_flags": native_bf16_flags(),
         "openrag_choice": {"bf16": cpu_bf16().fast, "why": cpu_bf16().why},
         "probe_bf16_speedup": round(bf16_matmul_speedup(), 2),
-        "threads": torch.get_num_threads(),
-        "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "torch": torch.__version__,
         "data": args.data,
         "batch": args.batch,
         "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},

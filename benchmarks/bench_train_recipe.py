@@ -28,7 +28,6 @@ them (PEFT puts Identity where dropout is 0).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import random
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import cpu_name, train_step  # noqa: E402
+from bench_train import run_conditions, train_step  # noqa: E402
 
 from openrag.data.tokenize import load_training_instances  # noqa: E402
 from openrag.training.args import ModelArguments, MoEArguments  # noqa: E402
@@ -46,6 +45,16 @@ from openrag.training.data import Collator, PackingCollator, tokenize_instances 
 from openrag.training.setup import build_model  # noqa: E402
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def build_recipe(dropout: float = 0.0, bf16: bool = False):
+    """The bundled recipe's model as ``openrag train`` builds it (experts 8 x top-2, adapter_dim 32, LoRA r 16 on
+    ``LORA_TARGETS``, ``dropout`` on both), in train mode, and its fused AdamW: (setup, model, optimizer)."""
+    setup = build_model(ModelArguments("smollm2", lora_r=16, lora_alpha=16, lora_dropout=dropout, lora_target_modules=LORA_TARGETS),
+                        MoEArguments(8, 2, 32, 0.25, dropout), bf16=bf16)
+    model = setup.model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.0, fused=True)
+    return setup, model, optimizer
 
 
 def main() -> None:
@@ -61,10 +70,8 @@ def main() -> None:
 
     models = {}  # dropout -> (model, optimizer), each built as `openrag train` builds it (dropout 0: PEFT's Identity)
     for p in (0.1, 0.0):
-        setup = build_model(ModelArguments("smollm2", lora_r=16, lora_alpha=16, lora_dropout=p, lora_target_modules=LORA_TARGETS),
-                            MoEArguments(8, 2, 32, 0.25, p))
-        model = setup.model.train()
-        models[p] = model, torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5, weight_decay=0.0, fused=True)
+        setup, model, optimizer = build_recipe(dropout=p)
+        models[p] = model, optimizer
     instances = load_training_instances(args.data)
     random.Random(0).shuffle(instances)
     dataset = tokenize_instances(setup.tokenizer, instances[: args.batch * (args.batches + 1)], args.max_length)
@@ -94,11 +101,7 @@ def main() -> None:
 
     real_tokens = [sum(len(f["input_ids"]) for f in b) for b in batches[1:]]
     results = {
-        "date": datetime.date.today().isoformat(),
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
-        "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "torch": torch.__version__,
+        **run_conditions(load_before),
         "data": args.data,
         "batch": args.batch,
         "real_tokens_per_batch": real_tokens,
