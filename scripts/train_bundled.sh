@@ -23,27 +23,37 @@ mkdir -p "$OUT"
   --output "$OUT/train.jsonl" --seed 0 --max_length 448 --max_facts 1 --held_out 80 \
   --exclude "$D/hotpotqa/hotpotqa_dev_ircot500.jsonl:limit=100" "$D/musique/musique_dev200.jsonl:limit=100" \
             "$D/2wikimultihopqa/2wiki_dev200.jsonl:limit=100"
-# jemalloc, where installed (apt-get install libjemalloc2), returns freed activation memory to the system:
-# under glibc's malloc a run grew from 17 to 22 GB of RSS in 50 steps (varying batch shapes).
-JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
-if [ -f "$JEMALLOC" ]; then
-  export LD_PRELOAD="$JEMALLOC${LD_PRELOAD:+:$LD_PRELOAD}" MALLOC_CONF="${MALLOC_CONF:-background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:10000}"
+# Allocator: glibc's malloc by default: a training step ran 1.24x faster under it than under jemalloc on an AMD EPYC
+# (BENCHMARKS.md, "Training precision"). Under glibc a run's memory can grow with varying batch shapes (17 to 22 GB in
+# 50 steps once); JEMALLOC=1 (apt-get install libjemalloc2) trades that speed for memory returned to the system. A
+# run the kernel kills for memory (exit 137) resumes from its newest save, up to three times.
+JEMALLOC_LIB=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+if [ "${JEMALLOC:-0}" = 1 ] && [ -f "$JEMALLOC_LIB" ]; then
+  export LD_PRELOAD="$JEMALLOC_LIB${LD_PRELOAD:+:$LD_PRELOAD}" MALLOC_CONF="${MALLOC_CONF:-background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:10000}"
 fi
 INIT=${INIT:-default}
 WARM=()
 [ "$INIT" = none ] || WARM=(--init_from "$INIT")
-RESUME=()
-if ls "$OUT"/ckpt/checkpoint-*/trainer_state.json >/dev/null 2>&1; then
-  RESUME=(--resume_from_checkpoint True)  # the newest save that finished
-elif ls "$KEPT"/checkpoint-*/trainer_state.json >/dev/null 2>&1; then
-  RESUME=(--resume_from_checkpoint "$(ls -d "$KEPT"/checkpoint-* | head -1)")
-fi
-.venv/bin/openrag train --model_name_or_path smollm2 "${WARM[@]}" --data_path "$OUT/train.jsonl" --output_dir "$OUT/ckpt" \
-  --eval_data_path "$OUT/train.held_out.jsonl" --eval_strategy steps --eval_steps 200 --metric_for_best_model loss \
-  --num_experts 8 --topk 2 --adapter_dim 32 --moe_scaling 0.25 --expert_dropout 0 \
-  --lora_r 16 --lora_alpha 16 --lora_dropout 0 --lora_target_modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
-  --model_max_length 448 --packing --reflection_loss_weight 3 --per_device_train_batch_size 16 --per_device_eval_batch_size 16 \
-  --gradient_accumulation_steps 1 --num_train_epochs ${EPOCHS:-3} --learning_rate 3e-4 --lr_scheduler_type cosine --warmup_steps 20 \
-  --adam_beta2 0.999 --weight_decay 0.0 --max_grad_norm 0.3 --train_sampling_strategy random --bf16 True \
-  --save_strategy steps --save_steps 50 --save_total_limit 2 --logging_steps 5 --report_to tensorboard \
-  --seed 0 --dataloader_num_workers 0 "${RESUME[@]}" "$@"
+train() {
+  local resume=()
+  if ls "$OUT"/ckpt/checkpoint-*/trainer_state.json >/dev/null 2>&1; then
+    resume=(--resume_from_checkpoint True)  # the newest save that finished
+  elif ls "$KEPT"/checkpoint-*/trainer_state.json >/dev/null 2>&1; then
+    resume=(--resume_from_checkpoint "$(ls -d "$KEPT"/checkpoint-* | head -1)")
+  fi
+  .venv/bin/openrag train --model_name_or_path smollm2 "${WARM[@]}" --data_path "$OUT/train.jsonl" --output_dir "$OUT/ckpt" \
+    --eval_data_path "$OUT/train.held_out.jsonl" --eval_strategy steps --eval_steps 200 --metric_for_best_model loss \
+    --num_experts 8 --topk 2 --adapter_dim 32 --moe_scaling 0.25 --expert_dropout 0 \
+    --lora_r 16 --lora_alpha 16 --lora_dropout 0 --lora_target_modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
+    --model_max_length 448 --packing --reflection_loss_weight 3 --per_device_train_batch_size 16 --per_device_eval_batch_size 16 \
+    --gradient_accumulation_steps 1 --num_train_epochs ${EPOCHS:-3} --learning_rate 3e-4 --lr_scheduler_type cosine --warmup_steps 20 \
+    --adam_beta2 0.999 --weight_decay 0.0 --max_grad_norm 0.3 --train_sampling_strategy random --bf16 True \
+    --save_strategy steps --save_steps 50 --save_total_limit 2 --logging_steps 5 --report_to tensorboard \
+    --seed 0 --dataloader_num_workers 0 "${resume[@]}" "$@"
+}
+for attempt in 1 2 3 4; do
+  status=0
+  train "$@" || status=$?
+  [ "$status" = 137 ] && [ "$attempt" -lt 4 ] || exit "$status"
+  echo "train_bundled: the run was killed (exit 137, most likely for memory); resuming from its newest save" >&2
+done
