@@ -55,5 +55,6 @@ for attempt in 1 2 3 4; do
   status=0
   train "$@" || status=$?
   [ "$status" = 137 ] && [ "$attempt" -lt 4 ] || exit "$status"
-  echo "train_bundled: the run was killed (exit 137, most likely for memory); resuming from its newest save" >&2
+  echo "train_bundled: the run was killed (exit 137, most likely for memory); resuming from its newest save in 5 minutes" >&2
+  sleep 300  # whatever else took the memory may be done by then
 done

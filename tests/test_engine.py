@@ -119,6 +119,23 @@ def test_prompts_prefilled_together_equal_prompts_prefilled_alone():
         assert r.logprobs == pytest.approx([logp[t][tok].item() for t, tok in enumerate(tokens)], abs=1e-4)
 
 
+def test_the_head_reads_a_contiguous_last_position():
+    """The last position reaches the vocabulary projection as a contiguous [B, 1, D]. A strided view of [B, T, D]
+    cannot be folded into one product: torch then broadcasts the [V, D] head to [B, D, V], which bf16 products on
+    the CPU copy, per forward (a third of a bf16 eval of the bundled model before this)."""
+    model = make_tiny_llama()
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (9, 9, 8)]
+    engine = Engine(model, stop_ids=[2], watch=WATCH)
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    prefixes = engine.prefill(prompts)
+    engine.generate(prefixes, [(i, ids + [9, 10]) for i, ids in enumerate(prompts)], max_new_tokens=3)
+    hook.remove()
+    assert seen and all(h.is_contiguous() and h.shape[1:] == (1, model.config.hidden_size) for h in seen)
+    assert max(h.shape[0] for h in seen) > 1  # rows shared a forward
+
+
 def test_work_counters_split_prefill_from_decode():
     """Each row's first token comes from its suffix's forward; every later one from a decode step (one position).
     The rest of the real positions are the prompts' and suffixes'; both phases' forwards are timed."""

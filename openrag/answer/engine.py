@@ -366,7 +366,10 @@ class Engine:
 
     def _forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None, cache: KVCache, decode: bool = False) -> Tensor:
         start = time.perf_counter()
-        out = self.model(input_ids=x, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1,
+        # The last position by index, not by slice: the [B, 1, D] copy is contiguous, whereas a strided view makes a
+        # bf16 head product on the CPU broadcast the [V, D] head to every row (a copy of it per row per forward).
+        last = torch.tensor([x.shape[1] - 1], device=x.device)
+        out = self.model(input_ids=x, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=last,
                          **{self.cache_keyword: cache})
         logits = out.logits[:, -1]  # [B, V]
         seconds = time.perf_counter() - start
