@@ -59,7 +59,9 @@ def uses_gated_experts(config: MoEConfig, hidden_size: int, device: torch.device
 def route(x: torch.Tensor, router_weight: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [N, D], router_weight [E, D] -> router logits [N, E], chosen experts [N, k], their weights [N, k]
     (softmax over the k chosen logits only)."""
-    logits = F.linear(x, router_weight)  # [N, E]
+    # In float32 outside autocast (a bf16 model's inference): E products per token cost nothing, and bf16 logits
+    # (steps of 1/16 at 8) flip near-tied top-k choices and with them the whole expert term.
+    logits = F.linear(x.float(), router_weight.float())  # [N, E]
     top_logits, top_idx = logits.topk(topk, dim=-1)  # [N, k]
     top_w = F.softmax(top_logits, dim=-1, dtype=torch.float32).to(logits.dtype)  # [N, k] (bf16 under autocast)
     return logits, top_idx, top_w
