@@ -206,6 +206,7 @@ def test_bf16_on_a_cpu_with_native_bf16_keeps_autocast_and_fp16_falls_back(monke
     *_, args = parse_train_args(["--data_path", "x.jsonl", "--bf16", "True"])
     assert args.bf16 and args.use_cpu and args.mixed_precision == "bf16"
     assert "bf16 autocast" in args.cpu_precision  # the sentence the run logs when it starts
+    assert type(args).cpu_precision is None  # a run that decides nothing (a GPU) reads None and logs no sentence
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         *_, args = parse_train_args(["--data_path", "x.jsonl", "--fp16", "True"])

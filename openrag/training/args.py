@@ -43,8 +43,6 @@ class ModelArguments:
                           "token rows (and LoRA, if it has the same) this run starts from; a LoRA it lacks starts fresh"},
     )
 
-    cpu_precision = None  # on the CPU, what --bf16/--fp16 became and why (set below; logged when the run starts)
-
     def __post_init__(self):
         if self.bits not in (4, 16):
             raise ValueError(f"--bits must be 4 (QLoRA) or 16 (no quantisation), got {self.bits}")
@@ -153,6 +151,8 @@ class OpenRAGTrainingArguments(TrainingArguments):
         default=10,
         metadata={"help": "print the per-layer expert-load table every N logs (0: never); tensorboard gets it at every log"},
     )
+
+    cpu_precision = None  # on the CPU, what --bf16/--fp16 became and why (set below; logged when the run starts)
 
     def __post_init__(self):
         import torch
