@@ -8,6 +8,10 @@ not enough: on a Sapphire Rapids guest with ``avx512_bf16`` but no AMX, bf16 pro
 transformer's shape, timed once per process (about a tenth of a second), runs at least
 :data:`BF16_MIN_SPEEDUP` times faster in bf16 than in float32. CUDA GPUs take bf16 wherever torch supports it.
 
+Inference follows the same judgement (:func:`cpu_inference_dtype`): bf16 where it is the fast choice, float32
+elsewhere; on held-out questions bf16 kept EM, retrieval decisions and relevance AUC within noise of float32
+(BENCHMARKS.md, "bf16 against float32 at inference").
+
 ``OPENRAG_CPU_BF16=1`` (or ``0``) overrides both checks: for a CPU whose flags are hidden (some virtual
 machines) and for tests of both paths on one machine.
 """
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")  # what --dtype may name (ask, eval, serve)
+DTYPE_HELP = ("the model's weights and compute (default: on the CPU bf16 where its bf16 products are fast, else float32 where "
+              "it fits in memory; on a GPU the checkpoint's own)")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_MIN_SPEEDUP = 1.2  # bf16 products must beat float32 by this much to be worth their rounding
 PROBE_SHAPE = (1024, 576, 1536)  # tokens x hidden -> MLP width, as in SmolLM2's feed-forward
@@ -91,6 +97,14 @@ def _judged_cpu_bf16() -> CpuBf16:
     if speedup < BF16_MIN_SPEEDUP:
         return CpuBf16(False, f"bf16 is not faster on this CPU ({said}, below the {BF16_MIN_SPEEDUP}x that pays for its rounding)")
     return CpuBf16(True, said)
+
+
+def cpu_inference_dtype() -> tuple[str, str]:
+    """The dtype a model computes in on this CPU when none is asked for, and the sentence that says why."""
+    cpu = cpu_bf16()
+    if cpu.fast:
+        return "bfloat16", f"bf16 ({cpu.why}; --dtype float32 for float32's answers)"
+    return "float32", f"float32 ({cpu.why})"
 
 
 @dataclass(frozen=True)

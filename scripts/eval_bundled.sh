@@ -6,6 +6,7 @@
 #                         adaptive threshold (openrag eval sweep), in OUT_DIR/TASK.sweep.jsonl
 #   KIND=standard_rag | closed_book: any LM in a plain prompt (openrag eval --baseline), OUT_DIR/TASK.KIND.jsonl
 #   TASKS="hotpotqa musique 2wikimultihopqa" (default): which held-out sets
+#   DTYPE=float32 (default): MODEL.md's figures are float32, whatever the CPU (eval's own default is bf16 where it is fast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-default}; OUT=${2:-runs/eval}; N=${3:-100}; KIND=${KIND:-sweep}
@@ -17,7 +18,7 @@ for spec in "hotpotqa:$D/hotpotqa/hotpotqa_dev_ircot500.jsonl" "musique:$D/musiq
   task=${spec%%:*}; data=${spec#*:}
   [[ " ${TASKS:-hotpotqa musique 2wikimultihopqa} " == *" $task "* ]] || continue
   common=(--model_name "$MODEL" --dataset "$data" --task "$task" --limit "$N" --ndocs 3 --ranker bm25
-          --max_new_tokens 32 --metric hotpotem --resume --no_progress --output_file "$OUT/$task.$KIND.jsonl" "$@")
+          --max_new_tokens 32 --metric hotpotem --dtype "${DTYPE:-float32}" --resume --no_progress --output_file "$OUT/$task.$KIND.jsonl" "$@")
   if [ "$KIND" = sweep ]; then
     .venv/bin/openrag eval sweep "${common[@]}" --w_use 0.5 --use_groundness --use_utility --use_seqscore
   else

@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Reference values here are float32 computations, so every machine runs the float32 path (a CPU with fast bf16
+# would otherwise compute the bundled model in bf16 by default): tests of the bf16 choice set the variable themselves.
+os.environ.setdefault("OPENRAG_CPU_BF16", "0")
+
 
 def load_script(name: str):
     """A script of ``scripts/`` (not a package module) imported as a module, for its tests."""

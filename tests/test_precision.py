@@ -65,3 +65,26 @@ def test_environment_overrides_both_checks(cpu, monkeypatch):
 def test_the_probe_times_real_products():
     speedup = precision.bf16_matmul_speedup((64, 32, 48), repeats=1)
     assert speedup > 0 and speedup == speedup  # a ratio of two measured times, not NaN
+
+
+def test_inference_computes_in_bf16_only_where_it_is_fast(cpu, monkeypatch, smollm2_folder, caplog):
+    """A checkpoint loaded without --dtype: bf16 on a CPU whose bf16 products are fast, float32 elsewhere, said why."""
+    import logging
+
+    import torch
+
+    from openrag.model import loading
+
+    small = 4 * 135_000_000
+    cpu({"avx512_bf16"}, 2.3)
+    with caplog.at_level(logging.INFO, logger="openrag.model.loading"):
+        assert loading.default_dtype(torch.device("cpu"), "float32", small) == torch.bfloat16
+    assert "avx512_bf16" in caplog.text and "--dtype float32" in caplog.text
+    model, _ = loading.load_model(str(smollm2_folder))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    cpu({"avx512_bf16"}, 0.9)  # the flag without the speed (a Sapphire Rapids guest without AMX)
+    assert loading.default_dtype(torch.device("cpu"), "bfloat16", small) == torch.float32
+    cpu({"avx2"}, 3.0)
+    assert loading.default_dtype(torch.device("cpu"), "bfloat16", small) == torch.float32
+    assert precision.cpu_inference_dtype()[0] == "float32" and "no native bf16" in precision.cpu_inference_dtype()[1]
+    assert loading.default_dtype(torch.device("cuda"), "float16", small) == torch.float16  # a GPU: the checkpoint's own

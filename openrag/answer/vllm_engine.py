@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 
+from ..precision import cpu_inference_dtype
 from .backend_types import BackendOptions, LoadedBackend, engine_tokens, untrained_tokens_note
 from .engine import Prefix, RowResult, shared_length
 
@@ -163,7 +164,7 @@ def load_vllm(name_or_path: str, device, dtype, options: BackendOptions) -> Load
         raise ValueError(f"this vLLM build runs on {platform}, not {device}: drop --device, or use --backend torch")
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
-    dtype = dtype or ("float32" if platform == "cpu" else "auto")  # float32 on the CPU, as the built-in engine
+    dtype = dtype or (cpu_inference_dtype()[0] if platform == "cpu" else "auto")  # on the CPU as the built-in engine
     if not plugin_installed():
         raise ImportError("openrag's vLLM plugin (entry point vllm.general_plugins -> openrag.vllm:register) is not "
                           "installed in this environment, so vLLM's processes cannot know the Open-RAG architecture: "

@@ -9,7 +9,7 @@ import argparse
 import json
 from dataclasses import replace
 
-from ..precision import DTYPES
+from ..precision import DTYPE_HELP, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default'/'smollm2'")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
-                        help="the model's weights and compute (default: float32 on the CPU where it fits in memory, the "
-                             "checkpoint's own on a GPU)")
+                        help=DTYPE_HELP)
     AnswerOptions.add_arguments(parser, "ask")
     add_backend_flags(parser)
 

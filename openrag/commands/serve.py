@@ -14,7 +14,7 @@ import ipaddress
 import os
 import sys
 
-from ..precision import DTYPES
+from ..precision import DTYPE_HELP, DTYPES
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -36,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a flag shows in the process list)")
     server.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     server.add_argument("--dtype", default=None, choices=DTYPES,
-                        help="the model's weights and compute (default: float32 on the CPU where it fits in memory, the "
-                             "checkpoint's own on a GPU)")
+                        help=DTYPE_HELP)
     server.add_argument("--max_batch", type=int, default=defaults.max_batch, help="questions answered by one pipeline call")
     server.add_argument("--queue_size", type=int, default=defaults.queue_size,
                         help="requests that may wait; beyond it the server answers 503 with Retry-After")

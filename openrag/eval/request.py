@@ -15,7 +15,7 @@ from pathlib import Path
 from ..answer.backend_types import BackendOptions
 from ..data.fingerprint import dataset_identity
 from ..flags import add_field_flags
-from ..precision import DTYPES
+from ..precision import DTYPE_HELP, DTYPES
 from ..registry import check_choice
 from ..tasks import EVAL_TASKS, get_eval_task
 from .metrics import METRICS
@@ -62,9 +62,7 @@ class EvalRequest:
                             "engine's rows follow)"))
     device: str | None = field(default=None, metadata=_flag("model and answering", "cuda or cpu (default: cuda when "
                                "there is one)"))
-    dtype: str | None = field(default=None, metadata=_flag("model and answering", "the model's weights and compute "
-                              "(default: float32 on the CPU where it fits in memory, the checkpoint's own on a GPU)",
-                              choices=DTYPES))
+    dtype: str | None = field(default=None, metadata=_flag("model and answering", DTYPE_HELP, choices=DTYPES))
 
     output_file: Path | None = field(default=None, metadata=_flag("output and processes", "JSON lines, one per question "
                                      "(default ./eval/TASK.jsonl); summary in .metrics.json beside it"))

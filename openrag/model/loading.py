@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..localpaths import check_local_or_hub
+from ..precision import cpu_inference_dtype
 from . import layouts as ckpt
 from .bundled import DEFAULT_NAME, SMOLLM2_NAME, default_model_dir, smollm2_checkpoint
 from .experts import inject_moe
@@ -54,14 +55,19 @@ FLOAT32_MEMORY_SHARE = 0.8  # float32 on the CPU while its weights take at most 
 
 
 def default_dtype(device: torch.device, config_dtype, float32_bytes: int | None = None) -> torch.dtype:
-    """The checkpoint's own dtype on GPUs. On the CPU float32 (the fast path without AVX-512 bf16), unless the
-    weights in float32 (``float32_bytes``, when known) would take more than FLOAT32_MEMORY_SHARE of the memory
-    available now: then the checkpoint's own dtype (a 7B model: bf16 fits a 24 GB machine, float32 does not)."""
+    """The checkpoint's own dtype on GPUs. On the CPU the one it computes fast in (``precision.cpu_inference_dtype``:
+    bf16 where its products are fast, else float32); float32 gives way to the checkpoint's own dtype where its weights
+    (``float32_bytes``, when known) would take more than FLOAT32_MEMORY_SHARE of the memory available now (a 7B
+    model: bf16 fits a 24 GB machine, float32 does not)."""
     if isinstance(config_dtype, str):
         config_dtype = getattr(torch, config_dtype, None)
     own = config_dtype if isinstance(config_dtype, torch.dtype) else torch.bfloat16
     if device.type != "cpu":
         return own
+    fast, why = cpu_inference_dtype()
+    if fast == "bfloat16":
+        log.info("computing in %s", why)
+        return torch.bfloat16
     available = available_memory()
     if float32_bytes is None or available is None or float32_bytes <= FLOAT32_MEMORY_SHARE * available:
         return torch.float32
