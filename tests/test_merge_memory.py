@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 from peft import PeftModel  # noqa: F401  imported before the baseline: what a merge imports is not what it holds
 from peft.tuners.lora import LoraLayer  # noqa: F401
+from peft.import_utils import is_bnb_available
+if is_bnb_available():  # peft >= 0.22 imports bitsandbytes (and with it torch.compile's inductor, some 40 MB) only
+    import peft.tuners.lora.bnb  # noqa: F401  when it first wraps a layer, i.e. inside the merge; 0.21 did at `import peft`
 from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: F401
 from openrag import load_model
 from openrag.model.merge import merge
