@@ -2,10 +2,13 @@
 
     python scripts/tune_weights.py runs/eval_train/hotpotqa.sweep.jsonl --apply runs/eval_v3/hotpotqa.sweep.jsonl
 
+Several tuning files are read as one set (questions of several datasets, one metric).
+
 Each record of an ``openrag eval sweep`` file keeps every candidate's answer and the unweighted terms of
 the candidate score (docs/method.md section 6: relevance, groundedness, utility, seq_score). This script
 re-chooses each question's always-retrieve answer under every setting of a small grid of weights (w_rel, w_sup,
-w_use, seq_score on or off), scores it against the gold answers, takes the setting with the best EM (then F1) on
+w_use, seq_score on or off) and of pooling (the scores of identical answers summed before choosing, as closed tasks
+always do; ``--closed`` on ``ask``), scores it against the gold answers, takes the setting with the best EM (then F1) on
 the tuning file, and prints it beside the evaluation's own weights (w_use 0.5, the rest 1) and the oracle (any
 candidate right) on every file. No generation: it runs in seconds. Tune on training questions only; --apply files
 are held out.
@@ -30,6 +33,7 @@ W_REL = (0.0, 0.5, 1.0, 2.0, 4.0)
 W_SUP = (0.0, 0.5, 1.0, 2.0)
 W_USE = (0.0, 0.25, 0.5, 1.0)
 SEQ = (True, False)
+POOLED = (False, True)
 EVAL_WEIGHTS = (1.0, 1.0, 0.5, True)  # scripts/eval_bundled.sh: --w_use 0.5, w_rel and w_sup at their default 1
 
 
@@ -80,26 +84,30 @@ def load(path: Path) -> list[dict]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("tune", type=Path, help="sweep file of training questions (weights are chosen here)")
+    ap.add_argument("tune", type=Path, nargs="+", help="sweep files of training questions (weights are chosen here)")
     ap.add_argument("--apply", type=Path, action="append", default=[], help="sweep file of held-out questions (repeatable)")
     ap.add_argument("--task", default="hotpotqa", choices=SCORED_TASKS, help="the task the files answer (its answer aggregation)")
     ap.add_argument("--top", type=int, default=5, help="how many of the best settings to list")
     args = ap.parse_args(argv)
     task = get_task(args.task)
-    tune = load(args.tune)
-    grid = list(itertools.product(W_REL, W_SUP, W_USE, SEQ))
-    results = {w: rescored(tune, w, task.metric, task.closed) for w in grid}
+    tune = [r for path in args.tune for r in load(path)]
+    # a setting: (w_rel, w_sup, w_use, seq_score, pooled); a closed task always pools
+    grid = list(itertools.product(W_REL, W_SUP, W_USE, SEQ, (True,) if task.closed else POOLED))
+    evaluation = (*EVAL_WEIGHTS, task.closed)
+    results = {s: rescored(tune, s[:4], task.metric, s[4]) for s in grid}
     # best EM, then F1, then the setting nearest the evaluation's (fewest changed weights)
-    ranked = sorted(grid, key=lambda w: (-results[w][0], -results[w][1], sum(a != b for a, b in zip(w, EVAL_WEIGHTS))))
-    print(f"{args.tune}: {len(tune)} questions, its answers' EM {recorded(tune):.1f}, oracle EM {oracle(tune, task.metric):.1f}")
-    print("| w_rel | w_sup | w_use | seq_score | EM | F1 |\n|---|---|---|---|---|---|")
-    for w in [EVAL_WEIGHTS] + ranked[:args.top]:
-        label = " (evaluation's)" if w == EVAL_WEIGHTS else ""
-        print(f"| {w[0]} | {w[1]} | {w[2]} | {'on' if w[3] else 'off'}{label} | {results[w][0]:.1f} | {results[w][1]:.1f} |")
+    ranked = sorted(grid, key=lambda s: (-results[s][0], -results[s][1], sum(a != b for a, b in zip(s, evaluation))))
+    names = " ".join(str(p) for p in args.tune)
+    print(f"{names}: {len(tune)} questions, its answers' EM {recorded(tune):.1f}, oracle EM {oracle(tune, task.metric):.1f}")
+    print("| w_rel | w_sup | w_use | seq_score | pooled | EM | F1 |\n|---|---|---|---|---|---|---|")
+    for s in [evaluation] + ranked[:args.top]:
+        label = " (evaluation's)" if s == evaluation else ""
+        print(f"| {s[0]} | {s[1]} | {s[2]} | {'on' if s[3] else 'off'} | {'yes' if s[4] else 'no'}{label} | {results[s][0]:.1f} "
+              f"| {results[s][1]:.1f} |")
     best = ranked[0]
     for path in args.apply:
         held = load(path)
-        base, tuned = rescored(held, EVAL_WEIGHTS, task.metric, task.closed), rescored(held, best, task.metric, task.closed)
+        base, tuned = rescored(held, EVAL_WEIGHTS, task.metric, task.closed), rescored(held, best[:4], task.metric, best[4])
         print(f"{path}: {len(held)} questions, its answers' EM {recorded(held):.1f}, oracle EM {oracle(held, task.metric):.1f}; evaluation's weights EM/F1 "
               f"{base[0]:.1f}/{base[1]:.1f}; tuned {best} EM/F1 {tuned[0]:.1f}/{tuned[1]:.1f}")
 

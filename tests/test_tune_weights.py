@@ -49,6 +49,21 @@ def test_other_weights_choose_other_answers(tune):
     assert tune.rescored(RECORDS, (2.0, 0.0, 0.5, True), "hotpotem", closed=False)[0] == pytest.approx(100.0)
 
 
+def test_pooling_sums_the_scores_of_identical_answers(tune, tmp_path, capsys):
+    # relevance only: "A" .9 alone beats each "B" (.5), but the two "B" candidates pooled (1.0) beat it
+    record = {"index": 0, "id": "c", "answers": ["B"], "metrics": {"em": 0.0},
+              "candidates": [candidate("A", 0.9, 0, 0, 0), candidate("B", 0.5, 0, 0, 0), candidate("B", 0.5, 0, 0, 0)]}
+    assert tune.rescored([record], (1.0, 0.0, 0.0, False), "hotpotem", closed=False)[0] == pytest.approx(0.0)
+    assert tune.rescored([record], (1.0, 0.0, 0.0, False), "hotpotem", closed=True)[0] == pytest.approx(100.0)
+    first, second = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    first.write_text(json.dumps(record) + "\n")
+    second.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    tune.main([str(first), str(second), "--top", "1"])  # two tuning files read as one set of 3 questions
+    out = capsys.readouterr().out
+    assert "3 questions, its answers' EM 33.3, oracle EM 100.0" in out
+    assert "| yes | 100.0 |" in out  # the best setting pools
+
+
 def test_main_reports_the_best_setting_on_held_out_files(tune, tmp_path, capsys):
     path = tmp_path / "train.sweep.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
