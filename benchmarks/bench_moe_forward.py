@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
 
-    dense, _ = load_model("smollm2", device="cpu")
+    dense, _ = load_model("smollm2", dtype=torch.float32, device="cpu")  # as measured in BENCHMARKS.md, on any CPU
     moe = inject_moe(copy.deepcopy(dense), args.experts, args.topk, args.adapter_dim, 0.25).eval()
     with torch.no_grad():  # non-zero experts, so that every variant does its full work
         for adapter in moe_adapters(moe):

@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     rows = rows[: args.instances]
     for name in args.models:
         try:
-            model, tokenizer = load_model(name)
+            model, tokenizer = load_model(name, dtype=torch.float32)  # MODEL.md's figures are float32, on any CPU
         except (OSError, ValueError) as err:
             sys.exit(f"probe_relevance: cannot load {name}: {err}")
         words = bool(add_reflection_tokens(model, tokenizer)) and args.words  # a bare base: it had no reflection tokens

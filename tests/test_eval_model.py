@@ -155,7 +155,7 @@ def test_dtype_reaches_the_loaded_model_and_the_resume_settings(hotpot4, monkeyp
     monkeypatch.setattr(OpenRAG, "from_pretrained", classmethod(loading))
     req = EvalRequest(task="hotpotqa", dataset=str(hotpot4), dtype="bfloat16")
     assert req.settings["dtype"] == "bfloat16"  # a resumed run in another dtype is refused
-    assert "dtype" not in EvalRequest(task="hotpotqa", dataset=str(hotpot4)).settings  # older runs resume as they were
+    assert "dtype" not in EvalRequest(task="hotpotqa", dataset=str(hotpot4)).settings  # known once loaded (the answerer's)
     with pytest.raises(RuntimeError, match="loaded"):
         pipeline_answerer_factory(req, False)
     assert seen["dtype"] == "bfloat16"

@@ -107,6 +107,18 @@ def test_resume_refused_when_the_loaded_model_answers_otherwise(data, tmp_path):
     assert len(read_records(out)) == 4
 
 
+def test_resume_refused_when_the_model_computes_in_another_dtype(data, tmp_path):
+    """A run begun in float32 (recorded, or from before the dtype was recorded) and resumed where the model loads in
+    bf16 by default (a CPU with fast bf16) would mix two precisions' answers."""
+    out = tmp_path / "run.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(request(data, out), factory(die_after=2))  # no dtype recorded: an older run, float32
+    with pytest.raises(ValueError, match="dtype: 'float32' there, 'bfloat16' now"):
+        evaluate(request(data, out, resume=True), factory({"dtype": "bfloat16"}))
+    summary = evaluate(request(data, out, resume=True), factory({"dtype": "float32"}))
+    assert summary["complete"] and summary["dtype"] == "float32"
+
+
 def test_resume_with_the_same_settings_finishes_the_run(data, tmp_path):
     out = tmp_path / "run.jsonl"
     killed_run(data, out, options={"max_new_tokens": 7})

@@ -98,5 +98,5 @@ def baseline_answerer_factory(req, both: bool):
     max_new_tokens = req.options.get("max_new_tokens", 100)
     answerer = PlainAnswerer(model, tokenizer, req.task, req.baseline == "standard_rag", max_new_tokens, req.instruction)
     settings = {"max_new_tokens": max_new_tokens, "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-                "instruction": req.instruction or "the task's"}
+                "instruction": req.instruction or "the task's", "dtype": str(model.dtype).removeprefix("torch.")}
     return answerer, settings

@@ -198,6 +198,7 @@ def resume_keys() -> dict:
 
     keys = dict.fromkeys([*SETTINGS_BEFORE_LOADING, "instruction", "chat_template"])
     keys.update({f.name: default_of(f.name) for f in fields(AnswerOptions) if f.name not in keys and f.name != "batch_size"})
+    keys["dtype"] = "float32"  # answers in another dtype are other answers; summaries before it was recorded: the CPU's float32
     return keys
 
 

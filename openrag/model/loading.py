@@ -200,6 +200,9 @@ def load_adapter(folder: Path, dtype, device, base_model: str | None = None) -> 
     adapter adds to base weights (a LoRA, the new token rows) is summed in float32 and rounded once, so that a
     bf16 model is never held in float32 whole."""
     config = ckpt.AdapterConfig.read(folder)
+    if dtype is None and device.type != "cpu":  # the base's own dtype, as for any checkpoint on a GPU (it loads on the CPU)
+        base = read_config(resolve_folder(base_model or config.base_model))
+        dtype = default_dtype(device, getattr(base, "dtype", None) or getattr(base, "torch_dtype", None))
     model, _ = load_model(base_model or config.base_model, dtype=dtype, device="cpu")
     dtype = model.dtype
     embeddings_to_float32(model)

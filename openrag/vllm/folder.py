@@ -55,8 +55,9 @@ def vllm_folder(name_or_path: str = "default", dtype: str = "auto", output_dir: 
     """The vLLM-loadable folder of any checkpoint ``openrag.load_model`` reads, written if it must be.
 
     ``dtype``: of the weights written where a checkpoint is merged or re-saved (``auto``: the checkpoint's;
-    the CPU backend asks for float32, the dtype the built-in engine computes in there). ``output_dir``: where to
-    write instead of the cache (a folder written there before is reused when its fingerprint matches)."""
+    the CPU backend asks for the dtype the built-in engine computes in there, ``precision.cpu_inference_dtype``).
+    ``output_dir``: where to write instead of the cache (a folder written there before is reused when its
+    fingerprint matches)."""
     source = resolve_folder(str(name_or_path))
     if _names_architecture(source):
         return _read_info(source)
