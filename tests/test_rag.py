@@ -71,8 +71,9 @@ def test_score_terms_match_hand_computation():
     assert terms["groundedness"] == pytest.approx(0.625)
     assert terms["utility"] == pytest.approx(0.35)
     assert terms["seq_score"] == pytest.approx(0.08 ** (1 / 3))
-    opts = AnswerOptions(w_rel=1.0, w_sup=1.0, w_use=0.5)
+    opts = AnswerOptions(w_rel=1.0, w_sup=1.0, w_use=0.5, use_groundness=True, use_utility=True)  # the paper's score
     assert candidate_score(terms, opts) == pytest.approx(0.08 ** (1 / 3) + 0.75 + 0.625 + 0.5 * 0.35)
+    assert candidate_score(terms, AnswerOptions()) == pytest.approx(0.08 ** (1 / 3))  # the default: the answer's confidence
     off = AnswerOptions(use_seqscore=False, use_groundness=False, use_utility=False, w_rel=2.0)
     assert candidate_score(terms, off) == pytest.approx(1.5)
 

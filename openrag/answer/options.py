@@ -41,10 +41,14 @@ class AnswerOptions:
     max_passage_tokens: int | None = field(default=None, metadata={"help": "cut each passage to its first N tokens, "
                                            "with a note (the chain: N per passage it joins): a bound on one row's work "
                                            "(default: only the context window bounds it; serve: 1024)"})
+    # The candidate score (docs/method.md section 6). By default the answer's own confidence, identical answers pooled:
+    # tuned on training questions, it answered 1-6 more of 100 held-out questions than the paper's critique-weighted
+    # score on every dev set and model measured (MODEL.md, "Where the answers fail"). The paper's score:
+    # --w_rel 1 --use_groundness --use_utility --no-closed (openrag eval keeps it: COMMANDS["eval"]).
     use_seqscore: bool = field(default=True, metadata={"help": "add exp(mean token log-prob) to the score"})
-    use_groundness: bool = field(default=True, metadata={"help": "add w_sup * the groundedness (support) score (spelled as in the seed)"})
-    use_utility: bool = field(default=True, metadata={"help": "add w_use * the utility score"})
-    w_rel: float = field(default=1.0, metadata={"help": "weight of the relevance score"})
+    use_groundness: bool = field(default=False, metadata={"help": "add w_sup * the groundedness (support) score (spelled as in the seed)"})
+    use_utility: bool = field(default=False, metadata={"help": "add w_use * the utility score"})
+    w_rel: float = field(default=0.0, metadata={"help": "weight of the relevance score"})
     w_sup: float = field(default=1.0, metadata={"help": "weight of the groundedness (support) score"})
     w_use: float = field(default=1.0, metadata={"help": "weight of the utility score"})
     task: str = field(default="multihop", metadata={"choices": tuple(TASKS), "help": "prompt format and answer aggregation"})
@@ -53,7 +57,8 @@ class AnswerOptions:
                                       "training: multi-hop prompts as `openrag data build` writes them (question alone, "
                                       "'title\\ntext' evidence); default: the one the model was trained with (its "
                                       "checkpoint says; released for checkpoints that do not)"})
-    closed: bool | None = field(default=None, metadata={"help": "sum the scores of identical answers (default: by task)"})
+    closed: bool | None = field(default=True, metadata={"help": "sum the scores of identical answers before choosing "
+                                "(None: by task, pooled for closed tasks only, the paper's rule)"})
     batch_size: int = field(default=32, metadata={"help": "the most rows (candidates) generated together"})
     query: str = field(default="question", metadata={"choices": QUERIES, "help": "what the retriever (--index) is "
                        "asked: the question, or the question plus the model's no-retrieval answer (multi-hop)"})
@@ -108,8 +113,10 @@ COMMANDS: dict[str, CommandOptions] = {
     # The seed's evaluation: its --use_* switches are store_true, off unless given. The task comes from its own
     # --task (evaluation tasks) and sets `closed`; its --batch_size counts questions per call (the runner's), and
     # the engine's rows follow from it (eval.answerer.answer_options).
+    # Its score weights are the seed's (1 each), not the confidence rule the other commands default to.
     "eval": CommandOptions(excluded=("task", "closed", "batch_size"), given_only=True,
-                           defaults={"use_seqscore": False, "use_groundness": False, "use_utility": False}),
+                           defaults={"use_seqscore": False, "use_groundness": False, "use_utility": False,
+                                     "w_rel": 1.0, "w_sup": 1.0, "w_use": 1.0}),
     # The HTTP request fields (openrag.serve.schemas): the prompt format, batching and the passage cut stay the server's.
     "request": CommandOptions(excluded=("prompt_format", "closed", "batch_size", "max_passage_tokens"), given_only=True),
 }
