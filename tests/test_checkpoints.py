@@ -114,6 +114,23 @@ def test_adapter_layout_round_trip_is_exact(tmp_path, smollm2_tokenizer):
         assert torch.equal(loaded(IDS).logits, model.eval()(IDS).logits)
 
 
+def test_an_adapter_for_an_accelerator_loads_in_its_base_dtype(tmp_path, smollm2_tokenizer):
+    """Off the CPU a checkpoint computes in its own dtype; an adapter's base is assembled on the CPU first, and must
+    not take the CPU's choice (float32 here, bf16 on a CPU with fast bf16) with it. The meta device stands in for a GPU."""
+    from openrag.model.loading import load_adapter
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    base = make_tiny_llama_for(tokenizer).to(torch.bfloat16)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    n0 = len(tokenizer)
+    model = copy.deepcopy(base).float()
+    add_reflection_tokens(model, tokenizer)
+    save_adapter(model, tokenizer, tmp_path / "adapter", base_model=str(tmp_path / "base"), num_base_tokens=n0)
+    assert load_adapter(tmp_path / "adapter", None, torch.device("meta")).model.dtype == torch.bfloat16
+    assert load_adapter(tmp_path / "adapter", None, torch.device("cpu")).model.dtype == torch.float32  # conftest: float32 CPU
+
+
 def test_a_save_cut_short_is_passed_over_for_the_last_whole_one(tmp_path, smollm2_tokenizer, monkeypatch):
     from openrag.model.layouts import find_checkpoint
 
