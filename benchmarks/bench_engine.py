@@ -78,7 +78,8 @@ SCENARIOS = {
 }
 SIDES = ("baseline", "engine", "compiled", "unrefilled", "vllm")
 DTYPES = ("float32", "bfloat16")
-SCORING = dict(ndocs=3, use_seqscore=True, use_groundness=True, use_utility=True, w_rel=1.0, w_sup=1.0, w_use=0.5)
+SCORING = dict(ndocs=3, use_seqscore=True, use_groundness=True, use_utility=True, w_rel=1.0, w_sup=1.0, w_use=0.5,
+               closed=False)  # the seed's score and open-task choice, which the released loop (Released) computes
 
 
 def load_questions(n: int) -> tuple[list[str], list[list[dict]]]:
