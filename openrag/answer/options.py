@@ -44,7 +44,8 @@ class AnswerOptions:
     # The candidate score (docs/method.md section 6). By default the answer's own confidence, identical answers pooled:
     # tuned on training questions, it answered 1-6 more of 100 held-out questions than the paper's critique-weighted
     # score on every dev set and model measured (MODEL.md, "Where the answers fail"). The paper's score:
-    # --w_rel 1 --use_groundness --use_utility --no-closed (openrag eval keeps it: COMMANDS["eval"]).
+    # --w_rel 1 --use_groundness --use_utility, and closed=None (by task; --no-closed on open tasks) (openrag eval
+    # keeps it: COMMANDS["eval"], and `closed` from its task).
     use_seqscore: bool = field(default=True, metadata={"help": "add exp(mean token log-prob) to the score"})
     use_groundness: bool = field(default=False, metadata={"help": "add w_sup * the groundedness (support) score (spelled as in the seed)"})
     use_utility: bool = field(default=False, metadata={"help": "add w_use * the utility score"})
@@ -58,7 +59,8 @@ class AnswerOptions:
                                       "'title\\ntext' evidence); default: the one the model was trained with (its "
                                       "checkpoint says; released for checkpoints that do not)"})
     closed: bool | None = field(default=True, metadata={"help": "sum the scores of identical answers before choosing "
-                                "(None: by task, pooled for closed tasks only, the paper's rule)"})
+                                "(default on; the paper pools for closed tasks only: --no-closed on open tasks; in "
+                                "Python None follows the task)"})
     batch_size: int = field(default=32, metadata={"help": "the most rows (candidates) generated together"})
     query: str = field(default="question", metadata={"choices": QUERIES, "help": "what the retriever (--index) is "
                        "asked: the question, or the question plus the model's no-retrieval answer (multi-hop)"})

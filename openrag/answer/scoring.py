@@ -130,8 +130,8 @@ def candidate_score(terms: dict[str, float], opts) -> float:
 
 
 def choose(candidates: Sequence, closed: bool) -> str:
-    """The best candidate's text; closed tasks sum the scores of identical answers first. Ties go to the
-    earlier candidate."""
+    """The best candidate's text; ``closed``: the scores of identical answers are summed first (the paper does so
+    for closed tasks; AnswerOptions pools by default). Ties go to the earlier candidate."""
     if not closed:
         return max(candidates, key=lambda c: c.score).text  # max keeps the first of equals
     totals: dict[str, float] = {}

@@ -48,7 +48,10 @@ def print_answer(answer) -> None:
         console.print(f"[dim]{verdict}: {answer.retrieval_rule} rule, {answer.retrieval_value:.4f} vs threshold "
                       f"{answer.threshold} (retrieve when {side})[/dim]")
     if answer.candidates:
-        best = max(range(len(answer.candidates)), key=lambda i: answer.candidates[i].score)
+        # The chosen candidate: the best-scored one whose answer is the answer (identical answers' scores add up by
+        # default, so the best single score need not be it); else the best-scored (the page's chosenIndex).
+        best = max(range(len(answer.candidates)),
+                   key=lambda i: (answer.candidates[i].text == answer.text, answer.candidates[i].score))
         table = Table(title="evidence", show_lines=False)
         for name in ("#", "title", "answer", "score", "rel", "sup", "use", "seq"):
             table.add_column(name, justify="right" if name in ("#", "score", "rel", "sup", "use", "seq") else "left")

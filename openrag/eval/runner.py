@@ -190,14 +190,16 @@ SETTINGS_BEFORE_LOADING = ("task", "metric", "model", "dataset", "dataset_finger
 
 
 def resume_keys() -> dict:
-    """Each field a resume compares, with the value its absence stands for: None, or for an answering option its
-    default (a summary written before the option existed was answered as the default answers)."""
+    """Each field a resume compares, with the value its absence stands for: None, or for an answering option eval's
+    default (a summary written before the option was recorded was answered as eval's default answers: its own
+    COMMANDS["eval"] defaults, e.g. w_rel 1, over AnswerOptions')."""
     from dataclasses import fields
 
-    from ..answer.options import default_of, AnswerOptions
+    from ..answer.options import COMMANDS, default_of, AnswerOptions
 
     keys = dict.fromkeys([*SETTINGS_BEFORE_LOADING, "instruction", "chat_template"])
-    keys.update({f.name: default_of(f.name) for f in fields(AnswerOptions) if f.name not in keys and f.name != "batch_size"})
+    keys.update({f.name: COMMANDS["eval"].defaults.get(f.name, default_of(f.name)) for f in fields(AnswerOptions)
+                 if f.name not in keys and f.name != "batch_size"})
     keys["dtype"] = "float32"  # answers in another dtype are other answers; summaries before it was recorded: the CPU's float32
     return keys
 
