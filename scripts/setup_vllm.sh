@@ -20,5 +20,5 @@ fi
 # openrag without its declared dependencies (they would move transformers past vLLM's pin), then the few it
 # imports when answering; the entry point vllm.general_plugins comes with it.
 "$VENV/bin/pip" install -q --no-deps -e .
-"$VENV/bin/pip" install -q "peft>=0.17,<0.22" "accelerate>=1.0" "gguf>=0.10" "bm25s>=0.2" "rich>=13" "tqdm>=4.66" "pytest>=8" \
+"$VENV/bin/pip" install -q "peft>=0.17,<0.23" "accelerate>=1.0" "gguf>=0.10" "bm25s>=0.2" "rich>=13" "tqdm>=4.66" "pytest>=8" \
     "$TORCH_SPEC" "$("$VENV/bin/python" -c 'import transformers; print("transformers==" + transformers.__version__)')"

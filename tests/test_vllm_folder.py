@@ -264,8 +264,8 @@ def test_backend_registry_and_eval_settings():
     args = build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa", "--backend", "vllm"])
     req = _request(args)
     assert req.backend.backend == "vllm" and req.settings["backend"] == "vllm"  # a resume must match it
-    torch_req = _request(build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa"]))
-    assert "backend" not in torch_req.settings  # older runs resume as they were
+    torch_req = _request(build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa", "--backend", "torch"]))
+    assert "backend" not in torch_req.settings  # older runs resume as they were (auto picks vllm where it is installed)
     with pytest.raises(ValueError, match="drop --backend vllm"):
         _request(build_parser(with_flags=["eval"]).parse_args(["eval", "--task", "hotpotqa", "--baseline", "closed_book", "--backend", "vllm"]))
 
