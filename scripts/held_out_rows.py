@@ -34,21 +34,31 @@ def held_out_questions(path: Path) -> set[str]:
     return questions
 
 
+def question_of(row: dict) -> str:
+    """A QA row's question, under the field names of the formats the build reads (IRCoT's ``question_text``)."""
+    return str(row.get("question") or row.get("question_text") or "").strip()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("held_out", type=Path, help="the build's .held_out.jsonl")
     ap.add_argument("inputs", type=Path, nargs="+", help="the build's input files (QA rows in any format the build reads)")
     ap.add_argument("--output_dir", type=Path, required=True)
     args = ap.parse_args(argv)
-    wanted = held_out_questions(args.held_out)
+    try:
+        wanted = held_out_questions(args.held_out)
+        matched = {path: [row for _, row in iter_rows(path)[1] if isinstance(row, dict) and question_of(row) in wanted]
+                   for path in args.inputs}
+    except (OSError, ValueError) as err:
+        sys.exit(f"held_out_rows: {err}")
+    if len({path.stem for path in args.inputs}) < len(args.inputs):
+        sys.exit("held_out_rows: two inputs share a file name, and so would their outputs; give each input once")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     found = set()
-    for path in args.inputs:
-        rows = [row for _, row in iter_rows(path)[1]
-                if isinstance(row, dict) and str(row.get("question") or row.get("question_text") or "").strip() in wanted]
-        found.update(str(row.get("question") or row.get("question_text")).strip() for row in rows)
+    for path, rows in matched.items():
+        found.update(question_of(row) for row in rows)
         if rows:
-            out = args.output_dir / f"{path.name.split('.')[0]}.jsonl"
+            out = args.output_dir / f"{path.stem}.jsonl"
             out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
             print(f"{out}: {len(rows)} rows")
     print(f"{len(found)} held-out questions found ({len(wanted)} distinct instance inputs: fact instances ask sub-questions, "

@@ -31,3 +31,11 @@ def test_a_file_that_is_not_a_held_out_file_is_refused(tmp_path):
     rows.write_text(json.dumps({"question": "Q?"}) + "\n")
     with pytest.raises(SystemExit, match="line 1 is not a training instance"):
         load_script("held_out_rows").main([str(rows), str(rows), "--output_dir", str(tmp_path / "out")])
+
+
+def test_a_missing_input_is_named_before_anything_is_written(tmp_path):
+    held = tmp_path / "train.held_out.jsonl"
+    held.write_text(json.dumps(instance("Q?")) + "\n")
+    with pytest.raises(SystemExit, match="no data file at .*absent.json"):
+        load_script("held_out_rows").main([str(held), str(tmp_path / "absent.json"), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -83,8 +83,8 @@ def pipeline_answerer_factory(req, both: bool):
         settings["mode"] = "sweep"
     if rag.notes:
         settings["model_notes"] = list(rag.notes)
-    if rag.model is not None:  # the dtype it computes in, chosen or defaulted (bf16 on a CPU where it is fast)
-        settings["dtype"] = str(rag.model.dtype).removeprefix("torch.")
-    if rag.model is not None and is_compiled(rag.model):  # recorded, not compared on resume: the same answers in float32
-        settings["compiled"] = True
+    if rag.model is not None:
+        settings["dtype"] = str(rag.model.dtype).removeprefix("torch.")  # chosen or defaulted (bf16 where it is fast)
+        if is_compiled(rag.model):  # recorded, not compared on resume: the same answers in float32
+            settings["compiled"] = True
     return rag_answerer(rag, both), settings
