@@ -501,7 +501,7 @@ def test_one_failing_request_does_not_fail_its_batch():
 # README's list of request fields, not read from AnswerOptions or the schema under test.
 REQUEST_OPTIONS = {"mode": "always_retrieve", "retrieval_rule": "meanp", "threshold": 0.3, "ndocs": 2, "chain": True,
                    "max_new_tokens": 7, "use_seqscore": False, "use_groundness": False, "use_utility": False,
-                   "w_rel": 0.5, "w_sup": 0.25, "w_use": 2.0, "task": "popqa", "query": "question+answer"}
+                   "w_rel": 0.5, "w_sup": 0.25, "w_use": 2.0, "closed": False, "task": "popqa", "query": "question+answer"}
 
 
 def test_every_request_option_reaches_the_pipeline(client, pipeline):

@@ -120,7 +120,7 @@ COMMANDS: dict[str, CommandOptions] = {
                            defaults={"use_seqscore": False, "use_groundness": False, "use_utility": False,
                                      "w_rel": 1.0, "w_sup": 1.0, "w_use": 1.0}),
     # The HTTP request fields (openrag.serve.schemas): the prompt format, batching and the passage cut stay the server's.
-    "request": CommandOptions(excluded=("prompt_format", "closed", "batch_size", "max_passage_tokens"), given_only=True),
+    "request": CommandOptions(excluded=("prompt_format", "batch_size", "max_passage_tokens"), given_only=True),
 }
 
 
