@@ -468,6 +468,19 @@ def test_critic_with_a_tiny_llama(smollm2_tokenizer):
     assert inst.support is None and 1 <= inst.utility <= 5
 
 
+def test_build_with_a_critic_checkpoint_records_its_dtype(tmp_path, smollm2_folder):
+    from .conftest import save_tiny_served_model
+
+    critic = save_tiny_served_model(smollm2_folder, tmp_path / "critic", max_positions=512)
+    out = tmp_path / "train.jsonl"
+    argv = ["build", str(FIXTURES / "ircot.jsonl"), "--output", str(out), "--tokenizer", "none", "--critic", str(critic)]
+    assert run_command([*argv, "--dtype", "bfloat16"]) == 0
+    report = json.loads(out.with_suffix(".stats.json").read_text())
+    assert report["critic"] == str(critic) and report["critic_dtype"] == "bfloat16"
+    assert run_command(argv) == 0  # the default under the suite's float32 (conftest)
+    assert json.loads(out.with_suffix(".stats.json").read_text())["critic_dtype"] == "float32"
+
+
 EVAL_HELD_OUT = ["hotpotqa/hotpotqa_dev_ircot500.jsonl", "musique/musique_dev200.jsonl", "2wikimultihopqa/2wiki_dev200.jsonl"]
 
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..precision import DTYPE_HELP, DTYPES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -38,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "for `openrag train --eval_data_path` (the run's held-out check)")
     build.add_argument("--critic", default=None, metavar="MODEL", help="causal LM (any openrag.load_model checkpoint) that re-labels support and utility")
     build.add_argument("--device", default=None, help="device of the critic (default: cuda if available)")
+    build.add_argument("--dtype", default=None, choices=DTYPES, help=f"the critic's dtype: {DTYPE_HELP}; the report "
+                       "records it, since its labels can differ between dtypes (float32 labels the same on every CPU)")
 
     stats = sub.add_parser("stats", help="instances per reflection token and token lengths of a training file or hub dataset")
     stats.add_argument("data", help="JSON lines of openrag data build, or the released shayekh/openrag_train_data (hub name or local file)")
@@ -92,7 +96,7 @@ def run_build(args: argparse.Namespace) -> int:
     if args.critic:
         from ..data.critic import Critic
 
-        critic = Critic.load(args.critic, device=args.device)
+        critic = Critic.load(args.critic, device=args.device, dtype=args.dtype)
     result = build(args.inputs, config, exclude=exclude, errors=ErrorLog(strict=args.strict), critic=critic)
     if not result.instances:
         raise ValueError("no instance was built: every row was excluded or bad (see the messages above)")
@@ -101,7 +105,8 @@ def run_build(args: argparse.Namespace) -> int:
         write_jsonl(held_out_path(args.output), (inst.to_row() for inst in result.held_out))
     tokenizer = None if args.tokenizer.lower() == "none" else load_tokenizer(args.tokenizer)
     report = build_report(result, tokenizer, args.tokenizer, args.max_length)
-    report.update(inputs=args.inputs, exclude=args.exclude, seed=args.seed, critic=args.critic, output=str(args.output))
+    report.update(inputs=args.inputs, exclude=args.exclude, seed=args.seed, critic=args.critic,
+                  critic_dtype=critic and critic.dtype, output=str(args.output))
     write_json(stats_path(args.output), report)
     print_report(report)
     print(f"wrote {report['instances']} instances to {args.output} (report: {stats_path(args.output)})")

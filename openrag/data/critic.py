@@ -31,11 +31,16 @@ class Critic:
         self._utility: dict[tuple[str, str], int] = {}  # utility ignores the evidence: once per question
 
     @classmethod
-    def load(cls, name_or_path: str, device: str | None = None) -> Critic:
+    def load(cls, name_or_path: str, device: str | None = None, dtype: str | None = None) -> Critic:
         from ..model.loading import load_model
 
-        model, tokenizer = load_model(name_or_path, device=device)
+        model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
         return cls(model, tokenizer)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the critic computes in (its labels can differ between float32 and bf16)."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     @torch.no_grad()
     def choose(self, prompt: str, options: list[str]) -> int:
