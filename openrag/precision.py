@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DTYPES = ("float32", "bfloat16", "float16")  # what --dtype may name (ask, eval, serve)
+DTYPES = ("float32", "bfloat16", "float16")  # what --dtype may name (ask, eval, serve, data build's critic)
 DTYPE_HELP = ("the model's weights and compute (default: on the CPU bf16 where its bf16 products are fast, else float32 where "
               "it fits in memory; on a GPU the checkpoint's own)")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")

@@ -14,7 +14,7 @@ from .conftest import make_tiny_llama
 from openrag.answer.backend_types import BackendOptions
 from openrag.answer.backends import backend_options
 from openrag.answer.engine import Engine
-from openrag.model.compiled import compile_model, eager_model, is_compiled
+from openrag.model.compiled import compile_model, is_compiled
 from openrag.model.experts import decoder_layers, inject_moe, moe_adapters, uses_gated_experts
 
 
@@ -97,17 +97,6 @@ def test_training_mode_runs_the_modules_own_forward(compiled_pair):
             m.eval()
     assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
     assert torch.allclose(losses[0][1], losses[1][1], atol=1e-6)
-
-
-def test_eager_model_gives_every_module_its_own_forward_back(compiled_pair):
-    model, _ = compiled_pair
-    assert is_compiled(model)
-    eager_model(model)
-    try:
-        assert not is_compiled(model)
-        assert all("forward" not in m.__dict__ for m in model.modules())
-    finally:
-        compile_model(model)
 
 
 def test_dense_model_compiles_too():

@@ -100,10 +100,11 @@ def test_answer_without_passages_lets_the_engine_retrieve(client, pipeline):
     assert pipeline.calls[-1]["passages"] is None and pipeline.calls[-1]["options"] == {}
 
 
-def test_answer_with_choices(client, pipeline):
-    r = client.post("/v1/answer", json={"question": "which?", "task": "arc_c", "choices": ["a", "b", "c", "d"]})
+@pytest.mark.parametrize("choices", [["a", "b", "c", "d"], ["only one"]])  # 1 to 5, as `ask` and Python take them
+def test_answer_with_choices(client, pipeline, choices):
+    r = client.post("/v1/answer", json={"question": "which?", "task": "arc_c", "choices": choices})
     assert r.status_code == 200
-    assert pipeline.calls[-1]["choices"] == [["a", "b", "c", "d"]] and pipeline.calls[-1]["options"] == {"task": "arc_c"}
+    assert pipeline.calls[-1]["choices"] == [choices] and pipeline.calls[-1]["options"] == {"task": "arc_c"}
 
 
 @pytest.mark.parametrize("body, said", [

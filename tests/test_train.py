@@ -185,7 +185,7 @@ def test_tied_embeddings_get_no_lora_but_new_rows_train(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32(monkeypatch):
-    from openrag.training.args import parse_train_args
+    from .train_helpers import parse_train_args
 
     monkeypatch.setenv("OPENRAG_CPU_BF16", "0")
     with warnings.catch_warnings(record=True) as caught:
@@ -200,7 +200,7 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_bf16_on_a_cpu_with_native_bf16_keeps_autocast_and_fp16_falls_back(monkeypatch):
-    from openrag.training.args import parse_train_args
+    from .train_helpers import parse_train_args
 
     monkeypatch.setenv("OPENRAG_CPU_BF16", "1")
     *_, args = parse_train_args(["--data_path", "x.jsonl", "--bf16", "True"])
@@ -279,7 +279,7 @@ def test_bf16_training_on_the_cpu_runs_under_autocast_and_saves_float32(tmp_path
 
 def test_seed_command_line_parses():
     """Every flag of the train command of docs/method.md section 8 is accepted with its meaning."""
-    from openrag.training.args import parse_train_args
+    from .train_helpers import parse_train_args
 
     argv = (
         "--model_name_or_path meta-llama/Llama-2-7b-hf --data_path shayekh/openrag_train_data --data_subset moe "
@@ -388,7 +388,7 @@ def test_held_out_check_reports_loss_and_critique_and_keeps_the_best(tmp_path):
 
 
 def test_eval_strategy_without_held_out_data_is_refused_before_the_model(tmp_path):
-    from openrag.training.args import parse_train_args
+    from .train_helpers import parse_train_args
     from openrag.training.run import run_training
 
     with pytest.raises(ValueError, match="--eval_data_path"):

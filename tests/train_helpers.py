@@ -76,10 +76,17 @@ def train_argv(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def parse_train_args(argv: list[str]):
+    """An ``openrag train`` command line (without the ``train`` word) parsed as the command parses it."""
+    from openrag.cli import build_parser
+    from openrag.training.args import train_arguments_from
+
+    return train_arguments_from(build_parser(with_flags=["train"]).parse_args(["train", *argv]))
+
+
 def run_train(argv: list[str]):
     """Train in this process, as ``openrag train`` would; returns the trainer."""
     from openrag.training import run_training
-    from openrag.training.args import parse_train_args
 
     return run_training(*parse_train_args(argv))
 

@@ -21,6 +21,7 @@ QUERIES = ("question", "question+answer")  # what a retriever is asked
 # Used when no threshold is given: "retrieve when [Retrieval] is likelier than [No Retrieval]", and the
 # same neutral point for the confidence rules. Tune per task (the published multi-hop run used 0.0).
 DEFAULT_THRESHOLD = 0.5
+SERVE_MAX_PASSAGE_TOKENS = 1024  # serve's cut of each passage (README, "Security")
 
 
 def _rules_help() -> str:
@@ -40,7 +41,7 @@ class AnswerOptions:
     max_new_tokens: int = field(default=100, metadata={"help": "the most tokens generated per candidate"})
     max_passage_tokens: int | None = field(default=None, metadata={"help": "cut each passage to its first N tokens, "
                                            "with a note (the chain: N per passage it joins): a bound on one row's work "
-                                           "(default: only the context window bounds it; serve: 1024)"})
+                                           f"(default: only the context window bounds it; serve: {SERVE_MAX_PASSAGE_TOKENS})"})
     # The candidate score (docs/method.md section 6). By default the answer's own confidence, identical answers pooled:
     # tuned on training questions, it answered 1-6 more of 100 held-out questions than the paper's critique-weighted
     # score on every dev set and model measured (MODEL.md, "Where the answers fail"). The paper's score:
@@ -58,9 +59,9 @@ class AnswerOptions:
                                       "training: multi-hop prompts as `openrag data build` writes them (question alone, "
                                       "'title\\ntext' evidence); default: the one the model was trained with (its "
                                       "checkpoint says; released for checkpoints that do not)"})
+    # In Python None follows the task (pooled for closed tasks only, as the paper does).
     closed: bool | None = field(default=True, metadata={"help": "sum the scores of identical answers before choosing "
-                                "(default on; the paper pools for closed tasks only: --no-closed on open tasks; in "
-                                "Python None follows the task)"})
+                                "(default on; the paper pools for closed tasks only: off on open tasks for its choice)"})
     batch_size: int = field(default=32, metadata={"help": "the most rows (candidates) generated together"})
     query: str = field(default="question", metadata={"choices": QUERIES, "help": "what the retriever (--index) is "
                        "asked: the question, or the question plus the model's no-retrieval answer (multi-hop)"})
@@ -111,7 +112,7 @@ COMMANDS: dict[str, CommandOptions] = {
     "ask": CommandOptions(),
     # The flags set the server's defaults; a request may override the `request` fields. Its passages are cut to a
     # bounded length, so that one long row cannot hold the engine (README, "Security").
-    "serve": CommandOptions(defaults={"max_passage_tokens": 1024}),
+    "serve": CommandOptions(defaults={"max_passage_tokens": SERVE_MAX_PASSAGE_TOKENS}),
     # The seed's evaluation: its --use_* switches are store_true, off unless given. The task comes from its own
     # --task (evaluation tasks) and sets `closed`; its --batch_size counts questions per call (the runner's), and
     # the engine's rows follow from it (eval.answerer.answer_options).

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..answer.backend_types import BackendOptions
+from ..answer.options import default_of
 from ..data.fingerprint import dataset_identity
 from ..flags import add_field_flags
 from ..precision import DTYPE_HELP, DTYPES
@@ -75,7 +76,8 @@ class EvalRequest:
     rank: int = field(default=0, metadata=_flag("output and processes", "this process's share, 0..world_size-1 "
                       "(default $RANK or 0)"))
 
-    ndocs: int = 3  # passages per question; with an index, the K of its search and of retrieval_recall@K
+    ndocs: int = field(default_factory=lambda: default_of("ndocs"))  # passages per question; with an index, the K of its
+    # search and of retrieval_recall@K
     progress: bool = True
     options: dict = field(default_factory=dict)  # answering options given (mode, threshold, w_use, ...): AnswerOptions'
     backend: BackendOptions = field(default_factory=BackendOptions)  # torch (built-in engine) or vllm, and vLLM's settings

@@ -16,7 +16,7 @@ size the compiler may assume nothing of, not even that it is not 1), so one grap
 length. Two graphs in all, however long the run; no padding to buckets is needed.
 
 :func:`compile_model` puts these in place on a loaded model (each layer's ``forward`` is shadowed on the
-instance, so that weights, names and checkpoints are untouched) and :func:`eager_model` takes them away. Only
+instance, so that weights, names and checkpoints are untouched). Only
 inference is compiled: the experts' gated form is the inference path (experts.py); a layer in training mode
 runs its own eager forward.
 
@@ -167,13 +167,6 @@ def compile_model(model: nn.Module) -> int:
         with torch.inference_mode():
             model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
     return count
-
-
-def eager_model(model: nn.Module) -> None:
-    """Undo :func:`compile_model`: every module runs its own forward again."""
-    for module in model.modules():
-        if _shadowed(module):
-            del module.forward
 
 
 def is_compiled(model: nn.Module) -> bool:

@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 
 from ..answer.options import option_fields
 from ..flags import field_kind
+from ..tasks import MAX_CHOICES
 
 MAX_QUESTION_CHARS = 4_000
 MAX_TITLE_CHARS = 500
 MAX_PASSAGE_CHARS = 20_000
 MAX_PASSAGES = 32
-MAX_CHOICES = 5
 MAX_CHOICE_CHARS = 500
 MAX_NEW_TOKENS = 1_024
 MAX_MESSAGES = 64
@@ -67,7 +67,7 @@ class AnswerFields(AnswerOptionFields):
 
     passages: list[PassageIn] | None = Field(default=None, max_length=MAX_PASSAGES, description=
                                              "evidence; left out, the server's index (if any) is searched")
-    choices: list[Choice] | None = Field(default=None, min_length=2, max_length=MAX_CHOICES,
+    choices: list[Choice] | None = Field(default=None, min_length=1, max_length=MAX_CHOICES,
                                          description="answer choices, for task arc_c")
 
     def options(self) -> dict:

@@ -206,10 +206,3 @@ def train_arguments_from(namespace) -> tuple[ModelArguments, MoEArguments, DataA
     """The four dataclasses from a parsed namespace (validation runs in their ``__post_init__``)."""
     values = vars(namespace)
     return tuple(cls(**{f.name: values[f.name] for f in fields(cls) if f.init and f.name in values}) for cls in ARGUMENT_CLASSES)
-
-
-def parse_train_args(argv: list[str]):
-    """Parse an ``openrag train`` command line (without the ``train`` word)."""
-    from transformers import HfArgumentParser
-
-    return HfArgumentParser(ARGUMENT_CLASSES).parse_args_into_dataclasses(args=argv, look_for_args_file=False)
