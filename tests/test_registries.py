@@ -142,10 +142,10 @@ def test_eval_flags_keep_the_seeds_defaults():
 def test_request_fields_are_the_options():
     from openrag.serve.schemas import OPTION_FIELDS, AnswerRequest
 
-    # Written out (README, "Serve"), not read from the declarations under test: prompt_format, closed and
-    # batch_size stay the server's (answer.options.COMMANDS["request"]).
+    # Written out (README, "Serve"), not read from the declarations under test: prompt_format, batching and the
+    # passage cut stay the server's (answer.options.COMMANDS["request"]).
     assert OPTION_FIELDS == ("mode", "retrieval_rule", "threshold", "ndocs", "chain", "max_new_tokens", "use_seqscore",
-                             "use_groundness", "use_utility", "w_rel", "w_sup", "w_use", "task", "query")
+                             "use_groundness", "use_utility", "w_rel", "w_sup", "w_use", "task", "closed", "query")
     assert set(OPTION_FIELDS) <= {f.name for f in fields(AnswerOptions)}
     with pytest.raises(ValueError, match="retrieval_rule"):
         AnswerRequest(question="q", retrieval_rule="coin")
