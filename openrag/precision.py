@@ -31,6 +31,11 @@ BF16_MIN_SPEEDUP = 1.2  # bf16 products must beat float32 by this much to be wor
 PROBE_SHAPE = (1024, 576, 1536)  # tokens x hidden -> MLP width, as in SmolLM2's feed-forward
 
 
+def dtype_name(dtype) -> str:
+    """A torch dtype as --dtype and the records spell it: torch.bfloat16 -> "bfloat16" (a name stays as it is)."""
+    return str(dtype).removeprefix("torch.")
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags of /proc/cpuinfo (empty where there is none, e.g. macOS)."""

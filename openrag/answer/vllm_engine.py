@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 
-from ..precision import cpu_inference_dtype
+from ..precision import cpu_inference_dtype, dtype_name
 from .backend_types import BackendOptions, LoadedBackend, engine_tokens, untrained_tokens_note
 from .engine import Prefix, RowResult, shared_length
 
@@ -162,9 +162,8 @@ def load_vllm(name_or_path: str, device, dtype, options: BackendOptions) -> Load
     platform = current_platform.device_type  # "cuda", "cpu", ...: vLLM runs where its build targets
     if device is not None and torch.device(device).type != platform:
         raise ValueError(f"this vLLM build runs on {platform}, not {device}: drop --device, or use --backend torch")
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
-    dtype = dtype or (cpu_inference_dtype()[0] if platform == "cpu" else "auto")  # on the CPU as the built-in engine
+    # A torch dtype or its name; none given: on the CPU as the built-in engine chooses
+    dtype = dtype_name(dtype) if dtype else (cpu_inference_dtype()[0] if platform == "cpu" else "auto")
     if not plugin_installed():
         raise ImportError("openrag's vLLM plugin (entry point vllm.general_plugins -> openrag.vllm:register) is not "
                           "installed in this environment, so vLLM's processes cannot know the Open-RAG architecture: "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED
+from ..precision import dtype_name
 from .tokenize import format_prompt
 
 SUPPORT_ANSWERS = {FULLY_SUPPORTED: "fully supported", PARTIALLY_SUPPORTED: "partially supported", NO_SUPPORT: "not supported"}
@@ -40,7 +41,7 @@ class Critic:
     @property
     def dtype(self) -> str:
         """The dtype the critic computes in (its labels can differ between float32 and bf16)."""
-        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return dtype_name(next(self.model.parameters()).dtype)
 
     @torch.no_grad()
     def choose(self, prompt: str, options: list[str]) -> int:

@@ -15,6 +15,7 @@ from dataclasses import asdict, fields
 from typing import Sequence
 
 from ..answer.scoring import RULES, get_rule
+from ..precision import dtype_name
 from .runner import Question
 
 
@@ -84,7 +85,7 @@ def pipeline_answerer_factory(req, both: bool):
     if rag.notes:
         settings["model_notes"] = list(rag.notes)
     if rag.model is not None:
-        settings["dtype"] = str(rag.model.dtype).removeprefix("torch.")  # chosen or defaulted (bf16 where it is fast)
+        settings["dtype"] = dtype_name(rag.model.dtype)  # chosen or defaulted (bf16 where it is fast)
         if is_compiled(rag.model):  # recorded, not compared on resume: the same answers in float32
             settings["compiled"] = True
     return rag_answerer(rag, both), settings

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from ..precision import dtype_name
 from ..tasks import format_choices, format_prompt, get_task
 from .runner import Question
 
@@ -98,5 +99,5 @@ def baseline_answerer_factory(req, both: bool):
     max_new_tokens = req.options.get("max_new_tokens", 100)
     answerer = PlainAnswerer(model, tokenizer, req.task, req.baseline == "standard_rag", max_new_tokens, req.instruction)
     settings = {"max_new_tokens": max_new_tokens, "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-                "instruction": req.instruction or "the task's", "dtype": str(model.dtype).removeprefix("torch.")}
+                "instruction": req.instruction or "the task's", "dtype": dtype_name(model.dtype)}
     return answerer, settings

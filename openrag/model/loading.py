@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..localpaths import check_local_or_hub
-from ..precision import cpu_inference_dtype
+from ..precision import cpu_inference_dtype, dtype_name
 from . import layouts as ckpt
 from .bundled import DEFAULT_NAME, SMOLLM2_NAME, default_model_dir, smollm2_checkpoint
 from .experts import inject_moe
@@ -72,7 +72,7 @@ def default_dtype(device: torch.device, config_dtype, float32_bytes: int | None 
     if float32_bytes is None or available is None or float32_bytes <= FLOAT32_MEMORY_SHARE * available:
         return torch.float32
     log.warning("loading in %s, the checkpoint's dtype: in float32 its weights (%.1f GB) would not fit in the %.1f GB of memory "
-                "available (ask --dtype, or dtype= in Python, to choose)", str(own).removeprefix("torch."), float32_bytes / 1e9,
+                "available (ask --dtype, or dtype= in Python, to choose)", dtype_name(own), float32_bytes / 1e9,
                 available / 1e9)
     return own
 
