@@ -1,8 +1,8 @@
 """Command-line flags from a dataclass's fields: the one way a declared setting becomes a flag.
 
 A field ``name`` becomes ``--name``, of the field's type (a bool is ``--name``/``--no-name``), with the
-``help``, ``choices`` and ``metavar`` of its metadata. ``AnswerOptions``, ``BackendOptions`` and ``EvalRequest`` build their
-flags here, so that a new setting is one field. This module imports nothing of openrag.
+``help``, ``choices`` and ``metavar`` of its metadata. ``AnswerOptions``, ``BackendOptions``, ``EvalRequest`` and
+``ServeSettings`` build their flags here, so that a new setting is one field. This module imports nothing of openrag.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
+from ..bundled_names import DEFAULT_NAME
 from ..errors import InputError
 from ..model.reflection import NO_RETRIEVAL
 from ..passage import Passage, read_passage, titled_text
@@ -129,7 +130,7 @@ class OpenRAG:
         self.model_prompt_format = prompt_format or "released"
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "default", device=None, dtype=None, retriever=None,
+    def from_pretrained(cls, name_or_path: str = DEFAULT_NAME, device=None, dtype=None, retriever=None,
                         backend: str | BackendOptions = "torch", **options) -> OpenRAG:
         """Load any checkpoint ``openrag.load_model`` reads (``default``: the bundled trained model).
         A model without reflection tokens gets them (untrained), with a note. ``backend``: ``torch`` (the

@@ -9,6 +9,7 @@ import argparse
 import json
 from dataclasses import replace
 
+from ..bundled_names import DEFAULT_NAME
 from ..precision import DTYPE_HELP, DTYPES
 
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top_k", type=int, metavar="K", help="with --index: passages retrieved and used (sets --ndocs)")
     parser.add_argument("--choices", nargs="+", metavar="TEXT", help="answer choices A, B, C, ... (task arc_c)")
     parser.add_argument("--json", action="store_true", help="print the answer object as JSON")
-    parser.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default'/'smollm2'")
+    parser.add_argument("--model_name", default=DEFAULT_NAME, help="checkpoint folder, hub name, or 'default'/'smollm2'")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
                         help=DTYPE_HELP)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..bundled_names import SMOLLM2_NAME
 from ..precision import DTYPE_HELP, DTYPES
 
 
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
                        help="evaluation files (windows allowed, e.g. dev.jsonl:limit=100) whose questions must not be trained on")
     build.add_argument("--strict", action="store_true", help="stop at the first bad row instead of counting and skipping it")
-    build.add_argument("--tokenizer", default="smollm2", help="tokenizer for the length report (checkpoint folder, hub name or 'smollm2'); 'none' to skip")
+    build.add_argument("--tokenizer", default=SMOLLM2_NAME, help="tokenizer for the length report (checkpoint folder, hub name or 'smollm2'); 'none' to skip")
     build.add_argument("--max_length", type=int, default=4096, help="training max length; the report counts instances it would shorten")
     build.add_argument("--max_per_dataset", type=int, default=None, help="keep at most this many questions per dataset (seeded sample)")
     build.add_argument("--distractors", type=int, default=None, help="hard distractor instances per question (default: as many as its gold instances)")
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stats = sub.add_parser("stats", help="instances per reflection token and token lengths of a training file or hub dataset")
     stats.add_argument("data", help="JSON lines of openrag data build, or the released shayekh/openrag_train_data (hub name or local file)")
     stats.add_argument("--subset", default=None, help="hub config of a training dataset (moe or dense)")
-    stats.add_argument("--tokenizer", default="smollm2")
+    stats.add_argument("--tokenizer", default=SMOLLM2_NAME)
     stats.add_argument("--max_length", type=int, default=4096)
     stats.add_argument("--strict", action="store_true")
 

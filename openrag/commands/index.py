@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=tuple(KINDS), default=None,
                         help="; ".join(f"{k.name}: {k.help}" for k in KINDS.values()) +
                         " (default bm25; dense with --faiss_index)")
-    parser.add_argument("--passage_words", type=int, default=100, help="folder corpora: words per passage (default 100)")
-    parser.add_argument("--passage_overlap", type=int, default=20, help="folder corpora: words shared by neighbours (default 20)")
+    parser.add_argument("--passage_words", type=int, default=100, help="folder corpora: words per passage (default %(default)s)")
+    parser.add_argument("--passage_overlap", type=int, default=20, help="folder corpora: words shared by neighbours (default %(default)s)")
     parser.add_argument("--dense_model", default=None,
                         help="sentence-transformers folder or name (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--faiss", default="Flat",
@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dense: text put before each passage when embedding (default: 'passage: ' for e5, else none)")
     parser.add_argument("--batch_size", type=int, default=64, help="dense: passages embedded per batch")
     parser.add_argument("--device", default=None, help="dense: cpu, cuda, cuda:1, ... (default: the best there is)")
-    parser.add_argument("--rrf_k", type=int, default=60, help="hybrid: reciprocal-rank fusion constant (default 60)")
+    parser.add_argument("--rrf_k", type=int, default=60, help="hybrid: reciprocal-rank fusion constant (default %(default)s)")
     parser.add_argument("--chunk_size", type=int, default=10_000,
-                        help="passages per chunk: the unit of memory and of resuming a stopped build (default 10000)")
+                        help="passages per chunk: the unit of memory and of resuming a stopped build (default %(default)s)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="embed only part I of N (from 0) of the chunks and write a shard folder; then --merge")
     parser.add_argument("--merge", nargs="+", default=None, metavar="SHARD",
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerank", default="",
                         help="a sentence-transformers cross-encoder (folder or name) that re-scores the first "
                              "--rerank_depth passages of each search; kept as the index's default")
-    parser.add_argument("--rerank_depth", type=int, default=50, help="passages the cross-encoder re-scores (default 50)")
+    parser.add_argument("--rerank_depth", type=int, default=50, help="passages the cross-encoder re-scores (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an index built with other settings or over a changed corpus")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..bundled_names import DEFAULT_NAME
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default="default", help="checkpoint folder, hub name, 'smollm2' (the bare base) or 'default' (the bundled model, the default)")
+    parser.add_argument("model", nargs="?", default=DEFAULT_NAME, help="checkpoint folder, hub name, 'smollm2' (the bare base) or 'default' (the bundled model, the default)")
     parser.add_argument("--json", action="store_true", help="print the facts as one JSON object")
 
 

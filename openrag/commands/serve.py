@@ -14,6 +14,7 @@ import ipaddress
 import os
 import sys
 
+from ..bundled_names import DEFAULT_NAME
 from ..precision import DTYPE_HELP, DTYPES
 
 LOOPBACK_NAMES = ("localhost",)
@@ -22,14 +23,14 @@ LOOPBACK_NAMES = ("localhost",)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from openrag.answer.backends import add_backend_flags
     from openrag.answer.options import AnswerOptions
-    from openrag.serve.app import API_KEY_ENV, ServeSettings
+    from openrag.flags import add_field_flags
+    from openrag.serve.app import API_KEY_ENV, LOOPBACK_HOSTS, ServeSettings
 
-    defaults = ServeSettings()
     server = parser.add_argument_group("server")
-    server.add_argument("--model_name", default="default", help="checkpoint folder, hub name, or 'default' (the bundled model)")
+    server.add_argument("--model_name", default=DEFAULT_NAME, help="checkpoint folder, hub name, or 'default' (the bundled model)")
     server.add_argument("--index", default=None, metavar="DIR",
                         help="an index folder from `openrag index`, searched for questions that come without passages")
-    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
     server.add_argument("--port", type=int, default=8000)
     server.add_argument("--api_key", default=None,
                         help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}; prefer the variable, "
@@ -37,35 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     server.add_argument("--dtype", default=None, choices=DTYPES,
                         help=DTYPE_HELP)
-    server.add_argument("--max_batch", type=int, default=defaults.max_batch, help="questions answered by one pipeline call")
-    server.add_argument("--queue_size", type=int, default=defaults.queue_size,
-                        help="requests that may wait; beyond it the server answers 503 with Retry-After")
-    server.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms,
-                        help="how long the first request of a batch waits for others to join it")
-    server.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes, help="larger bodies get 413")
+    add_field_flags(server, ServeSettings.flag_fields("server"))
     limits = parser.add_argument_group("limits (README, Security)")
-    limits.add_argument("--max_request_tokens", type=int, default=defaults.max_request_tokens,
-                        help="tokens of work one request may ask for: the prompt of each row it makes (one per passage "
-                             "used, plus the no-retrieval row and any chain) and the new tokens of each; more gets 413 (default: %(default)s)")
-    limits.add_argument("--long_request_tokens", type=int, default=defaults.long_request_tokens,
-                        help="requests of more tokens of work than this are answered in a lane of their own, whose "
-                             "forwards wait while a shorter request's run, so that they cannot hold short requests up "
-                             "(built-in engine; default: %(default)s)")
-    limits.add_argument("--request_timeout_s", type=float, default=defaults.request_timeout_s,
-                        help="seconds from a request read to its answer, queue included; then 504 and its work is "
-                             "stopped, as it is when the client disconnects (default: %(default)s)")
+    add_field_flags(limits, ServeSettings.flag_fields("limits"))
     limits.add_argument("--allowed_hosts", default=None, metavar="NAMES",
                         help="comma-separated names the Host header may carry ('*': any; '*.example.org': its "
-                             f"subdomains); others get 400 (DNS rebinding). Default: {','.join(defaults.allowed_hosts)} "
+                             f"subdomains); others get 400 (DNS rebinding). Default: {','.join(LOOPBACK_HOSTS)} "
                              "when --host is a loopback address, else any")
-    limits.add_argument("--header_timeout_s", type=float, default=defaults.header_timeout_s,
-                        help="seconds a connection has to send each request's headers, and then its body; then it "
-                             "is closed (default: %(default)s)")
-    limits.add_argument("--idle_timeout_s", type=float, default=defaults.idle_timeout_s,
-                        help="seconds an idle keep-alive connection stays open (default: %(default)s)")
-    limits.add_argument("--max_connections", type=int, default=defaults.max_connections,
-                        help="open connections; a new one beyond closes the oldest idle one (or one still sending "
-                             "headers), else gets 503; lowered to fit the process's file limit (default: %(default)s)")
     server.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, one per core; on a busy shared machine 1 "
                              "avoids threads spinning against each other)")
@@ -106,13 +85,10 @@ def run(args: argparse.Namespace) -> int:
     from openrag.serve.connections import make_server
 
     api_key = resolve_api_key(args.api_key)
-    settings = ServeSettings(model_name=args.model_name, api_key=api_key, max_batch=args.max_batch,
-                             queue_size=args.queue_size, max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
-                             max_request_tokens=args.max_request_tokens, long_request_tokens=args.long_request_tokens,
-                             request_timeout_s=args.request_timeout_s,
+    flagged = ServeSettings.flag_fields("server") + ServeSettings.flag_fields("limits")
+    settings = ServeSettings(model_name=args.model_name, api_key=api_key,
                              allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
-                             header_timeout_s=args.header_timeout_s, idle_timeout_s=args.idle_timeout_s,
-                             max_connections=args.max_connections)
+                             **{f.name: getattr(args, f.name) for f in flagged})
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if not is_loopback(args.host) and api_key is None:

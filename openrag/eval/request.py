@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..answer.backend_types import BackendOptions
 from ..answer.options import default_of
+from ..bundled_names import DEFAULT_NAME
 from ..data.fingerprint import dataset_identity
 from ..flags import add_field_flags
 from ..precision import DTYPE_HELP, DTYPES
@@ -51,7 +52,7 @@ class EvalRequest:
                           "own passages and searches only for rows without; from_index searches for every row",
                           choices=PASSAGE_SOURCES))
 
-    model_name: str = field(default="default", metadata=_flag("model and answering", "checkpoint folder, hub name, or "
+    model_name: str = field(default=DEFAULT_NAME, metadata=_flag("model and answering", "checkpoint folder, hub name, or "
                             "'default' (the bundled model)"))
     baseline: str | None = field(default=None, metadata=_flag("model and answering", "answer as a plain LM instead (no "
                                  "reflection tokens): standard_rag puts the --ndocs passages in one prompt before the "

@@ -10,9 +10,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-SMOLLM2_NAME = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_NAME = "default"  # the bundled Open-RAG model: our adapter weights over SmolLM2, shipped in the package
 DEFAULT_MODEL_DIR = Path(__file__).parent.parent / "assets" / "default"
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..bundled_names import DEFAULT_NAME, SMOLLM2_NAME
 from ..localpaths import check_local_or_hub
 from ..precision import cpu_inference_dtype, dtype_name
 from . import layouts as ckpt
-from .bundled import DEFAULT_NAME, SMOLLM2_NAME, default_model_dir, smollm2_checkpoint
+from .bundled import default_model_dir, smollm2_checkpoint
 from .experts import inject_moe
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..answer import AnswerOptions
+from ..bundled_names import DEFAULT_NAME
 from ..errors import InputError
 from ..tasks import get_task
 from .batcher import Batcher, Pipeline, QueueFull, ShuttingDown
@@ -46,23 +47,48 @@ API_KEY_ENV = "OPENRAG_API_KEY"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
+def _flag(group: str, help: str) -> dict:
+    return {"group": group, "help": help}
+
+
 @dataclass
 class ServeSettings:
-    """How the server behaves; each field is an ``openrag serve`` flag of the same name."""
+    """How the server behaves. The fields with a ``help`` are ``openrag serve`` flags of the same name, in the
+    flag group their metadata names (:func:`openrag.flags.add_field_flags`); the command sets the others from
+    its own flags (the model, the API key or its environment variable, the Host names for the address bound)."""
 
-    model_name: str = "default"  # reported by /health and in chat completions' ``model``
+    model_name: str = DEFAULT_NAME  # reported by /health and in chat completions' ``model``
     api_key: str | None = None  # when set, /v1/* need ``Authorization: Bearer <api_key>``
-    max_batch: int = 8  # questions answered by one pipeline call
-    queue_size: int = 64  # requests that may wait; more are answered 503 with Retry-After
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
-    max_body_bytes: int = 1_000_000  # larger request bodies are answered 413
-    max_request_tokens: int = 16_384  # prompt + new tokens over all of a request's rows; more is answered 413
-    long_request_tokens: int = 2_048  # requests of more tokens of work take turns with shorter ones, which go first
-    request_timeout_s: float = 120.0  # from the request read to its answer (queue included); then 504, work cancelled
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names answered ("*": any, "*.x.org": subdomains)
-    header_timeout_s: float = 10.0  # a connection's next request line and headers, then its body, each in this time
-    idle_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
-    max_connections: int = 256  # open connections; over it the oldest one idle or still sending headers is closed
+    max_batch: int = field(default=8, metadata=_flag("server", "questions answered by one pipeline call"))
+    queue_size: int = field(default=64, metadata=_flag(
+        "server", "requests that may wait; beyond it the server answers 503 with Retry-After"))
+    max_wait_ms: float = field(default=5.0, metadata=_flag(
+        "server", "how long the first request of a batch waits for others to join it"))
+    max_body_bytes: int = field(default=1_000_000, metadata=_flag("server", "larger bodies get 413"))
+    max_request_tokens: int = field(default=16_384, metadata=_flag(
+        "limits", "tokens of work one request may ask for: the prompt of each row it makes (one per passage used, "
+        "plus the no-retrieval row and any chain) and the new tokens of each; more gets 413 (default: %(default)s)"))
+    long_request_tokens: int = field(default=2_048, metadata=_flag(
+        "limits", "requests of more tokens of work than this are answered in a lane of their own, whose forwards "
+        "wait while a shorter request's run, so that they cannot hold short requests up (built-in engine; "
+        "default: %(default)s)"))
+    request_timeout_s: float = field(default=120.0, metadata=_flag(
+        "limits", "seconds from a request read to its answer, queue included; then 504 and its work is stopped, as "
+        "it is when the client disconnects (default: %(default)s)"))
+    header_timeout_s: float = field(default=10.0, metadata=_flag(
+        "limits", "seconds a connection has to send each request's headers, and then its body; then it is closed "
+        "(default: %(default)s)"))
+    idle_timeout_s: float = field(default=5.0, metadata=_flag(
+        "limits", "seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive; default: %(default)s)"))
+    max_connections: int = field(default=256, metadata=_flag(
+        "limits", "open connections; a new one beyond closes the oldest idle one (or one still sending headers), else "
+        "gets 503; lowered to fit the process's file limit (default: %(default)s)"))
+
+    @classmethod
+    def flag_fields(cls, group: str) -> list:
+        """The fields that are ``openrag serve`` flags of ``group`` ("server" or "limits")."""
+        return [f for f in fields(cls) if f.metadata.get("group") == group]
 
     def __post_init__(self):
         for name in ("max_batch", "queue_size", "max_body_bytes", "max_request_tokens", "long_request_tokens", "max_connections"):

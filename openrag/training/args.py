@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
+from ..bundled_names import SMOLLM2_NAME
 from ..precision import training_precision
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ RELEASED_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        default="smollm2",
+        default=SMOLLM2_NAME,
         metadata={"help": "the dense base: a hub name, a local checkpoint folder, or 'smollm2' for the bundled base"},
     )
     bits: int = field(

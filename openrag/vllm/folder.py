@@ -30,6 +30,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from ..bundled_names import DEFAULT_NAME
 from ..model import layouts
 from ..model.bundled import cache_dir
 from ..model.loading import load_pretrained, read_config, read_tokenizer, resolve_folder
@@ -51,7 +52,7 @@ class VLLMFolder:
     untrained_tokens: bool = False  # the reflection tokens were added here, untrained
 
 
-def vllm_folder(name_or_path: str = "default", dtype: str = "auto", output_dir: str | Path | None = None) -> VLLMFolder:
+def vllm_folder(name_or_path: str = DEFAULT_NAME, dtype: str = "auto", output_dir: str | Path | None = None) -> VLLMFolder:
     """The vLLM-loadable folder of any checkpoint ``openrag.load_model`` reads, written if it must be.
 
     ``dtype``: of the weights written where a checkpoint is merged or re-saved (``auto``: the checkpoint's;
