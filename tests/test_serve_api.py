@@ -218,6 +218,27 @@ def test_the_api_key_comes_from_the_environment(monkeypatch):
     assert resolve_api_key(None) is None
 
 
+def test_the_serve_flags_set_every_server_setting(monkeypatch):
+    from dataclasses import fields
+
+    from openrag.cli import build_parser
+    from openrag.commands.serve import settings_from
+
+    monkeypatch.delenv("OPENRAG_API_KEY", raising=False)
+    defaults = ServeSettings()
+    flagged = ServeSettings.flag_fields("server") + ServeSettings.flag_fields("limits")
+    # the three the command sets from flags of its own (the model, the key or its variable, the Host names)
+    assert {f.name for f in fields(ServeSettings)} - {f.name for f in flagged} == {"model_name", "api_key", "allowed_hosts"}
+    line = ["serve", "--model_name", "tiny", "--host", "0.0.0.0"]
+    for f in flagged:  # each flag given a value other than its default
+        line += [f"--{f.name}", str(getattr(defaults, f.name) + 1)]
+    settings = settings_from(build_parser(with_flags=["serve"]).parse_args(line))
+    for f in flagged:
+        assert getattr(settings, f.name) == getattr(defaults, f.name) + 1, f.name
+    assert (settings.model_name, settings.api_key, settings.allowed_hosts) == ("tiny", None, ("*",))
+    assert settings_from(build_parser(with_flags=["serve"]).parse_args(["serve"])) == defaults
+
+
 # -- bad input: 422 naming the field, 413, no stack trace ---------------------------------------------
 
 

@@ -78,17 +78,24 @@ def resolve_api_key(flag: str | None) -> str | None:
     return flag or os.environ.get(API_KEY_ENV) or None
 
 
+def settings_from(args: argparse.Namespace):
+    """The server's :class:`~openrag.serve.app.ServeSettings` from ``openrag serve``'s flags."""
+    from openrag.serve.app import ServeSettings
+
+    flagged = ServeSettings.flag_fields("server") + ServeSettings.flag_fields("limits")
+    return ServeSettings(model_name=args.model_name, api_key=resolve_api_key(args.api_key),
+                         allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
+                         **{f.name: getattr(args, f.name) for f in flagged})
+
+
 def run(args: argparse.Namespace) -> int:
     from openrag.answer import AnswerOptions, OpenRAG
     from openrag.answer.backends import backend_options
-    from openrag.serve import API_KEY_ENV, ServeSettings, create_app
+    from openrag.serve import API_KEY_ENV, create_app
     from openrag.serve.connections import make_server
 
-    api_key = resolve_api_key(args.api_key)
-    flagged = ServeSettings.flag_fields("server") + ServeSettings.flag_fields("limits")
-    settings = ServeSettings(model_name=args.model_name, api_key=api_key,
-                             allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
-                             **{f.name: getattr(args, f.name) for f in flagged})
+    settings = settings_from(args)
+    api_key = settings.api_key
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if not is_loopback(args.host) and api_key is None:
