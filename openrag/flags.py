@@ -15,6 +15,11 @@ from pathlib import Path
 _KINDS = {"bool": bool, "int": int, "float": float, "str": str, "Path": Path}
 
 
+def flag_metadata(group: str, help: str, **more) -> dict:
+    """A field's metadata that makes it a flag in the argument group ``group`` (``more``: choices, metavar)."""
+    return {"group": group, "help": help, **more}
+
+
 def field_kind(f: Field) -> type:
     """bool, int, float, str or Path: the Python type of a field's values, None aside (``str | None`` -> str)."""
     names = [part.strip() for part in str(f.type).split("|") if part.strip() != "None"]

@@ -213,7 +213,7 @@ class Engine:
     # -- pieces ---------------------------------------------------------------------------------------
 
     @staticmethod
-    def _buckets(lengths: list[int], max_tokens: int = 4096, max_padding: float = 0.1) -> list[list[int]]:
+    def _buckets(lengths: list[int], max_tokens: int = FORWARD_TOKENS, max_padding: float = 0.1) -> list[list[int]]:
         """Rows grouped by length (longest first) so that a padded forward wastes little: at most
         ``max_padding`` of a group's positions are padding and at most ``max_tokens`` are computed."""
         buckets: list[list[int]] = []

@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 
+def passage_label(k: int, passage) -> str:
+    """How a note names a question's passage ``k`` (from 0): ``passage 1 (Its Title)`` for the first."""
+    return f"passage {k + 1}" + (f" ({passage.title})" if passage.title else "")
+
+
 def cap_passage(tokenizer, k: int, passage, max_tokens: int | None):
     """``(passage, note)``: passage ``k`` (a Passage) with its text cut to its first ``max_tokens`` tokens (the chain
     of n passages: n times that), and a note saying so; ``(passage, None)`` when it fits or ``max_tokens`` is None."""
@@ -20,7 +25,6 @@ def cap_passage(tokenizer, k: int, passage, max_tokens: int | None):
     ids = tokenizer(passage.text, add_special_tokens=False).input_ids
     if len(ids) <= limit:
         return passage, None
-    where = (f"the chain of {passage.chained} passages" if passage.chained else f"passage {k + 1}"
-             + (f" ({passage.title})" if passage.title else ""))
+    where = f"the chain of {passage.chained} passages" if passage.chained else passage_label(k, passage)
     return (replace(passage, text=tokenizer.decode(ids[:limit])),
             f"{where} cut from {len(ids)} to {limit} tokens (max_passage_tokens)")

@@ -28,7 +28,7 @@ from .backend_types import BackendOptions, engine_tokens
 from .backends import load_backend
 from .engine import Engine, RowResult
 from .options import AnswerOptions
-from .passage_cap import cap_passage
+from .passage_cap import cap_passage, passage_label
 from .scoring import ANSWER_SIGNALS, answer_signals, candidate_score, choose, decide, get_rule, postprocess, prefill_signals, score_terms
 
 CHUNK_BATCHES = 8  # questions are prefilled and decided in chunks of up to this many engine batches of rows
@@ -328,7 +328,7 @@ class OpenRAG:
             ids = self._evidence_ids(q.prompt, cut, opts)
             if len(ids) <= limit or keep == 0:
                 break
-        where = f"passage {k + 1}" + (f" ({passage.title})" if passage.title else "")
+        where = passage_label(k, passage)
         if len(ids) > limit:
             q.answer.notes.append(f"{where} left out: even empty it does not fit the context window of "
                                   f"{self.context_window} tokens with max_new_tokens={opts.max_new_tokens}")

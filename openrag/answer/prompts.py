@@ -8,7 +8,7 @@ Other families are prompted the same way in both formats.
 
 from __future__ import annotations
 
-from ..model.reflection import PARAGRAPH_END, PARAGRAPH_START, RETRIEVAL
+from ..model.reflection import evidence_suffix
 from ..passage import titled_text
 from ..registry import check_choice
 from ..tasks import TASKS, format_prompt, get_task
@@ -18,11 +18,6 @@ PROMPT_FORMATS = ("released", "training")
 
 def check_prompt_format(prompt_format: str) -> str:
     return check_choice(PROMPT_FORMATS, prompt_format, "prompt format")
-
-
-def is_closed(task: str) -> bool:
-    """Closed tasks (a fixed answer set) sum the scores of identical answers before choosing."""
-    return get_task(task).closed
 
 
 def question_prompt(task: str, question: str, choices=None, prompt_format: str = "released") -> str:
@@ -46,9 +41,4 @@ def evidence_content(task: str, title: str, text: str, prompt_format: str = "rel
     return titled_text(title, text, keep_empty_title=True)
 
 
-def evidence_suffix(content: str) -> str:
-    return f"{RETRIEVAL}{PARAGRAPH_START}{content}{PARAGRAPH_END}"
-
-
-__all__ = ["PROMPT_FORMATS", "TASKS", "check_prompt_format", "evidence_content", "evidence_suffix", "is_closed",
-           "question_prompt"]
+__all__ = ["PROMPT_FORMATS", "TASKS", "check_prompt_format", "evidence_content", "evidence_suffix", "question_prompt"]

@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..answer.backends import add_backend_flags
     from ..answer.options import add_option_arguments
     from ..eval.request import add_request_flags
+    from ..eval.sweep import DEFAULT_THRESHOLDS, RULES
 
     parser.add_argument(
         "action", nargs="?", default="run", choices=ACTIONS,
@@ -55,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_flags(parser)  # --backend auto|torch|vllm and vLLM's settings (openrag.answer.backends)
 
     sweep = parser.add_argument_group("sweep")
-    sweep.add_argument("--thresholds", default=None, help="comma-separated thresholds (default 0,0.05,0.1,0.2,...,0.9,0.95,1)")
-    sweep.add_argument("--rules", default="token,minp,meanp", help="comma-separated rules to sweep")
+    sweep.add_argument("--thresholds", default=None, help="comma-separated thresholds (default "
+                       f"{','.join(f'{t:g}' for t in DEFAULT_THRESHOLDS)})")
+    sweep.add_argument("--rules", default=",".join(RULES), help="comma-separated rules to sweep")
 
 
 def _request(args: argparse.Namespace):

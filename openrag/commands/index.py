@@ -7,7 +7,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from openrag.retrieval.index import KINDS
+    from openrag.retrieval.index import KINDS, BuildOptions, DenseSettings, IndexSettings, SearchSettings
 
     parser.add_argument("--corpus", default=None,
                         help="JSON lines {id, title, text} or {id, contents}, a JSON list, or a folder of .txt/.md files")
@@ -15,15 +15,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=tuple(KINDS), default=None,
                         help="; ".join(f"{k.name}: {k.help}" for k in KINDS.values()) +
                         " (default bm25; dense with --faiss_index)")
-    parser.add_argument("--passage_words", type=int, default=100, help="folder corpora: words per passage (default %(default)s)")
-    parser.add_argument("--passage_overlap", type=int, default=20, help="folder corpora: words shared by neighbours (default %(default)s)")
+    parser.add_argument("--passage_words", type=int, default=IndexSettings.passage_words,
+                        help="folder corpora: words per passage (default %(default)s)")
+    parser.add_argument("--passage_overlap", type=int, default=IndexSettings.passage_overlap,
+                        help="folder corpora: words shared by neighbours (default %(default)s)")
     parser.add_argument("--dense_model", default=None,
                         help="sentence-transformers folder or name (default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--faiss", default="Flat",
+    parser.add_argument("--faiss", default=DenseSettings.faiss,
                         help="dense: a faiss index_factory string, e.g. Flat (exact, default), HNSW32, SQ8, IVF4096,PQ64")
-    parser.add_argument("--train_sample", type=int, default=200_000,
-                        help="dense: vectors that train an IVF/PQ/SQ index (drawn with seed 0; default 200000)")
-    parser.add_argument("--faiss_params", default="",
+    parser.add_argument("--train_sample", type=int, default=DenseSettings.train_sample,
+                        help="dense: vectors that train an IVF/PQ/SQ index (drawn with seed 0; default %(default)s)")
+    parser.add_argument("--faiss_params", default=SearchSettings.faiss_params,
                         help="dense: search-time faiss parameters kept as the index's default, e.g. nprobe=64 (IVF) or "
                              "efSearch=128 (HNSW); changing them needs no rebuild (default for IVF indexes of N lists: "
                              "nprobe=ceil(sqrt(N)), at least 16, at most N)")
@@ -34,19 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dense: text put before each query (default: FlashRAG's for e5 and bge encoders, else none)")
     parser.add_argument("--passage_prefix", default=None,
                         help="dense: text put before each passage when embedding (default: 'passage: ' for e5, else none)")
-    parser.add_argument("--batch_size", type=int, default=64, help="dense: passages embedded per batch")
+    parser.add_argument("--batch_size", type=int, default=BuildOptions.batch_size, help="dense: passages embedded per batch")
     parser.add_argument("--device", default=None, help="dense: cpu, cuda, cuda:1, ... (default: the best there is)")
-    parser.add_argument("--rrf_k", type=int, default=60, help="hybrid: reciprocal-rank fusion constant (default %(default)s)")
-    parser.add_argument("--chunk_size", type=int, default=10_000,
+    parser.add_argument("--rrf_k", type=int, default=IndexSettings.rrf_k, help="hybrid: reciprocal-rank fusion constant (default %(default)s)")
+    parser.add_argument("--chunk_size", type=int, default=BuildOptions.chunk_size,
                         help="passages per chunk: the unit of memory and of resuming a stopped build (default %(default)s)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="embed only part I of N (from 0) of the chunks and write a shard folder; then --merge")
     parser.add_argument("--merge", nargs="+", default=None, metavar="SHARD",
                         help="assemble the index at --output from the N shard folders of one --shard build")
-    parser.add_argument("--rerank", default="",
+    parser.add_argument("--rerank", default=SearchSettings.rerank,
                         help="a sentence-transformers cross-encoder (folder or name) that re-scores the first "
                              "--rerank_depth passages of each search; kept as the index's default")
-    parser.add_argument("--rerank_depth", type=int, default=50, help="passages the cross-encoder re-scores (default %(default)s)")
+    parser.add_argument("--rerank_depth", type=int, default=SearchSettings.rerank_depth, help="passages the cross-encoder re-scores (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an index built with other settings or over a changed corpus")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -16,6 +16,7 @@ def describe(model, tokenizer) -> dict:
     from ..model.loading import parameter_counts
     from ..model.experts import moe_config_of
     from ..model.reflection import REFLECTION_TOKENS
+    from ..precision import dtype_name
 
     cfg = model.config
     moe = moe_config_of(model)
@@ -28,7 +29,7 @@ def describe(model, tokenizer) -> dict:
         "intermediate_size": cfg.intermediate_size,
         "vocab_size": model.get_input_embeddings().weight.shape[0],
         "tied_embeddings": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": dtype_name(next(model.parameters()).dtype),
         "experts": moe.to_dict() if moe else None,
         "reflection_tokens": sum(t in vocab for t in REFLECTION_TOKENS),
         "parameters": parameter_counts(model),

@@ -38,12 +38,11 @@ from ..model.reflection import (
     FULLY_SUPPORTED,
     IRRELEVANT,
     NO_RETRIEVAL,
-    PARAGRAPH_END,
-    PARAGRAPH_START,
     REFLECTION_TOKENS,
     RELEVANT,
     RETRIEVAL,
     UTILITY,
+    evidence_suffix,
 )
 from . import labels
 from ..passage import Passage
@@ -70,7 +69,7 @@ class Instance:
     def output(self) -> str:
         if self.passage is None:
             return f"{NO_RETRIEVAL}{self.answer}{UTILITY[self.utility - 1]}"
-        evidence = f"{RETRIEVAL}{PARAGRAPH_START}{self.passage}{PARAGRAPH_END}"
+        evidence = evidence_suffix(self.passage)
         if not self.relevant:
             tail = "" if self.answer is None else f"{self.answer}{UTILITY[self.utility - 1]}"
             return f"{evidence}{IRRELEVANT}{tail}"
@@ -127,7 +126,8 @@ def instances_for(ex: QAExample, config: BuildConfig = BuildConfig()) -> list[In
     multi = labels.is_multi_hop(ex, gold)
     out = []
     if multi and config.chain:
-        out.append(Instance(kind="gold_chain", answer=answer, passage=labels.render_chain(gold), relevant=True, support=FULLY_SUPPORTED, utility=5, **base))
+        out.append(Instance(kind="gold_chain", answer=answer, passage=labels.render_chain(gold), relevant=True, support=FULLY_SUPPORTED,
+                            utility=labels.UTILITY_OF_SUPPORT[FULLY_SUPPORTED], **base))
     for p in gold[: config.max_gold]:
         support = labels.single_support(ex, p, multi)
         out.append(Instance(kind="gold", answer=answer, passage=labels.render_passage(p), relevant=True, support=support, utility=labels.UTILITY_OF_SUPPORT[support], **base))
@@ -153,7 +153,8 @@ def fact_instances(ex: QAExample, max_facts: int | None = None) -> list[Instance
         base = dict(id=single.id, dataset=ex.dataset, input=fact.question, train_decision=False)
         gold = passages[fact.passage]
         out.append(Instance(kind="fact_gold", answer=fact.answer, passage=labels.render_passage(gold), relevant=True,
-                            support=FULLY_SUPPORTED, utility=5, **{**base, "train_decision": True}))  # the fact's one decision
+                            support=FULLY_SUPPORTED, utility=labels.UTILITY_OF_SUPPORT[FULLY_SUPPORTED],
+                            **{**base, "train_decision": True}))  # the fact's one decision
         for p in labels.hard_distractors(single, [gold], 1):
             out.append(Instance(kind="fact_distractor", answer=None, passage=labels.render_passage(p), relevant=False, utility=1, **base))
     return out

@@ -11,7 +11,7 @@ import torch
 
 from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED
 from ..precision import dtype_name
-from .tokenize import format_prompt
+from ..tasks import format_prompt
 
 SUPPORT_ANSWERS = {FULLY_SUPPORTED: "fully supported", PARTIALLY_SUPPORTED: "partially supported", NO_SUPPORT: "not supported"}
 UTILITY_ANSWERS = {k: str(k) for k in range(1, 6)}

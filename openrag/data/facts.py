@@ -8,7 +8,7 @@ phrasing of its own for the relations these datasets use most and ``What is the 
 from __future__ import annotations
 
 from ..passage import Passage
-from ..normalize import normalize_text
+from ..normalize import contains_answer
 
 _PHRASES = {
     "author": "Who wrote {s}?",
@@ -58,5 +58,4 @@ def fact_question(subject: str, relation: str) -> str:
 
 def passage_holds(passage: Passage, answer: str) -> bool:
     """Whether the answer occurs in the passage (title or text) as whole words, after normalisation."""
-    needle = normalize_text(answer)
-    return bool(needle) and f" {needle} " in f" {normalize_text(passage.title + ' ' + passage.text)} "
+    return contains_answer(f"{passage.title} {passage.text}", [answer])

@@ -40,7 +40,7 @@ from __future__ import annotations
 from ..model.reflection import FULLY_SUPPORTED, NO_SUPPORT, PARTIALLY_SUPPORTED, REFLECTION_TOKENS
 from ..tasks import evidence_chain, get_task
 from ..passage import Passage, titled_text
-from ..normalize import normalize_text
+from ..normalize import contains_answer, normalize_text
 from .examples import QAExample
 
 YES_NO = frozenset({"yes", "no"})
@@ -53,16 +53,6 @@ _STOPWORDS = frozenset(
 
 def content_words(text: str) -> set[str]:
     return {w for w in normalize_text(text).split() if w not in _STOPWORDS}
-
-
-def contains_answer(text: str, answers: list[str]) -> bool:
-    """Whether any answer occurs in ``text`` as whole words, after SQuAD normalisation."""
-    haystack = f" {normalize_text(text)} "
-    for answer in answers:
-        needle = normalize_text(answer)
-        if needle and f" {needle} " in haystack:
-            return True
-    return False
 
 
 def match_strings(ex: QAExample) -> list[str]:

@@ -92,11 +92,12 @@ class PlainAnswerer:
 
 def baseline_answerer_factory(req, both: bool):
     """Load the model as a plain LM; return (answerer, settings to record in the summary)."""
+    from ..answer.options import default_of
     from ..model.loading import load_model
 
     model, tokenizer = load_model(req.model_name, dtype=req.dtype, device=req.device)
     model.eval()
-    max_new_tokens = req.options.get("max_new_tokens", 100)
+    max_new_tokens = req.options.get("max_new_tokens", default_of("max_new_tokens"))
     answerer = PlainAnswerer(model, tokenizer, req.task, req.baseline == "standard_rag", max_new_tokens, req.instruction)
     settings = {"max_new_tokens": max_new_tokens, "chat_template": bool(getattr(tokenizer, "chat_template", None)),
                 "instruction": req.instruction or "the task's", "dtype": dtype_name(model.dtype)}

@@ -125,3 +125,5 @@ def score_answer(metric: str, prediction: str, answers: list[str], labels: list[
 
 METRICS = ("hotpotem", "match", "accuracy")
 HEADLINE = {"hotpotem": "em", "match": "match", "accuracy": "accuracy"}
+# Every number score_answer reports, in the order a reader looks for them (summaries and reports show them so).
+SCORES = ("em", "f1", "precision", "recall", "em_any", "f1_any", "match", "match_norm", "accuracy")

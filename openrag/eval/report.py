@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Sequence
 
 from ..jsonfiles import read_json_object
+from .metrics import SCORES
 
-# Columns in the order a reader looks for them; only those some run reports are shown.
-SCORE_COLUMNS = ("em", "f1", "precision", "recall", "em_any", "f1_any", "match", "match_norm", "accuracy")
+# Score columns: metrics.SCORES, in its order; only those some run reports are shown.
 CHART_COLUMNS = ("em", "f1", "match", "accuracy")
-NUMBER_FIELDS = (*SCORE_COLUMNS, "retrieval_frequency", "gold_recall", "questions_per_second")  # or null
+NUMBER_FIELDS = (*SCORES, "retrieval_frequency", "gold_recall", "questions_per_second")  # or null
 NOT_METRICS = "not an `openrag eval` metrics file: pass the .metrics.json that `openrag eval` wrote"
 
 
@@ -52,7 +52,7 @@ def _pct(value) -> str:
 
 
 def markdown_table(runs: Sequence[tuple[str, dict]]) -> str:
-    scores = [c for c in SCORE_COLUMNS if any(c in s for _, s in runs)]
+    scores = [c for c in SCORES if any(c in s for _, s in runs)]
     header = ["run", "task", "mode", "n", *scores, "retrieval %", "gold recall", "q/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in runs:

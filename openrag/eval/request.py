@@ -16,7 +16,7 @@ from ..answer.backend_types import BackendOptions
 from ..answer.options import default_of
 from ..bundled_names import DEFAULT_NAME
 from ..data.fingerprint import dataset_identity
-from ..flags import add_field_flags
+from ..flags import add_field_flags, flag_metadata
 from ..precision import DTYPE_HELP, DTYPES
 from ..registry import check_choice
 from ..tasks import EVAL_TASKS, get_eval_task
@@ -28,53 +28,49 @@ BASELINES = ("standard_rag", "closed_book")  # --baseline: answered in a plain p
 FLAG_GROUPS = ("data", "model and answering", "output and processes")
 
 
-def _flag(group: str, help: str, **more) -> dict:
-    return {"group": group, "help": help, **more}
-
-
 @dataclass
 class EvalRequest:
     """One evaluation run. Defaults given as None are resolved here: the task's metric and dataset,
     ``./eval/{task}.jsonl``."""
 
-    task: str = field(metadata=_flag("data", "the task: its data, metric and prompts (openrag.tasks)", choices=EVAL_TASKS))
-    dataset: str | None = field(default=None, metadata=_flag("data", "local file in any supported format, or a hub "
+    task: str = field(metadata=flag_metadata("data", "the task: its data, metric and prompts (openrag.tasks)", choices=EVAL_TASKS))
+    dataset: str | None = field(default=None, metadata=flag_metadata("data", "local file in any supported format, or a hub "
                                 "dataset (default for multi-hop tasks: shayekh/openrag_bench)"))
-    split: str | None = field(default=None, metadata=_flag("data", "hub split (only dev is read)"))
-    limit: int | None = field(default=None, metadata=_flag("data", "answer only the first N questions (before sharding)"))
-    strict: bool = field(default=False, metadata=_flag("data", "stop at the first bad row (default: report it, skip "
+    split: str | None = field(default=None, metadata=flag_metadata("data", "hub split (only dev is read)"))
+    limit: int | None = field(default=None, metadata=flag_metadata("data", "answer only the first N questions (before sharding)"))
+    strict: bool = field(default=False, metadata=flag_metadata("data", "stop at the first bad row (default: report it, skip "
                          "it, count it)"))
-    ranker: str = field(default="bm25", metadata=_flag("data", "order of unranked candidate paragraphs (HotpotQA/2Wiki/"
+    ranker: str = field(default="bm25", metadata=flag_metadata("data", "order of unranked candidate paragraphs (HotpotQA/2Wiki/"
                         "MuSiQue originals) before the first --ndocs are taken", choices=RANKERS))
-    index: str | None = field(default=None, metadata=_flag("data", "an `openrag index` folder: rows without passages "
+    index: str | None = field(default=None, metadata=flag_metadata("data", "an `openrag index` folder: rows without passages "
                               "are answered from it (and retrieval_recall@K is reported)", metavar="INDEX_DIR"))
-    passages: str = field(default="from_data", metadata=_flag("data", "with --index: from_data (default) keeps a row's "
+    passages: str = field(default="from_data", metadata=flag_metadata("data", "with --index: from_data (default) keeps a row's "
                           "own passages and searches only for rows without; from_index searches for every row",
                           choices=PASSAGE_SOURCES))
 
-    model_name: str = field(default=DEFAULT_NAME, metadata=_flag("model and answering", "checkpoint folder, hub name, or "
+    model_name: str = field(default=DEFAULT_NAME, metadata=flag_metadata("model and answering", "checkpoint folder, hub name, or "
                             "'default' (the bundled model)"))
-    baseline: str | None = field(default=None, metadata=_flag("model and answering", "answer as a plain LM instead (no "
+    baseline: str | None = field(default=None, metadata=flag_metadata("model and answering", "answer as a plain LM instead (no "
                                  "reflection tokens): standard_rag puts the --ndocs passages in one prompt before the "
                                  "question; closed_book gives the question alone", choices=BASELINES))
-    instruction: str | None = field(default=None, metadata=_flag("model and answering", "with --baseline: the "
+    instruction: str | None = field(default=None, metadata=flag_metadata("model and answering", "with --baseline: the "
                                     "instruction of the plain prompt (default: the task's)"))
-    metric: str | None = field(default=None, metadata=_flag("model and answering", "default: the task's", choices=METRICS))
-    batch_size: int = field(default=8, metadata=_flag("model and answering", "questions answered together (the "
+    metric: str | None = field(default=None, metadata=flag_metadata("model and answering", "default: the task's", choices=METRICS))
+    batch_size: int = field(default=8, metadata=flag_metadata("model and answering", "questions answered together (the "
                             "engine's rows follow)"))
-    device: str | None = field(default=None, metadata=_flag("model and answering", "cuda or cpu (default: cuda when "
+    device: str | None = field(default=None, metadata=flag_metadata("model and answering", "cuda or cpu (default: cuda when "
                                "there is one)"))
-    dtype: str | None = field(default=None, metadata=_flag("model and answering", DTYPE_HELP, choices=DTYPES))
+    dtype: str | None = field(default=None, metadata=flag_metadata("model and answering", DTYPE_HELP, choices=DTYPES))
 
-    output_file: Path | None = field(default=None, metadata=_flag("output and processes", "JSON lines, one per question "
+    output_file: Path | None = field(default=None, metadata=flag_metadata("output and processes", "JSON lines, one per question "
                                      "(default ./eval/TASK.jsonl); summary in .metrics.json beside it"))
-    resume: bool = field(default=False, metadata=_flag("output and processes", "keep the answers already in "
+    resume: bool = field(default=False, metadata=flag_metadata("output and processes", "keep the answers already in "
                          "--output_file and answer the rest (refused when they were made with other settings)"))
-    overwrite: bool = field(default=False, metadata=_flag("output and processes", "replace the answers already in "
+    overwrite: bool = field(default=False, metadata=flag_metadata("output and processes", "replace the answers already in "
                             "--output_file (without --resume or --overwrite, a file that holds answers is refused)"))
-    world_size: int = field(default=1, metadata=_flag("output and processes", "processes sharing the dataset (default "
+    world_size: int = field(default=1, metadata=flag_metadata("output and processes", "processes sharing the dataset (default "
                             "$WORLD_SIZE or 1)"))
-    rank: int = field(default=0, metadata=_flag("output and processes", "this process's share, 0..world_size-1 "
+    rank: int = field(default=0, metadata=flag_metadata("output and processes", "this process's share, 0..world_size-1 "
                       "(default $RANK or 0)"))
 
     ndocs: int = field(default_factory=lambda: default_of("ndocs"))  # passages per question; with an index, the K of its

@@ -37,7 +37,7 @@ from ..jsonfiles import read_json_object
 from ..outputs import write_json, write_jsonl
 from ..retrieval.metrics import retrieval_recall_at_k
 from .critique import relevance_metrics, retrieval_need_auc
-from .metrics import HEADLINE, score_answer
+from .metrics import HEADLINE, SCORES, score_answer
 from .passages import make_ranker, select_passages
 from .request import EvalRequest
 
@@ -60,16 +60,14 @@ Answerer = Callable[[Sequence[Question]], list[dict]]
 
 def metrics_path(jsonl: Path) -> Path:
     jsonl = Path(jsonl)
-    stem = jsonl.name[: -len(".jsonl")] if jsonl.name.endswith(".jsonl") else jsonl.name
-    return jsonl.with_name(stem + ".metrics.json")
+    return jsonl.with_name(jsonl.name.removesuffix(".jsonl") + ".metrics.json")
 
 
 def shard_path(output_file: Path, rank: int, world_size: int) -> Path:
     output_file = Path(output_file)
     if world_size == 1:
         return output_file
-    stem = output_file.name[: -len(".jsonl")] if output_file.name.endswith(".jsonl") else output_file.name
-    return output_file.with_name(f"{stem}.rank{rank}-of-{world_size}.jsonl")
+    return output_file.with_name(f"{output_file.name.removesuffix('.jsonl')}.rank{rank}-of-{world_size}.jsonl")
 
 
 def read_records(path: Path, repair: bool = False) -> list[dict]:
@@ -337,7 +335,7 @@ def _progress(config: EvalRequest, total: int, initial: int):
 
 def format_summary(summary: dict) -> str:
     """One readable line: the headline numbers as percentages, then speed."""
-    keys = [k for k in ("em", "f1", "precision", "recall", "em_any", "f1_any", "match", "match_norm", "accuracy") if k in summary]
+    keys = [k for k in SCORES if k in summary]
     parts = [f"{k} {100 * summary[k]:.1f}" for k in keys]
     parts.append(f"retrieval {100 * summary['retrieval_frequency']:.1f}%")
     if summary.get("gold_recall") is not None:

@@ -43,6 +43,8 @@ class MoEConfig:
         return asdict(self)
 
 
+MOE_KEYS_FIELDS = ("num_experts", "topk", "adapter_dim", "moe_scaling")  # what config.json records of a MoEConfig
+
 GATED_MAX_WIDTH: dict[str, float] = {"cpu": 1.0}
 """Per device type, the largest experts' total width over the hidden size, ``num_experts * adapter_dim /
 hidden_size``, at which inference takes the gated path; device types not listed keep the grouped path.
@@ -217,7 +219,7 @@ def inject_moe(
     topk: int,
     adapter_dim: int,
     moe_scaling: float,
-    dropout: float = 0.1,
+    dropout: float = MoEConfig.dropout,
 ) -> nn.Module:
     """Swap every decoder layer's MLP for a :class:`MoEFeedForward`, in place, and record the settings
     in ``model.config`` under the released checkpoints' field names. Returns the model."""
@@ -229,7 +231,7 @@ def inject_moe(
         ref = next(layer.mlp.parameters())
         layer.mlp = MoEFeedForward(layer.mlp, hidden_size, config).to(device=ref.device)
         layer.mlp.moe_adapter.to(dtype=ref.dtype if ref.dtype.is_floating_point else torch.float32)
-    for key in ("num_experts", "topk", "adapter_dim", "moe_scaling"):
+    for key in MOE_KEYS_FIELDS:
         setattr(model.config, key, getattr(config, key))
     return model
 
@@ -247,7 +249,7 @@ def remove_moe(model: nn.Module) -> nn.Module:
     for layer in decoder_layers(model):
         if isinstance(layer.mlp, MoEFeedForward):
             layer.mlp = layer.mlp.dense_mlp
-    for key in ("num_experts", "topk", "adapter_dim", "moe_scaling"):
+    for key in MOE_KEYS_FIELDS:
         if hasattr(model.config, key):
             delattr(model.config, key)
     return model

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .experts import MoEConfig, decoder_layers, moe_config_of
+from .experts import MOE_KEYS_FIELDS, MoEConfig, decoder_layers, moe_config_of, remove_moe
 
 ADAPTER_CONFIG = "openrag_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -36,7 +36,6 @@ ADAPTER_TEXT_FILES = (ADAPTER_CONFIG, "tokenizer.json", "tokenizer_config.json",
 MERGED_MOE_WEIGHTS = "moe_adapter.safetensors"
 NEW_EMBED_KEY = "new_token_rows.embed_tokens"  # [n_new, D] rows of the input embedding from num_base_tokens on
 NEW_LM_HEAD_KEY = "new_token_rows.lm_head"  # [n_new, D] rows of an untied output embedding
-MOE_KEYS_FIELDS = ("num_experts", "topk", "adapter_dim", "moe_scaling")
 RELEASED_LORA_DIR = "adapter_model"  # released training checkpoint: PEFT LoRA over the dense projections
 RELEASED_MOE_FILE = "moe_model.bin"  # released training checkpoint: every state key containing "adapter"
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # a Trainer save in an output folder
@@ -291,8 +290,6 @@ def save_adapter(
 
 def save_merged(model: nn.Module, tokenizer, folder: str | Path) -> Path:
     """Write the released merged layout: dense weights, MoE fields in config.json, expert tensors beside."""
-    from .experts import remove_moe
-
     folder = Path(folder)
     moe = moe_config_of(model)
     experts = moe_state_dict(model)

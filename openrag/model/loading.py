@@ -55,14 +55,23 @@ def resolve_folder(name_or_path: str) -> Path:
 FLOAT32_MEMORY_SHARE = 0.8  # float32 on the CPU while its weights take at most this share of the memory available
 
 
-def default_dtype(device: torch.device, config_dtype, float32_bytes: int | None = None) -> torch.dtype:
-    """The checkpoint's own dtype on GPUs. On the CPU the one it computes fast in (``precision.cpu_inference_dtype``:
-    bf16 where its products are fast, else float32); float32 gives way to the checkpoint's own dtype where its weights
-    (``float32_bytes``, when known) would take more than FLOAT32_MEMORY_SHARE of the memory available now (a 7B
-    model: bf16 fits a 24 GB machine, float32 does not)."""
-    if isinstance(config_dtype, str):
-        config_dtype = getattr(torch, config_dtype, None)
-    own = config_dtype if isinstance(config_dtype, torch.dtype) else torch.bfloat16
+def config_dtype(config) -> torch.dtype | None:
+    """The dtype a model config records (``dtype``, or the older ``torch_dtype``; a name or a torch dtype), None if none."""
+    return _as_dtype(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+
+
+def _as_dtype(value) -> torch.dtype | None:
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else None
+
+
+def default_dtype(device: torch.device, recorded, float32_bytes: int | None = None) -> torch.dtype:
+    """The checkpoint's own dtype (``recorded``: :func:`config_dtype`'s, or its name) on GPUs. On the CPU the one
+    it computes fast in (``precision.cpu_inference_dtype``: bf16 where its products are fast, else float32); float32
+    gives way to the checkpoint's own dtype where its weights (``float32_bytes``, when known) would take more than
+    FLOAT32_MEMORY_SHARE of the memory available now (a 7B model: bf16 fits a 24 GB machine, float32 does not)."""
+    own = _as_dtype(recorded) or torch.bfloat16
     if device.type != "cpu":
         return own
     fast, why = cpu_inference_dtype()
@@ -179,7 +188,7 @@ def _load_dense_or_merged(folder: Path, dtype, device):
     elif not any(folder.glob("pytorch_model*.bin")):
         raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or pytorch_model*.bin): "
                                 "give the whole checkpoint folder")
-    dtype = dtype or default_dtype(device, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), float32_bytes)
+    dtype = dtype or default_dtype(device, config_dtype(config), float32_bytes)
     quiet = logging.getLogger("transformers.modeling_utils")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the expert tensors are "unexpected" to the dense class; we load them below
@@ -203,7 +212,7 @@ def load_adapter(folder: Path, dtype, device, base_model: str | None = None) -> 
     config = ckpt.AdapterConfig.read(folder)
     if dtype is None and device.type != "cpu":  # the base's own dtype, as for any checkpoint on a GPU (it loads on the CPU)
         base = read_config(resolve_folder(base_model or config.base_model))
-        dtype = default_dtype(device, getattr(base, "dtype", None) or getattr(base, "torch_dtype", None))
+        dtype = default_dtype(device, config_dtype(base))
     model, _ = load_model(base_model or config.base_model, dtype=dtype, device="cpu")
     dtype = model.dtype
     embeddings_to_float32(model)

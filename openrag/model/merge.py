@@ -34,7 +34,7 @@ from .layouts import (
     released_training_moe_config,
     save_merged,
 )
-from .loading import embeddings_to_float32, load_adapter, load_model, merge_lora, read_config, read_tokenizer, resolve_folder
+from .loading import config_dtype, embeddings_to_float32, load_adapter, load_model, merge_lora, read_config, read_tokenizer, resolve_folder
 from .reflection import add_reflection_tokens
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,7 @@ def _recorded_base(folder: Path) -> str:
 def _save_dtype(dtype: str, base_name: str) -> torch.dtype:
     if dtype != "auto":
         return getattr(torch, dtype)
-    config = read_config(resolve_folder(base_name))
-    found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(found, str):
-        found = getattr(torch, found, None)
-    return found if isinstance(found, torch.dtype) else torch.float32
+    return config_dtype(read_config(resolve_folder(base_name))) or torch.float32
 
 
 def _load_official(folder: Path, base_model: str, dtype: torch.dtype):

@@ -1,4 +1,5 @@
-"""Self-RAG / Open-RAG reflection tokens (docs/method.md section 2) and how they are added to a model."""
+"""Self-RAG / Open-RAG reflection tokens (docs/method.md section 2), how they are added to a model, and the one way
+evidence is written among them (:func:`evidence_suffix`: what training instances hold and answering prompts end with)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ RELEVANCE_TOKENS = (RELEVANT, IRRELEVANT)
 GROUNDEDNESS_TOKENS = (FULLY_SUPPORTED, PARTIALLY_SUPPORTED, NO_SUPPORT)
 UTILITY_TOKENS = UTILITY
 PAD_TOKEN = "<pad>"
+
+
+def evidence_suffix(content: str) -> str:
+    """``[Retrieval]<paragraph>content</paragraph>``: a passage as the model learns it and is shown it."""
+    return f"{RETRIEVAL}{PARAGRAPH_START}{content}{PARAGRAPH_END}"
 
 
 def add_reflection_tokens(model: nn.Module | None, tokenizer) -> int:

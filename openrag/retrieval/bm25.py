@@ -26,6 +26,11 @@ class BM25Settings:
     method: str = "lucene"
     stopwords: str = "en"  # a bm25s stopword language, or "" for none
 
+    @property
+    def stopword_language(self) -> str | None:
+        """``stopwords`` as ``bm25s.tokenize`` takes it (None: none)."""
+        return self.stopwords or None
+
 
 class BM25Retriever:
     """Ranks rows of an index by BM25 over ``title + text``; rows that share no term with a query are dropped."""
@@ -39,7 +44,7 @@ class BM25Retriever:
         """An index of ``texts`` in memory (row i = texts[i])."""
         import bm25s
 
-        tokens = bm25s.tokenize(texts, stopwords=settings.stopwords or None, show_progress=show_progress)
+        tokens = bm25s.tokenize(texts, stopwords=settings.stopword_language, show_progress=show_progress)
         model = bm25s.BM25(k1=settings.k1, b=settings.b, method=settings.method)
         model.index(tokens, show_progress=show_progress)
         return cls(model, settings)
@@ -56,7 +61,7 @@ class BM25Retriever:
         """Each query's terms as the index sees them (stopwords out)."""
         import bm25s
 
-        return bm25s.tokenize(queries, stopwords=settings.stopwords or None, return_ids=False, show_progress=False)
+        return bm25s.tokenize(queries, stopwords=settings.stopword_language, return_ids=False, show_progress=False)
 
     def _tokens(self, queries: list[str]) -> list[list[str]]:
         return self.query_tokens(queries, self.settings)
@@ -97,7 +102,7 @@ class BM25Writer:
     def add(self, chunks: Path, k: int, texts: list[str]) -> None:
         import bm25s
 
-        tokenized = bm25s.tokenize(texts, stopwords=self.settings.stopwords or None, show_progress=False)
+        tokenized = bm25s.tokenize(texts, stopwords=self.settings.stopword_language, show_progress=False)
         lengths = np.array([len(ids) for ids in tokenized.ids], dtype=np.int64)  # [C] tokens per passage
         flat = np.fromiter(chain.from_iterable(tokenized.ids), dtype=np.int64, count=int(lengths.sum()))
         docs = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)

@@ -24,7 +24,6 @@ exactly as a single build's stage 3 does, so shard + merge gives the index a sin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -146,7 +145,7 @@ def merge_shards(shards: list[Path], output: Path, writers: list, finish, show_p
     _set_mode(building)
     try:
         for name in (PassageStore.FILE, PassageStore.OFFSETS):
-            _link_or_copy(Path(by_part[0]) / name, building / name)
+            link_or_copy(Path(by_part[0]) / name, building / name)
         assemble(building, writers, sources, passages, show_progress)
         finish(building, passages)
     except BaseException:
@@ -283,9 +282,11 @@ def _set_mode(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~umask)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` where they share a file system (no second copy of a large passage
+    store or faiss index), else as a copy."""
     try:
-        os.link(source, target)  # same file system: no second copy of a large passage store
+        os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
 

@@ -20,6 +20,8 @@ import numpy as np
 from openrag.passage import Passage, titled_text
 
 TEXT_SUFFIXES = (".txt", ".md")
+PASSAGE_WORDS = 100  # folder corpora: words per passage
+PASSAGE_OVERLAP = 20  # folder corpora: words shared by consecutive passages
 
 
 @dataclass
@@ -29,7 +31,7 @@ class Corpus:
     checksum: str  # "sha256:<hex>" of the source bytes (and, for a folder, the file names)
 
 
-def read_corpus(path: str | Path, passage_words: int = 100, passage_overlap: int = 20) -> Corpus:
+def read_corpus(path: str | Path, passage_words: int = PASSAGE_WORDS, passage_overlap: int = PASSAGE_OVERLAP) -> Corpus:
     """Read ``path`` into passages; raise ValueError on an empty corpus, duplicate ids or non-UTF-8 text."""
     path = Path(path)
     passages = list(iter_passages(path, passage_words, passage_overlap))
@@ -39,7 +41,8 @@ def read_corpus(path: str | Path, passage_words: int = 100, passage_overlap: int
     return Corpus(path=path, passages=passages, checksum=corpus_checksum(path))
 
 
-def iter_passages(path: str | Path, passage_words: int = 100, passage_overlap: int = 20) -> Iterator[Passage]:
+def iter_passages(path: str | Path, passage_words: int = PASSAGE_WORDS,
+                  passage_overlap: int = PASSAGE_OVERLAP) -> Iterator[Passage]:
     """The passages of ``path`` one at a time, without holding the corpus in memory: JSON lines are read line by
     line and folders file by file (a JSON list or a JSON object is parsed whole: those are small-corpus formats).
     Raises ValueError naming the file and line of malformed or non-UTF-8 input; ids are not checked here."""
@@ -78,7 +81,7 @@ def corpus_checksum(path: str | Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def split_words(text: str, words: int = 100, overlap: int = 20) -> list[str]:
+def split_words(text: str, words: int = PASSAGE_WORDS, overlap: int = PASSAGE_OVERLAP) -> list[str]:
     """Windows of ``words`` whitespace-separated words, each starting ``words - overlap`` after the last."""
     tokens = text.split()
     if len(tokens) <= words:
@@ -87,7 +90,8 @@ def split_words(text: str, words: int = 100, overlap: int = 20) -> list[str]:
     return [" ".join(tokens[start:start + words]) for start in range(0, len(tokens) - overlap, step)]
 
 
-def split_document(text: str, title: str, id_prefix: str, words: int = 100, overlap: int = 20) -> list[Passage]:
+def split_document(text: str, title: str, id_prefix: str, words: int = PASSAGE_WORDS,
+                   overlap: int = PASSAGE_OVERLAP) -> list[Passage]:
     return [Passage(title=title, text=chunk, id=f"{id_prefix}#{i}")
             for i, chunk in enumerate(split_words(text, words, overlap))]
 
@@ -111,9 +115,12 @@ def _decode(raw: bytes, file: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise ValueError(f"{file} is not UTF-8 (invalid byte at offset {err.start}, line {line}): "
-                         f"convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+        raise ValueError(_not_utf8(file, err.start, raw[: err.start].count(b"\n") + 1)) from None
+
+
+def _not_utf8(file: Path, offset: int, line: int) -> str:
+    return (f"{file} is not UTF-8 (invalid byte at offset {offset}, line {line}): "
+            f"convert it first, e.g. `iconv -f latin1 -t utf-8`")
 
 
 def _passages_from_json(content: str, path: Path) -> list[Passage]:
@@ -163,8 +170,7 @@ def _passages_from_json_lines(path: Path) -> Iterator[Passage]:
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path} is not UTF-8 (invalid byte at offset {offset + err.start}, line {number}): "
-                                 f"convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+                raise ValueError(_not_utf8(path, offset + err.start, number)) from None
             offset += len(raw)
             if line.strip():
                 yield _passage_from_line(line, path, number, position)

@@ -11,7 +11,6 @@ the index) is in memory.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from openrag.localpaths import check_local_or_hub
 from openrag.outputs import write_atomic
+from openrag.retrieval.build import link_or_copy
 from openrag.retrieval.passage import Hit
 
 BUNDLED_ENCODER = "all-MiniLM-L6-v2"
@@ -291,13 +291,7 @@ class PrebuiltDenseWriter:
 
     def finish(self, folder: Path, sources: list[Path], passages: int, show_progress: bool = False) -> None:
         self.check(passages)
-        target = folder / DenseRetriever.FILE
-        try:
-            os.link(self.path, target)  # same file system: no copy of a 60 GB index
-        except OSError:
-            import shutil
-
-            shutil.copyfile(self.path, target)
+        link_or_copy(self.path, folder / DenseRetriever.FILE)  # a 60 GB index is not copied where it can be linked
 
 
 def prebuilt_shape(path: Path) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from openrag.retrieval import build as building
 from openrag.retrieval import integrity
 from openrag.retrieval.bm25 import BM25Retriever, BM25Settings, BM25Writer
 from openrag.retrieval.build import BuildOptions
-from openrag.retrieval.corpus import PassageStore, corpus_checksum
+from openrag.retrieval.corpus import PASSAGE_OVERLAP, PASSAGE_WORDS, PassageStore, corpus_checksum
 from openrag.retrieval.dense import (PREBUILT, DenseRetriever, DenseSettings, DenseWriter, PrebuiltDenseWriter,
                                      default_search_parameters, read_faiss_index)
 from openrag.retrieval.hybrid import HybridRetriever
@@ -47,8 +47,8 @@ class IndexSettings:
     """Everything that changes what an index holds; recorded in the manifest and compared on rebuild."""
 
     kind: str = "bm25"
-    passage_words: int = 100  # folder corpora: words per passage
-    passage_overlap: int = 20  # folder corpora: words shared by consecutive passages
+    passage_words: int = PASSAGE_WORDS  # folder corpora: words per passage
+    passage_overlap: int = PASSAGE_OVERLAP  # folder corpora: words shared by consecutive passages
     bm25: BM25Settings = field(default_factory=BM25Settings)
     dense: DenseSettings = field(default_factory=DenseSettings)
     rrf_k: int = 60  # hybrid: reciprocal-rank fusion constant
@@ -156,7 +156,7 @@ class Index:
     ``close()`` (or leaving a ``with`` block) closes its passage store; a closed index cannot be searched."""
 
     def __init__(self, folder: Path, manifest: dict, passages: PassageStore, retriever, reranker=None,
-                 rerank_depth: int = 50):
+                 rerank_depth: int = SearchSettings.rerank_depth):
         self.folder = folder
         self.manifest = manifest
         self.passages = passages
@@ -249,8 +249,9 @@ def read_manifest(folder: Path) -> dict:
 
 
 def build_index(corpus: str | Path, output: str | Path, settings: IndexSettings = IndexSettings(), *,
-                overwrite: bool = False, batch_size: int = 64, device: str | None = None,
-                show_progress: bool = True, chunk_size: int = 10_000, shard: tuple[int, int] | None = None,
+                overwrite: bool = False, batch_size: int = BuildOptions.batch_size, device: str | None = None,
+                show_progress: bool = BuildOptions.show_progress, chunk_size: int = BuildOptions.chunk_size,
+                shard: tuple[int, int] | None = None,
                 faiss_index: str | Path | None = None, search: SearchSettings = SearchSettings()) -> Index | None:
     """Build an index of ``corpus`` in ``output`` chunk by chunk (:mod:`openrag.retrieval.build`): in memory bounded
     by one chunk plus the index structure, resuming a stopped build of the same corpus and settings, never leaving

@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..answer import AnswerOptions
 from ..bundled_names import DEFAULT_NAME
 from ..errors import InputError
+from ..flags import flag_metadata
 from ..tasks import get_task
 from .batcher import Batcher, Pipeline, QueueFull, ShuttingDown
 from .limits import ClientGone, DeadlineExceeded, answer_or_give_up, request_tokens, token_counter
@@ -45,10 +46,7 @@ log = logging.getLogger("openrag.serve")
 
 API_KEY_ENV = "OPENRAG_API_KEY"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
-
-
-def _flag(group: str, help: str) -> dict:
-    return {"group": group, "help": help}
+INTERNAL_ERROR = "internal error while answering; the server log has the details"  # the whole 500 message: no trace
 
 
 @dataclass
@@ -60,28 +58,28 @@ class ServeSettings:
     model_name: str = DEFAULT_NAME  # reported by /health and in chat completions' ``model``
     api_key: str | None = None  # when set, /v1/* need ``Authorization: Bearer <api_key>``
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names answered ("*": any, "*.x.org": subdomains)
-    max_batch: int = field(default=8, metadata=_flag("server", "questions answered by one pipeline call"))
-    queue_size: int = field(default=64, metadata=_flag(
+    max_batch: int = field(default=8, metadata=flag_metadata("server", "questions answered by one pipeline call"))
+    queue_size: int = field(default=64, metadata=flag_metadata(
         "server", "requests that may wait; beyond it the server answers 503 with Retry-After"))
-    max_wait_ms: float = field(default=5.0, metadata=_flag(
+    max_wait_ms: float = field(default=5.0, metadata=flag_metadata(
         "server", "how long the first request of a batch waits for others to join it"))
-    max_body_bytes: int = field(default=1_000_000, metadata=_flag("server", "larger bodies get 413"))
-    max_request_tokens: int = field(default=16_384, metadata=_flag(
+    max_body_bytes: int = field(default=1_000_000, metadata=flag_metadata("server", "larger bodies get 413"))
+    max_request_tokens: int = field(default=16_384, metadata=flag_metadata(
         "limits", "tokens of work one request may ask for: the prompt of each row it makes (one per passage used, "
         "plus the no-retrieval row and any chain) and the new tokens of each; more gets 413 (default: %(default)s)"))
-    long_request_tokens: int = field(default=2_048, metadata=_flag(
+    long_request_tokens: int = field(default=2_048, metadata=flag_metadata(
         "limits", "requests of more tokens of work than this are answered in a lane of their own, whose forwards "
         "wait while a shorter request's run, so that they cannot hold short requests up (built-in engine; "
         "default: %(default)s)"))
-    request_timeout_s: float = field(default=120.0, metadata=_flag(
+    request_timeout_s: float = field(default=120.0, metadata=flag_metadata(
         "limits", "seconds from a request read to its answer, queue included; then 504 and its work is stopped, as "
         "it is when the client disconnects (default: %(default)s)"))
-    header_timeout_s: float = field(default=10.0, metadata=_flag(
+    header_timeout_s: float = field(default=10.0, metadata=flag_metadata(
         "limits", "seconds a connection has to send each request's headers, and then its body; then it is closed "
         "(default: %(default)s)"))
-    idle_timeout_s: float = field(default=5.0, metadata=_flag(
+    idle_timeout_s: float = field(default=5.0, metadata=flag_metadata(
         "limits", "seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive; default: %(default)s)"))
-    max_connections: int = field(default=256, metadata=_flag(
+    max_connections: int = field(default=256, metadata=flag_metadata(
         "limits", "open connections; a new one beyond closes the oldest idle one (or one still sending headers), else "
         "gets 503; lowered to fit the process's file limit (default: %(default)s)"))
 
@@ -173,7 +171,7 @@ class Answering:
             raise
         except Exception as err:
             log.error("answering %r failed", question[:80], exc_info=err)
-            raise ApiError(500, "internal error while answering; the server log has the details", "server_error") from None
+            raise ApiError(500, INTERNAL_ERROR, "server_error") from None
         return _finite(answer.to_dict())
 
 
@@ -269,7 +267,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception):
         log.error("%s %s failed", request.method, request.url.path, exc_info=err)
-        return error_response(500, "internal error while answering; the server log has the details", "server_error")
+        return error_response(500, INTERNAL_ERROR, "server_error")
 
 
 def _error_detail(error: dict) -> dict:
@@ -328,7 +326,7 @@ class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is answered 413 before any handler reads it, and one
     that has not all arrived within ``timeout_s`` is answered 408 (a client trickling its body holds nothing)."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0):
+    def __init__(self, app, max_bytes: int, timeout_s: float = ServeSettings.header_timeout_s):
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):

@@ -294,7 +294,7 @@ class Batcher:
         finally:
             if stop.is_set() or tokens >= RELEASE_AFTER_TOKENS:
                 release_memory()
-        raise Interrupted("the pipeline call was stopped: none of its requests waits for it any more")
+        raise Interrupted()
 
     def _settle(self, job: Job, answer=None, error: Exception | None = None) -> None:
         if job.future.done():

@@ -146,6 +146,9 @@ async def _disconnected(receive) -> None:
 class Interrupted(Exception):
     """A pipeline call was stopped because none of its requests waited for it any more."""
 
+    def __init__(self, message: str = "the pipeline call was stopped: none of its requests waits for it any more"):
+        super().__init__(message)
+
 
 class Interrupter:
     """Stops a pipeline call running in a worker thread at its next step.
@@ -172,7 +175,7 @@ class Interrupter:
     def _check(self, module, args) -> None:
         stop = self._stops.get(threading.get_ident())
         if stop is not None and stop.is_set():
-            raise Interrupted("the pipeline call was stopped: none of its requests waits for it any more")
+            raise Interrupted()
 
     @contextlib.contextmanager
     def watching(self, stop: threading.Event):

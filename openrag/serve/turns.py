@@ -60,7 +60,7 @@ class Turns:
             try:
                 while self._holder is not None or self._next() != ident:
                     if stop.is_set():
-                        raise Interrupted("the pipeline call was stopped: none of its requests waits for it any more")
+                        raise Interrupted()
                     self._cond.wait(WAKE_S)
             finally:
                 del self._waiting[ident]
