@@ -10,7 +10,7 @@ to work on. Two rules of :mod:`openrag.normalize`, each for its own use:
 - *right*: a text is right when it exactly matches some gold answer under the scoring rule (EM,
   :func:`openrag.eval.metrics.exact_match`, aliases included);
 - *contains*: a text contains a string when it occurs there as whole words under the finding rule
-  (:func:`openrag.data.labels.contains_answer`, as the training labels find answers). A passage is its title and
+  (:func:`openrag.normalize.contains_answer`, as the training labels find answers). A passage is its title and
   text together.
 
 Population: questions whose prediction is not right (the record's ``metrics.em_any`` is 0) while some shown
@@ -43,10 +43,10 @@ import argparse
 import json
 from pathlib import Path
 
-from openrag.data.labels import contains_answer, content_words
+from openrag.data.labels import content_words
 from openrag.eval.metrics import exact_match
 from openrag.eval.runner import read_records
-from openrag.normalize import normalize_text
+from openrag.normalize import contains_answer, normalize_text
 
 CLASSES = (
     "chosen over a right candidate",
