@@ -82,10 +82,9 @@ def settings_from(args: argparse.Namespace):
     """The server's :class:`~openrag.serve.app.ServeSettings` from ``openrag serve``'s flags."""
     from openrag.serve.app import ServeSettings
 
-    flagged = ServeSettings.flag_fields("server") + ServeSettings.flag_fields("limits")
     return ServeSettings(model_name=args.model_name, api_key=resolve_api_key(args.api_key),
                          allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
-                         **{f.name: getattr(args, f.name) for f in flagged})
+                         **{f.name: getattr(args, f.name) for f in ServeSettings.flag_fields()})
 
 
 def run(args: argparse.Namespace) -> int:

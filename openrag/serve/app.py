@@ -84,9 +84,9 @@ class ServeSettings:
         "gets 503; lowered to fit the process's file limit (default: %(default)s)"))
 
     @classmethod
-    def flag_fields(cls, group: str) -> list:
-        """The fields that are ``openrag serve`` flags of ``group`` ("server" or "limits")."""
-        return [f for f in fields(cls) if f.metadata.get("group") == group]
+    def flag_fields(cls, group: str | None = None) -> list:
+        """The fields that are ``openrag serve`` flags: of ``group`` ("server" or "limits"), or of any."""
+        return [f for f in fields(cls) if "group" in f.metadata and group in (None, f.metadata["group"])]
 
     def __post_init__(self):
         for name in ("max_batch", "queue_size", "max_body_bytes", "max_request_tokens", "long_request_tokens", "max_connections"):
